@@ -1,0 +1,75 @@
+"""Shared by the absl apps in bin/: virtualenv bootstrap, common flags, error handling.
+
+`bin/<app>` runs from a checkout without activating anything: when tfwd is not
+importable here but the checkout's .venv exists, the app re-executes itself
+with the virtualenv's Python.
+"""
+
+import importlib.util
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _bootstrap() -> None:
+    if importlib.util.find_spec("tfwd") and importlib.util.find_spec("tensorflow"):
+        return
+    venv = os.path.join(_ROOT, ".venv")
+    python = os.path.join(venv, "bin", "python")
+    if os.path.exists(python) and os.path.abspath(sys.prefix) != venv:
+        os.execv(python, [python] + sys.argv)
+    sys.exit(f"tfwd is not installed: run `{_ROOT}/run.sh test` once (it creates .venv), or `pip install -e {_ROOT}`.")
+
+
+_bootstrap()
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_data_flags() -> None:
+    """The data flags every app shares (they select the dataset and the subset)."""
+    from tfwd.data import DATASETS
+
+    flags.DEFINE_enum("dataset", "cifar10", list(DATASETS), "Dataset (TFDS name, or image_folder with --data_dir).")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
+    flags.DEFINE_bool("download", False, "Let TFDS download and prepare a missing dataset.")
+    flags.DEFINE_integer("train_examples", None, "Class-balanced training subset size (default: all).", lower_bound=1)
+    flags.DEFINE_integer("validation_examples", 0, "Class-balanced examples held out of training.", lower_bound=0)
+    flags.DEFINE_integer("data_seed", 0, "Seed of the subset selection (not of the data order).")
+
+
+def data_config():
+    from tfwd.data import DataConfig
+
+    return DataConfig(
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        train_examples=FLAGS.train_examples,
+        validation_examples=FLAGS.validation_examples,
+        data_seed=FLAGS.data_seed,
+        download=FLAGS.download,
+    )
+
+
+def run(main) -> None:
+    """app.run(main), turning tfwd's expected errors into one line on stderr and exit code 1."""
+
+    def wrapped(argv):
+        from tfwd import errors
+
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        try:
+            return main(argv)
+        except errors.EXPECTED as e:
+            if FLAGS.verbosity > 0:  # -v 1 shows the traceback
+                raise
+            logging.flush()
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(wrapped)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The two entry points of the README:
+#   ./run.sh demo [flags]   trains a small deep and a small wide ResNet, then analyses them
+#   ./run.sh test [args]    runs the test suite (extra args go to pytest)
+# Both create (or reuse) the virtualenv .venv and install tfwd into it, editable, first.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${TFWD_VENV:-.venv}
+
+setup_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "[run.sh] creating virtualenv $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+  fi
+  echo "[run.sh] installing tfwd (editable) and its dependencies into $VENV" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+}
+
+# A prepared TFDS folder beside the checkout is used when no other is given.
+if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d ../shared/tfds ]; then
+  export TFDS_DATA_DIR="$(cd ../shared/tfds && pwd)"
+fi
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  demo)
+    setup_venv
+    exec "$VENV/bin/python" bin/demo "$@"
+    ;;
+  test)
+    setup_venv
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh demo [flags] | ./run.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

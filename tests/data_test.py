@@ -1,0 +1,172 @@
+"""tfwd.data: balanced nested subsets, augmentation, reproducible order, sources and errors."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tfwd import data as tfwd_data
+from tfwd.data import Data, DataConfig, DataNotFoundError, balanced_subset
+
+LABELS = np.repeat(np.arange(10), 100)[np.random.default_rng(0).permutation(1000)]
+
+
+class TestBalancedSubset:
+    def test_balanced(self):
+        train, held = balanced_subset(LABELS, 10, 250, holdout=50, seed=3)
+        assert len(train) == 250 and len(held) == 50
+        counts = np.bincount(LABELS[train], minlength=10)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == 250
+        assert np.all(np.bincount(LABELS[held], minlength=10) == 5)
+
+    def test_nested_and_held_out_fixed(self):
+        small, held_small = balanced_subset(LABELS, 10, 60, holdout=100, seed=1)
+        large, held_large = balanced_subset(LABELS, 10, 240, holdout=100, seed=1)
+        everything, held_all = balanced_subset(LABELS, 10, None, holdout=100, seed=1)
+        assert set(small) <= set(large) <= set(everything)
+        np.testing.assert_array_equal(held_small, held_large)
+        np.testing.assert_array_equal(held_small, held_all)
+        assert not set(everything) & set(held_all)
+        assert len(everything) == 900
+
+    def test_deterministic_per_seed(self):
+        a = balanced_subset(LABELS, 10, 100, seed=7)[0]
+        np.testing.assert_array_equal(a, balanced_subset(LABELS, 10, 100, seed=7)[0])
+        assert not np.array_equal(a, balanced_subset(LABELS, 10, 100, seed=8)[0])
+
+    def test_too_many(self):
+        with pytest.raises(ValueError, match="too few"):
+            balanced_subset(LABELS, 10, 990, holdout=20)
+
+
+class TestAugment:
+    def test_crop_is_a_window_of_the_reflect_padded_image_maybe_flipped(self):
+        image = tf.random.stateless_uniform([32, 32, 3], seed=[0, 0])
+        padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="REFLECT").numpy()
+        windows = {(i, j, f) for i in range(9) for j in range(9) for f in (0, 1)}
+        seen = set()
+        for s in range(200):
+            out = tfwd_data.cifar_augment(image, tf.constant([1, s], tf.int64)).numpy()
+            match = [
+                (i, j, f)
+                for (i, j, f) in windows
+                if np.array_equal(out, (padded[i : i + 32, j : j + 32] if not f else padded[i : i + 32, j : j + 32][:, ::-1]))
+            ]
+            assert match, "augmented image is not a (flipped) crop of the padded image"
+            seen.update(match)
+        assert {f for *_, f in seen} == {0, 1}
+        assert len({(i, j) for i, j, _ in seen}) > 40  # offsets spread over the 9 x 9 windows
+
+    def test_same_seed_same_output(self):
+        image = tf.random.stateless_uniform([32, 32, 3], seed=[0, 1])
+        a = tfwd_data.cifar_augment(image, tf.constant([5, 6], tf.int64))
+        np.testing.assert_array_equal(a, tfwd_data.cifar_augment(image, tf.constant([5, 6], tf.int64)))
+
+
+@pytest.fixture(scope="module")
+def cifar(tfds_dir):
+    return Data(DataConfig(data_dir=tfds_dir, train_examples=300, validation_examples=100, data_seed=0))
+
+
+class TestCifar:
+    def test_splits(self, cifar):
+        assert cifar.num_classes == 10 and cifar.class_names[0] == "airplane"
+        assert cifar.num_examples("train") == 300 and cifar.num_examples("validation") == 100
+        assert cifar.num_examples("test") == 10_000
+        assert np.all(np.bincount(cifar.labels("train")) == 30)
+        assert np.all(np.bincount(cifar.labels("validation")) == 10)
+
+    def test_eval_pixels_and_order(self, cifar, tfds_dir):
+        batches = list(cifar.eval_dataset("test", 1000, examples=2000))
+        images = np.concatenate([x for x, _ in batches])
+        labels = np.concatenate([y for _, y in batches])
+        assert images.dtype == np.float32 and images.shape == (2000, 32, 32, 3)
+        assert images.min() >= 0.0 and images.max() <= 1.0 and images.max() > 0.9
+        raw = tfds.load("cifar10", split="test[:2000]", data_dir=tfds_dir, batch_size=-1, shuffle_files=False)
+        np.testing.assert_array_equal(labels, raw["label"].numpy())
+        np.testing.assert_allclose(images, raw["image"].numpy() / 255.0, atol=1e-7)
+
+    def test_eval_shuffle_is_seeded(self, cifar):
+        def labels(seed):
+            return np.concatenate([y for _, y in cifar.eval_dataset("validation", 32, shuffle_seed=seed)])
+
+        a = labels(1)
+        np.testing.assert_array_equal(a, labels(1))
+        assert not np.array_equal(a, labels(2))
+        np.testing.assert_array_equal(np.sort(a), np.sort(cifar.labels("validation")))
+
+    def test_train_epochs_are_reproducible_and_resumable(self, cifar):
+        steps = cifar.steps_per_epoch(64)
+        assert steps == 4
+        full = [y.numpy() for _, y in cifar.train_dataset(64, seed=3, start_epoch=0, epochs=3)]
+        assert len(full) == 3 * steps
+        again = [y.numpy() for _, y in cifar.train_dataset(64, seed=3, start_epoch=0, epochs=3)]
+        resumed = list(cifar.train_dataset(64, seed=3, start_epoch=2, epochs=3))
+        for a, b in zip(full, again):
+            np.testing.assert_array_equal(a, b)
+        for a, (x, b) in zip(full[2 * steps :], resumed):
+            np.testing.assert_array_equal(a, b)
+        other = [y.numpy() for _, y in cifar.train_dataset(64, seed=4, start_epoch=0, epochs=1)]
+        assert not all(np.array_equal(a, b) for a, b in zip(full, other))
+        # consecutive epochs see different orders
+        assert not all(np.array_equal(a, b) for a, b in zip(full[:steps], full[steps : 2 * steps]))
+        x = resumed[0][0].numpy()
+        assert x.shape == (64, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+
+    def test_epoch_is_a_permutation_of_the_subset(self, cifar):
+        labels = np.concatenate([y for _, y in cifar.train_dataset(100, seed=0, epochs=1)])
+        np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.bincount(cifar.labels("train")))
+
+    def test_batch_larger_than_subset(self, cifar):
+        with pytest.raises(ValueError, match="batch_size"):
+            cifar.steps_per_epoch(1000)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match=r"`dataset` must be one of .*Received: dataset='mnist'"):
+        DataConfig(dataset="mnist")
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataNotFoundError) as info:
+        Data(DataConfig(dataset="cifar100", data_dir=str(tmp_path)))
+    message = str(info.value)
+    assert "cifar100" in message and "--data_dir" in message and "TFDS_DATA_DIR" in message and "--download" in message
+    assert "\n" not in message
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for label in ("cats", "dogs"):
+            os.makedirs(tmp_path / split / label)
+            for i in range(n):
+                png = tf.io.encode_png(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8))
+                tf.io.write_file(str(tmp_path / split / label / f"{i}.png"), png)
+    d = Data(DataConfig(dataset="image_folder", data_dir=str(tmp_path), train_examples=8, validation_examples=2))
+    assert d.class_names == ["cats", "dogs"] and d.num_examples("train") == 8 and d.num_examples("test") == 6
+    x, y = next(iter(d.train_dataset(4, seed=0)))
+    assert x.shape == (4, 32, 32, 3) and 0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1
+    labels = np.concatenate([y for _, y in d.eval_dataset("test", 4)])
+    np.testing.assert_array_equal(labels, d.labels("test"))
+    assert sorted(np.bincount(labels)) == [3, 3]
+
+
+def test_imagenet_pipeline_on_mock_data():
+    with tfds.testing.mock_data(num_examples=20):
+        d = Data(DataConfig(dataset="imagenet2012", data_dir="/nonexistent", download=True, image_size=96))
+        assert d.num_classes == 1000
+        x, _ = next(iter(d.train_dataset(2, seed=0)))
+        assert x.shape == (2, 96, 96, 3)
+        x, y = next(iter(d.eval_dataset("test", 5)))
+        assert x.shape == (5, 96, 96, 3) and float(tf.reduce_max(x)) <= 1.0
+
+
+def test_imagenet_eval_preprocess_resizes_shorter_side_and_centre_crops():
+    image = tf.cast(tf.reshape(tf.range(300 * 400 * 3) % 256, [300, 400, 3]), tf.uint8)
+    out = tfwd_data.imagenet_eval_preprocess(image, 224)
+    assert out.shape == (224, 224, 3)
+    resized = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [256, 341])
+    np.testing.assert_allclose(out, resized[16:240, 58:282], atol=1e-6)

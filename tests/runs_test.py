@@ -1,0 +1,81 @@
+"""tfwd.runs: names, configs, atomic files, opening runs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfwd import runs
+from tfwd.data import DataConfig
+
+
+@pytest.mark.parametrize(
+    "model,data,seed,name",
+    [
+        (runs.ModelConfig(62, 1), DataConfig(), 3, "cifar10-resnet62-w1-s3"),
+        (runs.ModelConfig(38, 0.5, residual=False), DataConfig(train_examples=3125), 0, "cifar10-resnet38-w0.5-nores-n3125-s0"),
+        (runs.ModelConfig(14, 4.0), DataConfig(dataset="cifar100"), 12, "cifar100-resnet14-w4-s12"),
+    ],
+    ids=["plain-name", "nores-subset", "cifar100"],
+)
+def test_run_names(model, data, seed, name):
+    assert runs.RunConfig(model, data, runs.TrainConfig(seed=seed)).name == name
+
+
+def test_config_round_trips_through_json():
+    config = runs.RunConfig(runs.ModelConfig(20, 2.0, False), DataConfig(train_examples=100, data_seed=4), runs.TrainConfig(epochs=3))
+    again = runs.RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert config.differences(again) == []
+
+
+def test_differences_ignore_data_location():
+    a = runs.RunConfig(data=DataConfig(data_dir="/a"))
+    b = runs.RunConfig(data=DataConfig(data_dir="/b", download=True), train=runs.TrainConfig(epochs=5))
+    assert a.differences(b) == ["train.epochs: 300 != 5"]
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = str(tmp_path / "x.json")
+    runs.write_json(path, {"a": 1})
+
+    def boom(f):
+        f.write("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        runs.atomic_write(path, boom)
+    assert json.load(open(path)) == {"a": 1}
+    assert os.listdir(tmp_path) == ["x.json"]
+    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)
+
+
+def test_npz_and_csv(tmp_path):
+    runs.write_npz(str(tmp_path / "p.npz"), probs=np.eye(3, dtype=np.float32), labels=np.arange(3))
+    with np.load(tmp_path / "p.npz") as f:
+        np.testing.assert_array_equal(f["labels"], np.arange(3))
+    runs.write_csv(str(tmp_path / "h.csv"), [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}])
+    assert open(tmp_path / "h.csv").read().splitlines() == ["epoch,loss", "1,2.0", "2,1.5"]
+
+
+@pytest.mark.parametrize(
+    "setup,match",
+    [("missing", "does not exist"), ("empty", "no config.json"), ("corrupt", "corrupt")],
+)
+def test_opening_bad_run_directories(tmp_path, setup, match):
+    path = tmp_path / "run"
+    if setup != "missing":
+        path.mkdir()
+    if setup == "corrupt":
+        (path / "config.json").write_text("{not json")
+    with pytest.raises(runs.RunError, match=match):
+        runs.Run(str(path))
+
+
+def test_unfinished_run_has_no_model(tmp_path):
+    runs.write_json(str(tmp_path / "config.json"), runs.RunConfig().to_dict())
+    run = runs.Run(str(tmp_path))
+    assert not run.finished
+    with pytest.raises(runs.RunError, match="not finished"):
+        run.model()

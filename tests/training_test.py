@@ -1,0 +1,113 @@
+"""tfwd.training and bin/train: run directories, resume after a kill, finished runs, divergence."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tfwd import runs, training
+from tfwd.data import DataConfig
+
+TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32"]
+
+
+def _train(root, env, out_dir, *args, fault=None):
+    env = dict(env, **({"TFWD_FAULT": fault} if fault else {}))
+    cmd = [sys.executable, str(root / "bin" / "train"), *TINY, f"--out_dir={out_dir}", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _weights(run_dir):
+    return [w.numpy() for w in keras.models.load_model(os.path.join(run_dir, "model.keras")).weights]
+
+
+def test_one_epoch_writes_a_complete_run_directory(tmp_path, tfds_dir):
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=256, validation_examples=50),
+        runs.TrainConfig(epochs=1, batch_size=32, seed=5),
+    )
+    run_dir = training.train(config, str(tmp_path), verbose=0)
+    assert os.path.basename(run_dir) == "cifar10-resnet8-w0.25-n256-s5"
+    assert {"config.json", "model.keras", "history.csv", "test_predictions.npz", "results.json", "checkpoints", "tensorboard"} <= set(os.listdir(run_dir))
+    run = runs.Run(run_dir)
+    assert run.config == config and run.finished
+    preds = run.predictions()
+    assert preds["probs"].dtype == np.float32 and preds["probs"].shape == (10_000, 10)
+    np.testing.assert_allclose(preds["probs"].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(preds["labels"], run.data().labels("test"))
+    # The stored predictions are the saved model's predictions.
+    x = np.concatenate([x for x, _ in run.data().eval_dataset("test", 500, examples=500)])
+    probs = keras.ops.softmax(run.model()(x, training=False)).numpy()
+    np.testing.assert_allclose(probs, preds["probs"][:500], atol=1e-5)
+    results = json.load(open(os.path.join(run_dir, "results.json")))
+    assert results["test_accuracy"] == pytest.approx(np.mean(preds["probs"].argmax(1) == preds["labels"]))
+    assert results["epochs"] == 1 and "val_accuracy" in results
+    header, row = open(os.path.join(run_dir, "history.csv")).read().splitlines()
+    assert header.split(",")[:3] == ["epoch", "accuracy", "loss"] and row.startswith("1,")
+    assert os.listdir(os.path.join(run_dir, "tensorboard"))
+    assert not [f for f in os.listdir(run_dir) if f.startswith(".")], "temporary files left behind"
+
+
+def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path, root, bin_env):
+    whole = _train(root, bin_env, tmp_path / "a", "--epochs=3")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = _train(root, bin_env, tmp_path / "b", "--epochs=3", fault="after_checkpoint:1")
+    assert killed.returncode == -9
+    run_b = tmp_path / "b" / "cifar10-resnet8-w0.25-n256-s0"
+    assert not (run_b / "model.keras").exists()
+    resumed = _train(root, bin_env, tmp_path / "b", "--epochs=3")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming" in resumed.stderr and "from epoch 1" in resumed.stderr
+    for a, b in zip(_weights(tmp_path / "a" / run_b.name), _weights(run_b)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(open(run_b / "history.csv").read().splitlines()) == 4
+
+
+def test_finished_run_is_reported_and_conflicts_are_refused(tmp_path, root, bin_env):
+    first = _train(root, bin_env, tmp_path, "--epochs=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
+    stamp = os.stat(run_dir / "model.keras").st_mtime_ns
+    again = _train(root, bin_env, tmp_path, "--epochs=1")
+    assert again.returncode == 0 and "already finished" in again.stderr
+    assert f"run directory: {run_dir}" in again.stdout
+    assert os.stat(run_dir / "model.keras").st_mtime_ns == stamp
+    conflict = _train(root, bin_env, tmp_path, "--epochs=2")
+    assert conflict.returncode == 1
+    assert conflict.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir} holds a run with other settings (train.epochs: 1 != 2). Use --overwrite to replace it, "
+        "or another --out_dir."
+    )
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--depth=9", "error: `depth` must be 6n+2"),
+        ("--width=0", "error: `width` must be a positive number"),
+        ("--dataset=mnist", "FATAL Flags parsing error"),
+    ],
+    ids=["depth", "width", "dataset"],
+)
+def test_bad_flags_fail_with_one_line(tmp_path, root, bin_env, flag, message):
+    result = _train(root, bin_env, tmp_path, flag)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, tfds_dir):
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=256),
+        runs.TrainConfig(epochs=2, batch_size=32, learning_rate=1e30),
+    )
+    with pytest.raises(training.TrainingDivergedError, match="diverged"):
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+    run_dir = tmp_path / config.name
+    assert not (run_dir / "model.keras").exists() and not (run_dir / "results.json").exists()

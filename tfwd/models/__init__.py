@@ -1,0 +1,4 @@
+"""Models and the taps that expose their intermediate representations."""
+
+from tfwd.models.cifar_resnet import blocks_per_stage, cifar_resnet, model_name, stage_channels
+from tfwd.models.taps import TAP_KINDS, activation_model, stage_boundaries, stage_of, tap_names

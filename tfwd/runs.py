@@ -1,0 +1,277 @@
+"""Run directories: the contract between training and every analysis.
+
+A run directory is named `{dataset}-resnet{depth}-w{width}[-nores][-n{train_examples}]-s{seed}`
+and holds
+
+    config.json            every setting needed to rebuild the model and its data
+    checkpoints/           the resumable checkpoint (model, optimizer, epoch, history)
+    history.csv            one row per finished epoch
+    tensorboard/           TensorBoard logs
+    model.keras            the final model
+    test_predictions.npz   probs (float32, [N, C]) and labels (int32, [N]) on the test split
+    results.json           final accuracies; written last, so its presence means "finished"
+
+Every file is written atomically (a temporary file in the same folder, then a
+rename): a killed process never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfwd import models
+from tfwd.data import Data, DataConfig
+
+CONFIG = "config.json"
+MODEL = "model.keras"
+PREDICTIONS = "test_predictions.npz"
+RESULTS = "results.json"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete, corrupt, or holds a different run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a run.
+
+    Attributes:
+        depth: CIFAR ResNet depth, 6n + 2.
+        width: width multiplier.
+        residual: False for the plain network without shortcuts.
+    """
+
+    depth: int = 56
+    width: float = 1.0
+    residual: bool = True
+
+    @property
+    def name(self) -> str:
+        return models.model_name(self.depth, self.width, self.residual)
+
+    def build(self, num_classes: int, image_size: int, weight_decay: float = 0.0) -> keras.Model:
+        return models.cifar_resnet(
+            self.depth,
+            self.width,
+            num_classes=num_classes,
+            residual=self.residual,
+            input_shape=(image_size, image_size, 3),
+            weight_decay=weight_decay,
+        )
+
+    def validate(self) -> None:
+        models.blocks_per_stage(self.depth)
+        models.stage_channels(self.width)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings (defaults: the paper's CIFAR recipe, see bin/train).
+
+    Attributes:
+        epochs: passes over the training subset.
+        batch_size: global batch size.
+        learning_rate: peak learning rate of the cosine schedule (decayed per step to 0).
+        momentum: SGD momentum.
+        weight_decay: L2 coefficient on conv and dense kernels (loss += wd * sum w^2).
+        seed: fixes the initial weights, the data order and the augmentation.
+        deterministic: enable TensorFlow op determinism (bit-reproducible, slower).
+    """
+
+    epochs: int = 300
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    deterministic: bool = False
+
+    def validate(self) -> None:
+        for field in ("epochs", "batch_size"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"`{field}` must be a positive integer. Received: {field}={getattr(self, field)!r}")
+        for field in ("learning_rate", "weight_decay", "momentum"):
+            if not getattr(self, field) >= 0:
+                raise ValueError(f"`{field}` must be >= 0. Received: {field}={getattr(self, field)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run: model, data and training."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def name(self) -> str:
+        """The run directory's name."""
+        subset = f"-n{self.data.train_examples}" if self.data.train_examples else ""
+        return f"{self.data.dataset}-{self.model.name}{subset}-s{self.train.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dataclasses.asdict(self.model), "data": self.data.to_dict(), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return cls(ModelConfig(**d["model"]), DataConfig.from_dict(d["data"]), TrainConfig(**d["train"]))
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """Settings that differ from `other`, ignoring where the data lives."""
+        a, b = self.to_dict(), other.to_dict()
+        for d in (a, b):
+            d["data"].pop("data_dir")
+            d["data"].pop("download")
+        return [
+            f"{section}.{key}: {a[section][key]!r} != {b[section].get(key)!r}"
+            for section in a
+            for key in a[section]
+            if a[section][key] != b[section].get(key)
+        ]
+
+
+# --- atomic files ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yields a temporary path beside `path` (same suffix); renames it over `path` on success.
+
+    Example:
+        >>> with atomic_path("run/model.keras") as tmp:
+        ...     model.save(tmp)
+    """
+    folder, base = os.path.split(os.path.abspath(path))
+    suffix = "".join(os.path.splitext(base)[1:])
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + suffix, dir=folder)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write(path: str, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
+    """Calls write(file) on a temporary file, then renames it over `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
+        write(f)
+
+
+def write_json(path: str, obj: Any) -> None:
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable))
+
+
+def write_npz(path: str, **arrays: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
+
+
+def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    def write(f):
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+# --- reading runs -----------------------------------------------------------------------------
+
+
+class Run:
+    """A finished run directory, opened for analysis.
+
+    Args:
+        path: the run directory.
+
+    Raises:
+        RunError: if the directory, its config or its model is missing or unreadable.
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        if not os.path.isdir(self.path):
+            raise RunError(f"Run directory {path} does not exist.")
+        self.config = read_config(self.path)
+        self._model: keras.Model | None = None
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path.rstrip("/"))
+
+    @property
+    def finished(self) -> bool:
+        return os.path.exists(os.path.join(self.path, RESULTS))
+
+    def model(self) -> keras.Model:
+        """The final trained model (model.keras), loaded once."""
+        if self._model is None:
+            path = os.path.join(self.path, MODEL)
+            if not os.path.exists(path):
+                raise RunError(f"Run {self.path} has no {MODEL}: it has not finished training (rerun bin/train to resume).")
+            try:
+                self._model = keras.models.load_model(path, compile=False)
+            except Exception as e:  # noqa: BLE001 - a corrupt zip or config raises many types
+                raise RunError(f"Cannot load {path} ({type(e).__name__}: {e}); retrain with --overwrite.") from e
+        return self._model
+
+    def data(self, data_dir: str | None = None) -> Data:
+        """The run's dataset and subset; `data_dir` overrides the one recorded at training time."""
+        cfg = self.config.data
+        if data_dir is not None:
+            cfg = dataclasses.replace(cfg, data_dir=data_dir)
+        elif cfg.data_dir and not os.path.isdir(cfg.data_dir):
+            cfg = dataclasses.replace(cfg, data_dir=None)
+        return Data(cfg)
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        """test_predictions.npz as a dict with "probs" and "labels"."""
+        path = os.path.join(self.path, PREDICTIONS)
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError) as e:
+            raise RunError(f"Cannot read {path} ({e}); the run has not finished or the file is corrupt.") from e
+
+
+def read_config(path: str) -> RunConfig:
+    """The RunConfig of a run directory."""
+    file = os.path.join(path, CONFIG)
+    try:
+        with open(file) as f:
+            return RunConfig.from_dict(json.load(f))
+    except FileNotFoundError:
+        raise RunError(f"{path} is not a tfwd run directory: it has no {CONFIG}.") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{file} is corrupt or from an incompatible version ({type(e).__name__}: {e}).") from e
