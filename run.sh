@@ -15,7 +15,15 @@ setup_venv() {
     "$PYTHON" -m venv "$VENV"
   fi
   echo "[run.sh] installing tfwd (editable) and its dependencies into $VENV" >&2
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  local log
+  log=$(mktemp)
+  if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "[run.sh] pip install failed" >&2
+    exit 1
+  fi
+  rm -f "$log"
 }
 
 # A prepared TFDS folder beside the checkout is used when no other is given.

@@ -37,3 +37,25 @@ def bin_env(tfds_dir):
     env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TFWD_FAULT", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tfds_dir):
+    """Two finished 1-epoch runs (seeds 0 and 1) of a 4-channel ResNet-8 on 256 CIFAR-10 images."""
+    from tfwd import runs, training
+    from tfwd.data import DataConfig
+
+    out = tmp_path_factory.mktemp("runs")
+    return [
+        training.train(
+            runs.RunConfig(
+                runs.ModelConfig(8, 0.25),
+                DataConfig(data_dir=tfds_dir, train_examples=256),
+                runs.TrainConfig(epochs=1, batch_size=32, seed=seed),
+            ),
+            str(out),
+            verbose=0,
+            tensorboard=False,
+        )
+        for seed in (0, 1)
+    ]

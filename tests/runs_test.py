@@ -79,3 +79,19 @@ def test_unfinished_run_has_no_model(tmp_path):
     assert not run.finished
     with pytest.raises(runs.RunError, match="not finished"):
         run.model()
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out"
+    with runs.atomic_dir(str(target)) as tmp:
+        open(os.path.join(tmp, "a.txt"), "w").write("1")
+    assert os.listdir(target) == ["a.txt"]
+    with pytest.raises(RuntimeError):
+        with runs.atomic_dir(str(target)) as tmp:
+            open(os.path.join(tmp, "b.txt"), "w").write("2")
+            raise RuntimeError("killed halfway")
+    assert os.listdir(target) == ["a.txt"]
+    with runs.atomic_dir(str(target)) as tmp:
+        open(os.path.join(tmp, "c.txt"), "w").write("3")
+    assert os.listdir(target) == ["c.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]

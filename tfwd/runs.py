@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import glob
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -172,6 +174,33 @@ def atomic_path(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yields a temporary folder beside `path`; on success it replaces `path` as a whole.
+
+    A process killed inside the block leaves `path` as it was (the next call
+    removes the orphaned temporary folder).
+    """
+    parent, base = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    for stale in glob.glob(os.path.join(parent, f".{glob.escape(base)}.*.tmp")):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{base}.", suffix=".old.tmp", dir=parent)
+            os.replace(path, os.path.join(old, base))
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write(path: str, write: Callable[[io.IOBase], None], binary: bool = False) -> None:

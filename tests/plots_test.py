@@ -1,0 +1,30 @@
+"""tfwd.plots: heatmaps draw the given matrix on a fixed 0..1 scale with stage boundaries."""
+
+import numpy as np
+
+from tfwd import plots
+
+NAMES = ["stem_relu", "stage1_block1_out", "stage1_block2_out", "stage2_block1_out", "stage3_block1_out", "logits"]
+
+
+def test_heatmap_draws_the_matrix_on_0_1_with_stage_lines(tmp_path):
+    matrix = np.random.default_rng(0).random((6, 6))
+    ax = plots.heatmap(matrix, title="resnet8-w1", rows=NAMES, cols=NAMES)
+    image = ax.images[0]
+    np.testing.assert_array_equal(image.get_array(), matrix)
+    assert image.get_clim() == (0.0, 1.0) and image.origin == "lower"
+    assert ax.get_title() == "resnet8-w1"
+    # boundaries at 1, 3, 4, 5 on both axes
+    assert len(ax.lines) == 2 * 4
+    path = plots.save_figure(ax.figure, str(tmp_path / "h.png"))
+    assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_grid_shows_upper_triangle(tmp_path):
+    blocks = {(0, 0): np.eye(6), (0, 1): np.zeros((6, 6)), (1, 1): np.eye(6)}
+    fig = plots.cka_grid(blocks, [NAMES, NAMES], ["a", "b"])
+    axes = fig.axes
+    titles = [ax.get_title() for ax in axes if ax.images]
+    assert titles == ["a", "a (y) vs b (x)", "b"]
+    assert not axes[2].axison  # (1, 0) is empty
+    plots.save_figure(fig, str(tmp_path / "g.png"))
