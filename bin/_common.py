@@ -69,7 +69,7 @@ def run(main) -> None:
             if FLAGS.verbosity > 0:  # -v 1 shows the traceback
                 raise
             logging.flush()
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {errors.one_line(e)}", file=sys.stderr)
             sys.exit(1)
 
     app.run(wrapped)

@@ -152,6 +152,14 @@ def test_image_folder(tmp_path):
     labels = np.concatenate([y for _, y in d.eval_dataset("test", 4)])
     np.testing.assert_array_equal(labels, d.labels("test"))
     assert sorted(np.bincount(labels)) == [3, 3]
+    # A streamed source resumes like an in-memory one: epoch e depends only on (seed, e).
+    full = [x.numpy() for x, _ in d.train_dataset(4, seed=1, start_epoch=0, epochs=3)]
+    resumed = [x.numpy() for x, _ in d.train_dataset(4, seed=1, start_epoch=2, epochs=3)]
+    assert len(full) == 6 and len(resumed) == 2
+    for a, b in zip(full[4:], resumed):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(full[0], full[2])
+    assert d.train_dataset(4, seed=1, start_epoch=0, epochs=120).element_spec[0].shape == (4, 32, 32, 3)
 
 
 def test_imagenet_pipeline_on_mock_data():

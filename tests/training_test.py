@@ -53,19 +53,47 @@ def test_one_epoch_writes_a_complete_run_directory(tmp_path, tfds_dir):
     assert not [f for f in os.listdir(run_dir) if f.startswith(".")], "temporary files left behind"
 
 
-def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path, root, bin_env):
-    whole = _train(root, bin_env, tmp_path / "a", "--epochs=3")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, root, tfds_dir):
+    env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TFWD_FAULT", None)
+    out = tmp_path_factory.mktemp("whole")
+    whole = _train(root, env, out, "--epochs=3")
     assert whole.returncode == 0, whole.stderr[-2000:]
-    killed = _train(root, bin_env, tmp_path / "b", "--epochs=3", fault="after_checkpoint:1")
+    return out / "cifar10-resnet8-w0.25-n256-s0"
+
+
+@pytest.mark.parametrize(
+    "fault,resumes_from",
+    [("before_checkpoint:2", 1), ("during_checkpoint:2", 1), ("after_checkpoint:1", 1), ("before_results:3", 3)],
+    ids=["before-checkpoint", "during-checkpoint-write", "after-checkpoint", "before-results"],
+)
+def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path, root, bin_env, uninterrupted, fault, resumes_from):
+    killed = _train(root, bin_env, tmp_path, "--epochs=3", fault=fault)
     assert killed.returncode == -9
-    run_b = tmp_path / "b" / "cifar10-resnet8-w0.25-n256-s0"
-    assert not (run_b / "model.keras").exists()
-    resumed = _train(root, bin_env, tmp_path / "b", "--epochs=3")
+    run_dir = tmp_path / uninterrupted.name
+    assert not (run_dir / "results.json").exists() and not (run_dir / "test_predictions.npz").exists()
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".npz") or (f.endswith(".keras") and f != "model.keras")]
+    resumed = _train(root, bin_env, tmp_path, "--epochs=3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming" in resumed.stderr and "from epoch 1" in resumed.stderr
-    for a, b in zip(_weights(tmp_path / "a" / run_b.name), _weights(run_b)):
+    assert f"from epoch {resumes_from}" in resumed.stderr
+    for a, b in zip(_weights(uninterrupted), _weights(run_dir)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert len(open(run_b / "history.csv").read().splitlines()) == 4
+    assert len(open(run_dir / "history.csv").read().splitlines()) == 4
+    with np.load(run_dir / "test_predictions.npz") as got, np.load(uninterrupted / "test_predictions.npz") as want:
+        np.testing.assert_allclose(got["probs"], want["probs"], atol=1e-5)
+    assert not [f for f in os.listdir(run_dir) if f.startswith(".")], "temporary files left behind"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, root, bin_env):
+    killed = _train(root, bin_env, tmp_path, "--epochs=2", fault="after_checkpoint:1")
+    assert killed.returncode == -9
+    data = next((tmp_path / "cifar10-resnet8-w0.25-n256-s0" / "checkpoints").glob("ckpt-1.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    again = _train(root, bin_env, tmp_path, "--epochs=2")
+    assert again.returncode == 1
+    last = again.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Checkpoint ") and "corrupt" in last and "--overwrite" in last
 
 
 def test_finished_run_is_reported_and_conflicts_are_refused(tmp_path, root, bin_env):

@@ -8,7 +8,10 @@ augmentation, BN in inference mode, and every layer's output (taps="all").
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import metrics, models
+from tfwd import metrics, models, plots, runs
 
 
 def cka_matrices(
@@ -78,7 +81,10 @@ def cka_matrices(
         start, examples = time.time(), 0
         dataset = dataset_for_pass(p).map(lambda x, *_: x)
         for images in strategy.experimental_distribute_dataset(dataset):
-            step(images)
+            try:
+                step(images)
+            except tf.errors.InvalidArgumentError as e:
+                raise ValueError(_explain(e.message, names)) from None
             examples += sum(int(t.shape[0]) for t in strategy.experimental_local_results(images))
         logging.info(
             "CKA pass %d/%d: %d examples, %.0f images/s.", p + 1, passes, examples, examples / (time.time() - start)
@@ -92,10 +98,21 @@ def cka_matrices(
     }
 
 
+def _explain(message: str, names: Sequence[Sequence[str]]) -> str:
+    """Turns the metric's run-time error into one line naming the model and layer."""
+    match = re.search(r"CKA: layer (\d+) has NaN or Inf", message)
+    if not match:
+        return message.strip().splitlines()[0]
+    index = int(match.group(1))
+    for k, layer_names in enumerate(names):
+        if index < len(layer_names):
+            return f"Model {k} layer {layer_names[index]!r} has NaN or Inf activations; CKA is undefined for it."
+        index -= len(layer_names)
+    return match.group(0)
+
+
 def save(path: str, result: dict[str, Any], model_names: Sequence[str], settings: dict[str, Any]) -> None:
     """Writes a `cka_matrices` result to an .npz (matrices, layer names, model names, settings)."""
-    from tfwd import runs
-
     arrays = {f"cka_{i}_{j}": m for (i, j), m in result["blocks"].items()}
     arrays.update({f"layers_{i}": np.array(n) for i, n in enumerate(result["names"])})
     arrays["models"] = np.array(list(model_names))
@@ -118,9 +135,6 @@ def load(path: str) -> dict[str, Any]:
 
 def default_out_dir(run_dirs: Sequence[str], taps: str, split: str) -> str:
     """RUN/cka_{taps}_{split} for one run; beside the runs, named after them, for several."""
-    import hashlib
-    import os
-
     tag = f"cka_{taps if isinstance(taps, str) else 'custom'}_{split}"
     if len(run_dirs) == 1:
         return os.path.join(run_dirs[0], tag)
@@ -166,10 +180,6 @@ def analyze_runs(
         tfwd.runs.RunError: for a missing or unfinished run.
         ValueError: for runs on different datasets or a batch size under 4.
     """
-    import os
-
-    from tfwd import plots, runs
-
     if batch_size < 4:
         raise ValueError(f"`batch_size` must be >= 4 for the unbiased CKA estimator. Received: batch_size={batch_size}")
     opened = [runs.Run(r) for r in run_dirs]

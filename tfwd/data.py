@@ -6,7 +6,9 @@ Sources (all through TensorFlow Datasets, never downloaded unless asked):
 - "imagenet2012": TFDS's manual-download builder, streamed, 224x224 pixels with
   the standard Inception-style preprocessing.
 - "image_folder": any `root/{train,test}/{label}/*.jpg` tree, through
-  `tfds.folder_dataset.ImageFolder`; `data_dir` is the root.
+  `tfds.folder_dataset.ImageFolder`; `data_dir` is the root. Images are
+  resized to `image_size` (default 32) and preprocessed the CIFAR way up to 64
+  pixels, the ImageNet way above.
 
 Splits, as the rest of tfwd names them:
 
@@ -46,13 +48,14 @@ class _Source:
     test_split: str
     image_size: int
     in_memory: bool
+    style: str  # preprocessing: "cifar", "imagenet", or "auto" (imagenet above 64 pixels)
 
 
 _SOURCES = {
-    "cifar10": _Source("cifar10", "test", 32, True),
-    "cifar100": _Source("cifar100", "test", 32, True),
-    "imagenet2012": _Source("imagenet2012", "validation", 224, False),
-    "image_folder": _Source(None, "test", 32, False),
+    "cifar10": _Source("cifar10", "test", 32, True, "cifar"),
+    "cifar100": _Source("cifar100", "test", 32, True, "cifar"),
+    "imagenet2012": _Source("imagenet2012", "validation", 224, False, "imagenet"),
+    "image_folder": _Source(None, "test", 32, False, "auto"),
 }
 DATASETS = tuple(_SOURCES)
 
@@ -221,6 +224,8 @@ class Data:
         self.config = config
         self.source = _SOURCES[config.dataset]
         self.image_size = config.resolved_image_size
+        style = self.source.style
+        self._imagenet_style = style == "imagenet" or (style == "auto" and self.image_size > 64)
         self._builder = self._make_builder()
         info = self._builder.info
         self.class_names: list[str] = list(info.features["label"].names)
@@ -330,7 +335,7 @@ class Data:
         return ds
 
     def _eval_preprocess(self, image):
-        if self.image_size > 64:
+        if self._imagenet_style:
             return imagenet_eval_preprocess(image, self.image_size)
         image = _to_float(image)
         if not self.source.in_memory:
@@ -385,8 +390,8 @@ class Data:
         size = self.image_size
 
         def augment(image, label, epoch, position):
-            example_seed = tf.stack([tf.cast(seed, tf.int64), epoch * n + position])
-            if size > 64:
+            example_seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * n + position])
+            if self._imagenet_style:
                 return imagenet_train_preprocess(image, example_seed, size), label
             image = _to_float(image)
             if not self.source.in_memory:
@@ -397,28 +402,31 @@ class Data:
             # Eager tensors: a captured NumPy array would be copied on every call.
             images, labels = (tf.constant(a[self._indices["train"]]) for a in self._load_arrays("train"))
 
-        def one_epoch(epoch):
+        def shuffled(epoch):
+            """The epoch's examples in an order fixed by (seed, epoch)."""
             if self.source.in_memory:
                 epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
                 order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
-                ds = tf.data.Dataset.from_tensor_slices(order).map(
+                return tf.data.Dataset.from_tensor_slices(order).map(
                     lambda i: (tf.gather(images, i), tf.gather(labels, i))
                 )
-            else:
-                ds = examples.shuffle(min(n, 16384), seed=_mix(seed, epoch), reshuffle_each_iteration=False)
-            ds = ds.take(steps * batch_size).enumerate()
+            # A streamed source is shuffled through a buffer, whose seed must be a
+            # Python int: one dataset per epoch, concatenated below.
+            return examples.shuffle(min(n, 16384), seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+
+        def one_epoch(epoch):
+            ds = shuffled(epoch).take(steps * batch_size).enumerate()
             return ds.map(lambda pos, ex: augment(ex[0], ex[1], epoch, pos), num_parallel_calls=tf.data.AUTOTUNE)
 
-        ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
+        if self.source.in_memory:
+            ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
+        else:
+            ds = one_epoch(start_epoch)
+            for epoch in range(start_epoch + 1, epochs):
+                ds = ds.concatenate(one_epoch(epoch))
         return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
-
-
-def _mix(seed, epoch):
-    # tf.data's shuffle takes a scalar seed; mix epoch in (a tensor inside flat_map).
-    return tf.cast(seed, tf.int64) * 1_000_003 + epoch
 

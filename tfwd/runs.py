@@ -32,7 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfwd import models
+from tfwd import faults, models
 from tfwd.data import Data, DataConfig
 
 CONFIG = "config.json"
@@ -51,25 +51,52 @@ class RunError(RuntimeError):
     """A run directory is missing, incomplete, corrupt, or holds a different run."""
 
 
+ARCHS = ("cifar_resnet", "imagenet_resnet")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a run.
 
     Attributes:
-        depth: CIFAR ResNet depth, 6n + 2.
-        width: width multiplier.
-        residual: False for the plain network without shortcuts.
+        depth: CIFAR ResNet depth, 6n + 2 (for "imagenet_resnet": derived from blocks).
+        width: CIFAR width multiplier.
+        residual: False for the plain network without shortcuts (CIFAR only).
+        arch: "cifar_resnet" (tfwd.models.cifar_resnet) or "imagenet_resnet"
+            (tfwd.models.imagenet_resnet).
+        blocks: bottleneck blocks per stage (imagenet_resnet), e.g. (3, 4, 6, 3).
+        widths: width multiplier per stage (imagenet_resnet), e.g. (1, 1, 2.8, 1).
     """
 
     depth: int = 56
     width: float = 1.0
     residual: bool = True
+    arch: str = "cifar_resnet"
+    blocks: tuple[int, ...] | None = None
+    widths: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        # JSON gives lists; keep tuples so configs compare and hash alike.
+        for field in ("blocks", "widths"):
+            if isinstance(getattr(self, field), list):
+                object.__setattr__(self, field, tuple(getattr(self, field)))
+
+    @classmethod
+    def imagenet(cls, blocks=(3, 4, 6, 3), widths=(1, 1, 1, 1)) -> ModelConfig:
+        """The ImageNet ResNet with these blocks and widths per stage (depth derived)."""
+        return cls(depth=models.imagenet_depth(blocks), arch="imagenet_resnet", blocks=tuple(blocks), widths=tuple(widths))
 
     @property
     def name(self) -> str:
+        if self.arch == "imagenet_resnet":
+            return models.imagenet_model_name(self.blocks, self.widths)
         return models.model_name(self.depth, self.width, self.residual)
 
     def build(self, num_classes: int, image_size: int, weight_decay: float = 0.0) -> keras.Model:
+        if self.arch == "imagenet_resnet":
+            return models.imagenet_resnet(
+                self.blocks, self.widths, num_classes, (image_size, image_size, 3), weight_decay=weight_decay
+            )
         return models.cifar_resnet(
             self.depth,
             self.width,
@@ -80,6 +107,13 @@ class ModelConfig:
         )
 
     def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={self.arch!r}")
+        if self.arch == "imagenet_resnet":
+            models.check_stages(self.blocks or (), self.widths or ())
+            if not self.residual:
+                raise ValueError("imagenet_resnet has no plain (residual=False) variant.")
+            return
         models.blocks_per_stage(self.depth)
         models.stage_channels(self.width)
 
@@ -191,6 +225,7 @@ def atomic_dir(path: str) -> Iterator[str]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        faults.crash_point("analysis_write")
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{base}.", suffix=".old.tmp", dir=parent)
             os.replace(path, os.path.join(old, base))
@@ -270,9 +305,15 @@ class Run:
             if not os.path.exists(path):
                 raise RunError(f"Run {self.path} has no {MODEL}: it has not finished training (rerun bin/train to resume).")
             try:
-                self._model = keras.models.load_model(path, compile=False)
+                model = keras.models.load_model(path, compile=False)
             except Exception as e:  # noqa: BLE001 - a corrupt zip or config raises many types
                 raise RunError(f"Cannot load {path} ({type(e).__name__}: {e}); retrain with --overwrite.") from e
+            if model.name != self.config.model.name:
+                raise RunError(
+                    f"{path} holds model {model.name!r} but {CONFIG} describes {self.config.model.name!r}: the run "
+                    "directory mixes two runs; retrain it with --overwrite."
+                )
+            self._model = model
         return self._model
 
     def data(self, data_dir: str | None = None) -> Data:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from typing import Any
@@ -15,22 +14,21 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import distribute, runs
+from tfwd import distribute, faults, runs
+from tfwd.checkpoints import Checkpoints
 from tfwd.data import Data
+
+# The paper's recipes (reference code): CIFAR (cifar_train.py, He et al. 2016) and
+# ImageNet (large_scale_training/imagenet_train.py: batch 256, lr 0.1, 120 epochs,
+# L2 5e-5), both SGD with momentum 0.9 and cosine decay.
+RECIPES = {
+    "cifar_resnet": runs.TrainConfig(epochs=300, batch_size=128, learning_rate=0.1, weight_decay=1e-4),
+    "imagenet_resnet": runs.TrainConfig(epochs=120, batch_size=256, learning_rate=0.1, weight_decay=5e-5),
+}
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
-
-
-def _fault(point: str, epoch: int) -> None:
-    """Test hook: TFWD_FAULT=<point>:<epoch> kills the process there with SIGKILL.
-
-    Points: "before_checkpoint" (epoch trained, not saved), "after_checkpoint",
-    "before_results" (model.keras written, predictions not yet).
-    """
-    if os.environ.get("TFWD_FAULT") == f"{point}:{epoch}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _compile(model: keras.Model, config: runs.TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -48,15 +46,11 @@ def _compile(model: keras.Model, config: runs.TrainConfig, steps_per_epoch: int)
 
 
 class _Checkpointer(keras.callbacks.Callback):
-    """Saves model, optimizer, epoch and history after every epoch, atomically.
+    """Checks the loss, records the epoch's history, and saves a checkpoint after every epoch."""
 
-    tf.train.CheckpointManager writes the data files first and then renames the
-    `checkpoint` index, so a kill at any point leaves the previous checkpoint valid.
-    """
-
-    def __init__(self, checkpoint, manager, epoch_var, history_var, history, run_dir, is_chief):
+    def __init__(self, checkpoints, epoch_var, history_var, history, run_dir, is_chief):
         super().__init__()
-        self.checkpoint, self.manager = checkpoint, manager
+        self.checkpoints = checkpoints
         self.epoch_var, self.history_var, self.history = epoch_var, history_var, history
         self.run_dir, self.is_chief = run_dir, is_chief
         self._start = time.time()
@@ -76,35 +70,41 @@ class _Checkpointer(keras.callbacks.Callback):
         row["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
         row["seconds"] = round(time.time() - self._start, 2)
         self.history.append(row)
-        _fault("before_checkpoint", epoch + 1)
+        faults.crash_point("before_checkpoint", epoch + 1)
         self.epoch_var.assign(epoch + 1)
         self.history_var.assign(json.dumps(self.history))
-        self.manager.save(checkpoint_number=epoch + 1)
+        self.checkpoints.save(epoch + 1)
         if self.is_chief:
             runs.write_csv(os.path.join(self.run_dir, runs.HISTORY), self.history)
-        _fault("after_checkpoint", epoch + 1)
+        faults.crash_point("after_checkpoint", epoch + 1)
 
 
-def prepare_run_dir(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
-    """Creates or checks a run directory; returns "new", "resume" or "finished".
+def run_state(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
+    """What training must do in `run_dir`: "new", "resume" or "finished" ("new" with overwrite).
 
     Raises:
         runs.RunError: if the directory holds a run with other settings (and not `overwrite`).
     """
-    if overwrite and os.path.exists(run_dir):
-        shutil.rmtree(run_dir)
-    if os.path.exists(os.path.join(run_dir, runs.CONFIG)):
-        existing = runs.read_config(run_dir)
-        diff = existing.differences(config)
-        if diff:
-            raise runs.RunError(
-                f"{run_dir} holds a run with other settings ({'; '.join(diff)}). Use --overwrite to replace it, "
-                "or another --out_dir."
-            )
-        return "finished" if os.path.exists(os.path.join(run_dir, runs.RESULTS)) else "resume"
-    os.makedirs(run_dir, exist_ok=True)
-    runs.write_json(os.path.join(run_dir, runs.CONFIG), config.to_dict())
-    return "new"
+    if overwrite or not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
+        return "new"
+    diff = runs.read_config(run_dir).differences(config)
+    if diff:
+        raise runs.RunError(
+            f"{run_dir} holds a run with other settings ({'; '.join(diff)}). Use --overwrite to replace it, "
+            "or another --out_dir."
+        )
+    return "finished" if os.path.exists(os.path.join(run_dir, runs.RESULTS)) else "resume"
+
+
+def _create_run_dir(run_dir: str, config: runs.RunConfig, overwrite: bool) -> None:
+    try:
+        if overwrite and os.path.exists(run_dir):
+            shutil.rmtree(run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
+            runs.write_json(os.path.join(run_dir, runs.CONFIG), config.to_dict())
+    except OSError as e:
+        raise runs.RunError(f"Cannot write the run directory {run_dir}: {e.strerror or e}. Choose a writable --out_dir.") from e
 
 
 def train(
@@ -139,14 +139,15 @@ def train(
     strategy = strategy or tf.distribute.get_strategy()
     is_chief = distribute.is_chief(strategy)
     run_dir = os.path.join(out_dir, config.name)
-    state = prepare_run_dir(run_dir, config, overwrite) if is_chief else "worker"
-    if state == "finished":
+    if is_chief and run_state(run_dir, config, overwrite) == "finished":
         logging.info("Run %s is already finished; pass --overwrite to train it again.", run_dir)
         return run_dir
 
     tc = config.train
-    data = Data(config.data)
+    data = Data(config.data)  # fails on a missing dataset before anything is written
     steps = data.steps_per_epoch(tc.batch_size)
+    if is_chief:
+        _create_run_dir(run_dir, config, overwrite)
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -157,20 +158,14 @@ def train(
         history_var = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, history=history_var)
     ckpt_dir = os.path.join(run_dir, runs.CHECKPOINTS) if is_chief else distribute.worker_dir(run_dir, strategy)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
-    if manager.latest_checkpoint:
-        try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as e:
-            raise runs.RunError(
-                f"The checkpoint in {ckpt_dir} is corrupt or from another model ({type(e).__name__}); rerun with --overwrite."
-            ) from e
+    checkpoints = Checkpoints(checkpoint, ckpt_dir)
+    if checkpoints.restore():
         logging.info("Resuming %s from epoch %d.", run_dir, int(epoch_var.numpy()))
     start = int(epoch_var.numpy())
     history: list[dict[str, Any]] = json.loads(history_var.numpy().decode())[:start]
 
     callbacks: list[keras.callbacks.Callback] = [
-        _Checkpointer(checkpoint, manager, epoch_var, history_var, history, run_dir, is_chief)
+        _Checkpointer(checkpoints, epoch_var, history_var, history, run_dir, is_chief)
     ]
     if tensorboard and is_chief:
         callbacks.append(
@@ -203,7 +198,7 @@ def _finish(model: keras.Model, data: Data, run_dir: str, history: list[dict[str
     """Writes model.keras, test_predictions.npz and, last, results.json."""
     with runs.atomic_path(os.path.join(run_dir, runs.MODEL)) as tmp:
         model.save(tmp)
-    _fault("before_results", len(history))
+    faults.crash_point("before_results", len(history))
     logits = model.predict(data.eval_dataset("test", 500), verbose=0)
     probs = tf.nn.softmax(logits).numpy().astype(np.float32)
     labels = data.labels("test")

@@ -2,3 +2,4 @@
 
 from tfwd.models.cifar_resnet import blocks_per_stage, cifar_resnet, model_name, stage_channels
 from tfwd.models.taps import TAP_KINDS, activation_model, stage_boundaries, stage_of, tap_names
+from tfwd.models.imagenet_resnet import check_stages, imagenet_depth, imagenet_model_name, imagenet_resnet

@@ -1,0 +1,162 @@
+"""Bad inputs (README table): each gives one clear line on stderr, exit code 1, and no partial files."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tfwd import errors, runs
+
+TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32", "--epochs=1"]
+
+
+def _run(root, env, app, *args):
+    result = subprocess.run([sys.executable, str(root / "bin" / app), *args], env=env, capture_output=True, text=True, timeout=600)
+    return result.returncode, (result.stderr.strip().splitlines() or [""])[-1]
+
+
+def _copy(run_dir, tmp_path):
+    dest = tmp_path / os.path.basename(run_dir)
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+def _listing(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, files in os.walk(path) for f in files)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--depth=21"], "error: `depth` must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, 38, 44, 56, 110, ...); nearest valid depths: 20, 26. Received: depth=21"),
+        (["--width=-1"], "error: `width` must be a positive number (1, 2, 0.5, ...). Received: width=-1.0"),
+        (["--dataset=cifar100", "--data_dir={empty}"], "error: Dataset 'cifar100' is not prepared in {empty}."),
+        (["--arch=imagenet_resnet", "--depth=20"], "error: --depth, --width: only for --arch=cifar_resnet; with imagenet_resnet use --blocks and --widths."),
+        (["--tpu=grpc://10.0.0.2:8470"], "error: `tpu`='grpc://10.0.0.2:8470' is only used with strategy='tpu'. Received: strategy='default'"),
+        (["--batch_size=512"], "error: `batch_size`=512 is larger than the 256 training examples."),
+    ],
+    ids=["depth", "width", "dataset-missing", "conflicting-arch-flags", "conflicting-tpu-flags", "batch-too-large"],
+)
+def test_train_bad_inputs(root, bin_env, tmp_path, args, message):
+    empty = tmp_path / "empty_tfds"
+    empty.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    code, last = _run(root, bin_env, "train", *TINY, f"--out_dir={out}", *[a.format(empty=empty) for a in args])
+    assert code == 1
+    assert last.startswith(message.format(empty=empty))
+    assert os.listdir(out) == []
+
+
+def test_unknown_dataset_is_a_flag_error(root, bin_env, tmp_path):
+    result = subprocess.run([sys.executable, str(root / "bin" / "train"), "--dataset=mnist", f"--out_dir={tmp_path}"], env=bin_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "FATAL Flags parsing error: flag --dataset=mnist: value should be one of <cifar10|cifar100|imagenet2012|image_folder>" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_out_dir(root, bin_env, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, last = _run(root, bin_env, "train", *TINY, f"--out_dir={blocker / 'runs'}")
+    assert code == 1
+    assert last.startswith(f"error: Cannot write the run directory {blocker / 'runs'}/cifar10-resnet8-w0.25-n256-s0: Not a directory.")
+
+
+def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "test_predictions.npz")
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(np, "savez", no_space)
+    with pytest.raises(OSError) as info:
+        runs.write_npz(path, probs=np.zeros(3))
+    assert errors.one_line(info.value) == f"No space left on device: {path} (check that the output folder exists, is writable and has free space)."
+    assert os.listdir(tmp_path) == []
+
+
+def test_diverging_loss_keeps_the_last_checkpoint(root, bin_env, tmp_path):
+    code, last = _run(root, bin_env, "train", "--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32", "--epochs=2", "--learning_rate=1e30", f"--out_dir={tmp_path}")
+    assert code == 1
+    assert last.startswith("error: The training loss is nan at epoch 1: training diverged.") or last.startswith("error: The training loss is inf at epoch 1")
+    run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
+    assert not (run_dir / "model.keras").exists() and not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-run", "corrupt-config", "unfinished", "corrupt-model", "other-model", "nan-weights"])
+def test_cka_bad_run_directories(root, bin_env, tmp_path, tiny_runs, case):
+    run = tmp_path / "nope"
+    if case == "not-a-run":
+        run.mkdir()
+    elif case != "missing":
+        run = _copy(tiny_runs[0], tmp_path)
+    if case == "corrupt-config":
+        (run / "config.json").write_text('{"model": {"depth": ')
+    elif case == "unfinished":
+        (run / "model.keras").unlink()
+    elif case == "corrupt-model":
+        (run / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    elif case == "other-model":
+        keras.utils.set_random_seed(0)
+        from tfwd import models
+
+        models.cifar_resnet(14, 0.25).save(run / "model.keras")
+    elif case == "nan-weights":
+        model = keras.models.load_model(run / "model.keras")
+        kernel = model.get_layer("stem_conv").kernel
+        kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+        model.save(run / "model.keras")
+    before = _listing(tmp_path)
+    code, last = _run(root, bin_env, "cka", f"--runs={run}", "--examples=64", "--batch_size=32", "--passes=1")
+    expected = {
+        "missing": f"error: Run directory {run} does not exist.",
+        "not-a-run": f"error: {run} is not a tfwd run directory: it has no config.json.",
+        "corrupt-config": f"error: {run}/config.json is corrupt or from an incompatible version",
+        "unfinished": f"error: Run {run} has no model.keras: it has not finished training",
+        "corrupt-model": f"error: Cannot load {run}/model.keras",
+        "other-model": f"error: {run}/model.keras holds model 'resnet14-w0.25' but config.json describes 'resnet8-w0.25'",
+        "nan-weights": "error: Model 0 layer 'stem_conv' has NaN or Inf activations; CKA is undefined for it.",
+    }[case]
+    assert code == 1
+    assert last.startswith(expected), last
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--batch_size=3"], "FATAL Flags parsing error: flag --batch_size=3: 3 is not integer >= 4"),
+        (["--examples=20000"], "error: `examples` must be in [4, 10000] for split 'test'. Received: 20000"),
+    ],
+    ids=["batch-under-4", "too-many-examples"],
+)
+def test_cka_bad_settings(root, bin_env, tmp_path, tiny_runs, args, message):
+    result = subprocess.run([sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", f"--out_dir={tmp_path / 'o'}", *args], env=bin_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and message in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cka_runs_on_different_datasets(root, bin_env, tmp_path, tiny_runs):
+    other = _copy(tiny_runs[1], tmp_path)
+    config = runs.read_config(str(other)).to_dict()
+    config["data"]["dataset"] = "cifar100"
+    runs.write_json(str(other / "config.json"), config)
+    code, last = _run(root, bin_env, "cka", f"--runs={tiny_runs[0]},{other}", f"--out_dir={tmp_path / 'o'}")
+    assert code == 1
+    assert last == "error: CKA compares models on the same examples; these runs use different datasets: [('cifar10', None), ('cifar100', None)]."
+    assert not (tmp_path / "o").exists()
+
+
+def test_killed_cka_leaves_no_partial_output(root, bin_env, tmp_path, tiny_runs):
+    env = dict(bin_env, TFWD_FAULT="analysis_write:0")
+    result = subprocess.run([sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == -9
+    assert not (tmp_path / "o").exists()
+    # The next run clears the orphaned temporary folder and writes the output whole.
+    code, _ = _run(root, bin_env, "cka", f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}")
+    assert code == 0 and sorted(os.listdir(tmp_path)) == ["o"]
