@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 
 
 def define_data_flags() -> None:
-    """The data flags every app shares (they select the dataset and the subset)."""
+    """The data flags of bin/train (they select the dataset and the subset)."""
     from tfwd.data import DATASETS
 
     flags.DEFINE_enum("dataset", "cifar10", list(DATASETS), "Dataset (TFDS name, or image_folder with --data_dir).")
@@ -40,19 +40,6 @@ def define_data_flags() -> None:
     flags.DEFINE_integer("train_examples", None, "Class-balanced training subset size (default: all).", lower_bound=1)
     flags.DEFINE_integer("validation_examples", 0, "Class-balanced examples held out of training.", lower_bound=0)
     flags.DEFINE_integer("data_seed", 0, "Seed of the subset selection (not of the data order).")
-
-
-def data_config():
-    from tfwd.data import DataConfig
-
-    return DataConfig(
-        dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        train_examples=FLAGS.train_examples,
-        validation_examples=FLAGS.validation_examples,
-        data_seed=FLAGS.data_seed,
-        download=FLAGS.download,
-    )
 
 
 def run(main) -> None:

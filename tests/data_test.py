@@ -115,6 +115,22 @@ class TestCifar:
         x = resumed[0][0].numpy()
         assert x.shape == (64, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
 
+    @pytest.mark.parametrize("shards,replicas", [(1, 2), (2, 1), (2, 2)], ids=["1pipeline-2replicas", "2workers", "2workers-2replicas"])
+    def test_sharded_replica_batches_together_are_the_global_batch(self, cifar, shards, replicas):
+        """What tf.distribute gets: each step's replica batches, across pipelines, make up the one-device batch."""
+        per_replica = 64 // (shards * replicas)
+        whole = [x.numpy() for x, _ in cifar.train_dataset(64, seed=2, epochs=2)]
+        pipelines = [
+            [x.numpy() for x, _ in cifar.train_dataset(64, seed=2, epochs=2, shard=(shards, i), replica_batch_size=per_replica)]
+            for i in range(shards)
+        ]
+        for step, batch in enumerate(whole):
+            parts = [p[step * replicas + r] for p in pipelines for r in range(replicas)]
+            got = np.concatenate(parts)
+            assert got.shape == batch.shape
+            # same examples with the same augmentation, in some order
+            assert sorted(row.tobytes() for row in got) == sorted(row.tobytes() for row in batch)
+
     def test_epoch_is_a_permutation_of_the_subset(self, cifar):
         labels = np.concatenate([y for _, y in cifar.train_dataset(100, seed=0, epochs=1)])
         np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.bincount(cifar.labels("train")))

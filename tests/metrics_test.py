@@ -253,6 +253,15 @@ class TestDegenerate:
         with pytest.raises(tf.errors.InvalidArgumentError, match="n >= 4"):
             step(tf.ones([3, 3]))
 
+    def test_empty_minibatch_adds_nothing(self):
+        acts = layers(n=40, seed=11)
+        cka, reference = CKA(), CKA()
+        cka.update_state(acts)
+        cka.update_state([a[:0] for a in acts])
+        reference.update_state(acts)
+        np.testing.assert_array_equal(cka.hsic_xy.numpy(), reference.hsic_xy.numpy())
+        assert float(cka.batches.numpy()) == 1.0
+
     def test_layer_count_must_not_change(self):
         cka = CKA()
         cka.update_state([np.eye(5), np.eye(5)])

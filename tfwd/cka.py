@@ -42,8 +42,9 @@ def cka_matrices(
         model_list: K models with the same input shape (built under `strategy`'s
             scope when one is given).
         dataset_for_pass: p -> a dataset of (images, labels) batches for pass p
-            (reshuffle it per pass; labels are ignored). Each batch is one minibatch
-            (under a strategy: each replica's share is one minibatch).
+            (reshuffle it per pass; labels are ignored). Each batch is one minibatch;
+            under a strategy with several replicas, each replica takes whole
+            minibatches, so the result does not depend on the replica count.
         passes: passes over the data.
         taps: tap kind or layer names, as `tfwd.models.tap_names`.
         strategy: optional tf.distribute strategy.
@@ -63,28 +64,33 @@ def cka_matrices(
     with strategy.scope():
         tapped = [models.activation_model(m, taps) for m in model_list]
         cka = metrics.CKA(num_layers=sum(map(len, names)), dtype=dtype)
-    input_shape = tuple(model_list[0].inputs[0].shape[1:])
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)])
-    def replica_step(images):
+    def update(images):
         acts = []
         for model in tapped:
             acts += model(images, training=False)
         cka.update_state(acts)
+        return tf.constant(True)
 
-    @tf.function
+    def replica_step(images):
+        # A replica left without data at the end of a pass gets an empty batch;
+        # skip it rather than run convolutions on zero examples.
+        return tf.cond(tf.shape(images)[0] > 0, lambda: update(images), lambda: tf.constant(False))
+
+    # reduce_retracing: a ragged last batch generalizes the batch dimension
+    # instead of compiling the step again on every pass.
+    @tf.function(reduce_retracing=True)
     def step(images):
         strategy.run(replica_step, args=(images,))
 
     examples = 0
     for p in range(passes):
         start, examples = time.time(), 0
-        dataset = dataset_for_pass(p).map(lambda x, *_: x)
-        for images in strategy.experimental_distribute_dataset(dataset):
+        for images in _distribute(strategy, dataset_for_pass(p).map(lambda x, *_: x)):
             try:
                 step(images)
             except tf.errors.InvalidArgumentError as e:
-                raise ValueError(_explain(e.message, names)) from None
+                raise ValueError(_explain(e.message, names)) from e
             examples += sum(int(t.shape[0]) for t in strategy.experimental_local_results(images))
         logging.info(
             "CKA pass %d/%d: %d examples, %.0f images/s.", p + 1, passes, examples, examples / (time.time() - start)
@@ -96,6 +102,24 @@ def cka_matrices(
         "examples": examples,
         "batches": int(cka.batches.numpy()),
     }
+
+
+def _distribute(strategy: tf.distribute.Strategy, batches: tf.data.Dataset):
+    """Whole minibatches, dealt round-robin to the replicas.
+
+    With one replica this is the dataset itself. With several (local devices or
+    workers), input pipeline i takes every k-th minibatch and hands each of its
+    replicas whole minibatches, so the result equals the single-device result
+    with the same batch size; a replica left without data at the end gets an
+    empty batch, which the metric ignores.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return strategy.experimental_distribute_dataset(batches)
+
+    def per_pipeline(context):
+        return batches.shard(context.num_input_pipelines, context.input_pipeline_id)
+
+    return strategy.distribute_datasets_from_function(per_pipeline)
 
 
 def _explain(message: str, names: Sequence[Sequence[str]]) -> str:

@@ -377,12 +377,31 @@ class Data:
             )
         return steps
 
-    def train_dataset(self, batch_size: int, seed: int, start_epoch: int = 0, epochs: int = 1) -> tf.data.Dataset:
+    def train_dataset(
+        self,
+        batch_size: int,
+        seed: int,
+        start_epoch: int = 0,
+        epochs: int = 1,
+        shard: tuple[int, int] = (1, 0),
+        replica_batch_size: int | None = None,
+    ) -> tf.data.Dataset:
         """Augmented, shuffled training batches for epochs [start_epoch, epochs).
 
         The order and augmentation of epoch e depend only on (seed, e): a run
         resumed at epoch e sees exactly the batches the uninterrupted run saw.
-        Each epoch has `steps_per_epoch(batch_size)` full batches.
+        Each epoch has `steps_per_epoch(batch_size)` full global batches.
+
+        Args:
+            batch_size: the global batch size.
+            seed: fixes the order and the augmentation.
+            start_epoch, epochs: the epochs to produce.
+            shard: (k, i) keeps positions i, i+k, i+2k, ... of each epoch's order,
+                for input pipeline i of k under tf.distribute.
+            replica_batch_size: batch this pipeline's examples in batches of this
+                size (one per replica); default `batch_size`. With k pipelines and
+                r replicas, the replicas' batches of one step together are exactly
+                the global batch one device would see.
         """
         steps = self.steps_per_epoch(batch_size)
         n = self.num_examples("train")
@@ -414,8 +433,12 @@ class Data:
             # Python int: one dataset per epoch, concatenated below.
             return examples.shuffle(min(n, 16384), seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
 
+        num_shards, index = shard
+
         def one_epoch(epoch):
             ds = shuffled(epoch).take(steps * batch_size).enumerate()
+            if num_shards > 1:
+                ds = ds.filter(lambda pos, ex: pos % num_shards == index)
             return ds.map(lambda pos, ex: augment(ex[0], ex[1], epoch, pos), num_parallel_calls=tf.data.AUTOTUNE)
 
         if self.source.in_memory:
@@ -424,7 +447,7 @@ class Data:
             ds = one_epoch(start_epoch)
             for epoch in range(start_epoch + 1, epochs):
                 ds = ds.concatenate(one_epoch(epoch))
-        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return ds.batch(replica_batch_size or batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:

@@ -137,7 +137,7 @@ def _check_batch(acts, argname: str) -> None:
     sizes = {a.shape[0] for a in acts if a.shape.rank and a.shape[0] is not None}
     if len(sizes) > 1:
         raise ValueError(f"All activations must have the same batch size n. Received batch sizes {sorted(sizes)}.")
-    if sizes and min(sizes) < 4:
+    if sizes and 0 < min(sizes) < 4:
         raise ValueError(
             f"Minibatch CKA needs n >= 4 examples per batch (the unbiased HSIC estimator divides by n(n-3)). "
             f"Received: n={min(sizes)}"
@@ -164,8 +164,10 @@ class CKA(keras.metrics.Metric):
     Degenerate cases, defined rather than NaN:
     - a layer that is constant over every minibatch (zero variance) has CKA 0
       with every other layer, and 1 with itself;
-    - n < 4, batch sizes that differ between layers or lists, an empty list, and
-      NaN or Inf activations raise errors (ValueError when shapes are static,
+    - an empty minibatch (n = 0, which tf.distribute hands a replica at the end of
+      uneven data) adds nothing;
+    - 0 < n < 4, batch sizes that differ between layers or lists, an empty list,
+      and NaN or Inf activations raise errors (ValueError when shapes are static,
       tf.errors.InvalidArgumentError at run time otherwise).
 
     Args:
@@ -238,14 +240,17 @@ class CKA(keras.metrics.Metric):
 
         ga, n = _centered_grams(acts_a, self.dtype, self.check_finite)
         checks = [
-            tf.debugging.assert_greater_equal(n, 4, message="Minibatch CKA needs n >= 4 examples per batch."),
+            tf.debugging.Assert(
+                tf.logical_or(n >= 4, tf.equal(n, 0)), ["Minibatch CKA needs n >= 4 examples per batch; n =", n]
+            ),
         ]
         if acts_b is not None:
             gb, n_b = _centered_grams(acts_b, self.dtype, self.check_finite)
             checks.append(tf.debugging.assert_equal(n, n_b, message="acts_a and acts_b have different batch sizes."))
         with tf.control_dependencies(checks):
             nf = tf.cast(n, self.dtype)
-            scale = 1.0 / (nf * (nf - 3))
+            nonempty = tf.cast(n > 0, self.dtype)
+            scale = nonempty / tf.maximum(nf * (nf - 3), 1.0)
             if acts_b is None:
                 xy = tf.matmul(ga, ga, transpose_b=True) * scale
                 self.hsic_xy.assign_add(xy)
@@ -256,7 +261,7 @@ class CKA(keras.metrics.Metric):
                 self.hsic_xy.assign_add(tf.matmul(ga, gb, transpose_b=True) * scale)
                 self.hsic_xx.assign_add(tf.reduce_sum(tf.square(ga), axis=1) * scale)
                 self.hsic_yy.assign_add(tf.reduce_sum(tf.square(gb), axis=1) * scale)
-            self.batches.assign_add(tf.ones([], self.dtype))
+            self.batches.assign_add(nonempty)
 
     def result(self):
         """The CKA matrix: (L, L) within-model, (La, Lb) cross-model."""

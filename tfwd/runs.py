@@ -92,18 +92,23 @@ class ModelConfig:
             return models.imagenet_model_name(self.blocks, self.widths)
         return models.model_name(self.depth, self.width, self.residual)
 
-    def build(self, num_classes: int, image_size: int, weight_decay: float = 0.0) -> keras.Model:
+    def build(
+        self, num_classes: int, image_size: int, weight_decay: float = 0.0, synchronized_bn: bool = False
+    ) -> keras.Model:
+        """The untrained keras.Model (see tfwd.models.cifar_resnet / imagenet_resnet)."""
+        shape = (image_size, image_size, 3)
         if self.arch == "imagenet_resnet":
             return models.imagenet_resnet(
-                self.blocks, self.widths, num_classes, (image_size, image_size, 3), weight_decay=weight_decay
+                self.blocks, self.widths, num_classes, shape, weight_decay=weight_decay, synchronized_bn=synchronized_bn
             )
         return models.cifar_resnet(
             self.depth,
             self.width,
             num_classes=num_classes,
             residual=self.residual,
-            input_shape=(image_size, image_size, 3),
+            input_shape=shape,
             weight_decay=weight_decay,
+            synchronized_bn=synchronized_bn,
         )
 
     def validate(self) -> None:

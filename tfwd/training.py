@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from absl import logging
 
 from tfwd import distribute, faults, runs
 from tfwd.checkpoints import Checkpoints
-from tfwd.data import Data
+from tfwd.data import Data, DataConfig
 
 # The paper's recipes (reference code): CIFAR (cifar_train.py, He et al. 2016) and
 # ImageNet (large_scale_training/imagenet_train.py: batch 256, lr 0.1, 120 epochs,
@@ -27,56 +28,127 @@ RECIPES = {
 }
 
 
+_MODEL_FLAGS = {"cifar_resnet": ("depth", "width", "residual"), "imagenet_resnet": ("blocks", "widths")}
+_TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "weight_decay", "momentum", "deterministic")
+_DATA_FLAGS = ("dataset", "data_dir", "train_examples", "validation_examples", "data_seed", "image_size", "download")
+
+
+def config_from_flags(flags: dict[str, Any]) -> runs.RunConfig:
+    """The RunConfig of bin/train given these flags (name -> value; absent flags take their defaults).
+
+    Defaults: --arch=cifar_resnet --depth=56 --width=1 --residual --seed=0, the
+    dataset defaults of tfwd.data.DataConfig, and the arch's recipe (RECIPES) for
+    epochs, batch size, learning rate and weight decay. bin/train and
+    tfwd.sweeps both build configs here, so a sweep names the runs bin/train makes.
+
+    Raises:
+        ValueError: for flags of the other architecture (--depth with
+            imagenet_resnet, --blocks with cifar_resnet) or invalid values.
+    """
+    arch = flags.get("arch", "cifar_resnet")
+    if arch not in RECIPES:
+        raise ValueError(f"`arch` must be one of {tuple(RECIPES)}. Received: arch={arch!r}")
+    other = next(a for a in RECIPES if a != arch)
+    wrong = [f"--{k}" for k in _MODEL_FLAGS[other] if k in flags]
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)}: only for --arch={other}; with {arch} use "
+            f"{' and '.join('--' + k for k in _MODEL_FLAGS[arch][:2])}."
+        )
+    try:
+        if arch == "imagenet_resnet":
+            model = runs.ModelConfig.imagenet(
+                tuple(int(b) for b in flags.get("blocks", (3, 4, 6, 3))),
+                tuple(float(w) for w in flags.get("widths", (1, 1, 1, 1))),
+            )
+        else:
+            model = runs.ModelConfig(
+                depth=flags.get("depth", 56), width=float(flags.get("width", 1.0)), residual=flags.get("residual", True)
+            )
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"--blocks must be integers and --widths numbers. Received: {flags.get('blocks')}, {flags.get('widths')}"
+        ) from None
+    model.validate()
+    chosen = {k: flags[k] for k in _TRAIN_FLAGS if flags.get(k) is not None}
+    train = dataclasses.replace(RECIPES[arch], seed=flags.get("seed", 0), **chosen)
+    train.validate()
+    data = DataConfig(**{k: flags[k] for k in _DATA_FLAGS if k in flags})
+    return runs.RunConfig(model, data, train)
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-def _compile(model: keras.Model, config: runs.TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def make_optimizer(config: runs.TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """SGD with momentum and a per-step cosine decay of the learning rate to 0 over the whole run."""
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.0
     )
-    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    optimizer.build(model.trainable_variables)
-    return optimizer
+    return keras.optimizers.SGD(schedule, momentum=config.momentum)
 
 
-class _Checkpointer(keras.callbacks.Callback):
-    """Checks the loss, records the epoch's history, and saves a checkpoint after every epoch."""
+class _Loop:
+    """One compiled training step per batch under any tf.distribute strategy.
 
-    def __init__(self, checkpoints, epoch_var, history_var, history, run_dir, is_chief):
-        super().__init__()
-        self.checkpoints = checkpoints
-        self.epoch_var, self.history_var, self.history = epoch_var, history_var, history
-        self.run_dir, self.is_chief = run_dir, is_chief
-        self._start = time.time()
+    Keras 3's Model.fit fails under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585), so tfwd runs its own step: the per-example loss is
+    averaged over the global batch (tf.nn.compute_average_loss) and the optimizer
+    all-reduces the gradients, so k replicas take the step one device would.
+    """
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.time()
+    def __init__(self, model, optimizer, strategy, global_batch):
+        self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        with strategy.scope():
+            self.loss = keras.metrics.Mean(name="loss")
+            self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        if not np.isfinite(logs.get("loss", 0.0)):
-            raise TrainingDivergedError(
-                f"The training loss is {logs.get('loss')} at epoch {epoch + 1}: training diverged. The last good "
-                f"checkpoint (epoch {int(self.epoch_var.numpy())}) is kept in {self.run_dir}; lower "
-                "--learning_rate and rerun with --overwrite."
-            )
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
-        row["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
-        row["seconds"] = round(time.time() - self._start, 2)
-        self.history.append(row)
-        faults.crash_point("before_checkpoint", epoch + 1)
-        self.epoch_var.assign(epoch + 1)
-        self.history_var.assign(json.dumps(self.history))
-        self.checkpoints.save(epoch + 1)
-        if self.is_chief:
-            runs.write_csv(os.path.join(self.run_dir, runs.HISTORY), self.history)
-        faults.crash_point("after_checkpoint", epoch + 1)
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                per_example = self.loss_fn(labels, logits)
+                regularization = tf.add_n(model.losses) if model.losses else tf.zeros([])
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                loss += tf.nn.scale_regularization_loss(regularization)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            # Reported like Keras: cross-entropy plus the L2 penalty.
+            self.loss.update_state(per_example + regularization)
+            self.accuracy.update_state(labels, logits)
+
+        @tf.function
+        def train_step(iterator):
+            images, labels = next(iterator)
+            strategy.run(replica_step, args=(images, labels))
+
+        @tf.function(reduce_retracing=True)
+        def eval_step(images, labels):
+            logits = model(images, training=False)
+            self.loss.update_state(self.loss_fn(labels, logits) + (tf.add_n(model.losses) if model.losses else 0.0))
+            self.accuracy.update_state(labels, logits)
+
+        self.train_step, self.eval_step = train_step, eval_step
+
+    def _results(self, prefix=""):
+        out = {prefix + "loss": float(self.loss.result()), prefix + "accuracy": float(self.accuracy.result())}
+        self.loss.reset_state()
+        self.accuracy.reset_state()
+        return out
+
+    def train_epoch(self, iterator, steps: int, progbar: keras.utils.Progbar | None) -> dict[str, float]:
+        for step in range(steps):
+            self.train_step(iterator)
+            if progbar is not None:
+                progbar.update(step + 1, [("loss", float(self.loss.result())), ("accuracy", float(self.accuracy.result()))])
+        return self._results()
+
+    def evaluate(self, dataset: tf.data.Dataset, prefix: str = "val_") -> dict[str, float]:
+        """Loss and accuracy on a dataset, computed by this process alone (no collectives)."""
+        for images, labels in dataset:
+            self.eval_step(images, labels)
+        return self._results(prefix)
 
 
 def run_state(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
@@ -122,8 +194,8 @@ def train(
         out_dir: parent folder of run directories.
         strategy: a tf.distribute strategy; None for the default one.
         overwrite: delete an existing run directory of that name first.
-        verbose: Keras progress output: 0 silent, 1 progress bar, 2 one line per
-            epoch; None picks 1 on a terminal, else 2.
+        verbose: progress output: 0 silent, 1 a Keras progress bar per epoch and a
+            log line, 2 one log line per epoch; None picks 1 on a terminal, else 2.
         tensorboard: write TensorBoard logs.
 
     Returns:
@@ -151,11 +223,18 @@ def train(
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
+    replicas = strategy.num_replicas_in_sync
+    if tc.batch_size % replicas:
+        raise ValueError(f"`batch_size`={tc.batch_size} must be divisible by the {replicas} replicas of the strategy.")
     with strategy.scope():
-        model = config.model.build(data.num_classes, data.image_size, tc.weight_decay)
-        optimizer = _compile(model, tc, steps)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        history_var = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
+        # Several replicas normalize with global-batch statistics, as one device would.
+        model = config.model.build(data.num_classes, data.image_size, tc.weight_decay, synchronized_bn=replicas > 1)
+        optimizer = make_optimizer(tc, steps)
+        optimizer.build(model.trainable_variables)
+    loop = _Loop(model, optimizer, strategy, tc.batch_size)
+    # Bookkeeping lives outside the strategy: a string cannot be mirrored across workers.
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    history_var = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, history=history_var)
     ckpt_dir = os.path.join(run_dir, runs.CHECKPOINTS) if is_chief else distribute.worker_dir(run_dir, strategy)
     checkpoints = Checkpoints(checkpoint, ckpt_dir)
@@ -164,41 +243,79 @@ def train(
     start = int(epoch_var.numpy())
     history: list[dict[str, Any]] = json.loads(history_var.numpy().decode())[:start]
 
-    callbacks: list[keras.callbacks.Callback] = [
-        _Checkpointer(checkpoints, epoch_var, history_var, history, run_dir, is_chief)
-    ]
-    if tensorboard and is_chief:
-        callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False, profile_batch=0)
-        )
-    validation = data.eval_dataset("validation", 512) if data.num_examples("validation") else None
     if start < tc.epochs:
         logging.info(
             "Training %s: %d examples, %d steps/epoch, epochs %d-%d.",
             config.name, data.num_examples("train"), steps, start + 1, tc.epochs,
         )
-        model.fit(
-            data.train_dataset(tc.batch_size, tc.seed, start, tc.epochs),
-            epochs=tc.epochs,
-            initial_epoch=start,
-            steps_per_epoch=steps,
-            validation_data=validation,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset is shuffled, reproducibly, per epoch
-            verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
-        )
+        per_replica = tc.batch_size // replicas
+
+        def pipeline(context):
+            # Input pipeline i takes examples i, i+k, ... of each epoch's order, so the
+            # replicas' batches together are exactly the one-device global batch.
+            shard = (context.num_input_pipelines, context.input_pipeline_id)
+            return data.train_dataset(tc.batch_size, tc.seed, start, tc.epochs, shard, replica_batch_size=per_replica)
+
+        iterator = iter(strategy.distribute_datasets_from_function(pipeline))
+        validation = data.eval_dataset("validation", 500) if data.num_examples("validation") else None
+        writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if tensorboard and is_chief else None
+        verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+        for epoch in range(start, tc.epochs):
+            began = time.time()
+            progbar = keras.utils.Progbar(steps) if verbose == 1 else None
+            row = {"epoch": epoch + 1, **loop.train_epoch(iterator, steps, progbar)}
+            if validation is not None:
+                row.update(loop.evaluate(validation))
+            row["learning_rate"] = float(optimizer.learning_rate.numpy())
+            row["seconds"] = round(time.time() - began, 2)
+            _end_epoch(row, history, epoch_var, history_var, checkpoints, run_dir, is_chief)
+            if verbose:
+                logging.info("Epoch %d/%d: %s", epoch + 1, tc.epochs, _format(row))
+            if writer is not None:
+                with writer.as_default(step=epoch + 1):
+                    for key, value in row.items():
+                        if key != "epoch":
+                            tf.summary.scalar(key, value)
+                writer.flush()
     if is_chief:
-        _finish(model, data, run_dir, history)
+        _finish(model, data, run_dir, history, distributed=strategy.num_replicas_in_sync > 1)
     else:
         distribute.remove_worker_dir(ckpt_dir)
     return run_dir
 
 
-def _finish(model: keras.Model, data: Data, run_dir: str, history: list[dict[str, Any]]) -> None:
+def _end_epoch(row, history, epoch_var, history_var, checkpoints, run_dir, is_chief) -> None:
+    """Checks the loss, records the epoch and saves the checkpoint (kill-safe, see tfwd.checkpoints)."""
+    epoch = row["epoch"]
+    if not np.isfinite(row["loss"]):
+        raise TrainingDivergedError(
+            f"The training loss is {row['loss']} at epoch {epoch}: training diverged. The last good checkpoint "
+            f"(epoch {int(epoch_var.numpy())}) is kept in {run_dir}; lower --learning_rate and rerun with --overwrite."
+        )
+    history.append(row)
+    faults.crash_point("before_checkpoint", epoch)
+    epoch_var.assign(epoch)
+    history_var.assign(json.dumps(history))
+    checkpoints.save(epoch)
+    if is_chief:
+        runs.write_csv(os.path.join(run_dir, runs.HISTORY), history)
+    faults.crash_point("after_checkpoint", epoch)
+
+
+def _format(row: dict[str, Any]) -> str:
+    return " - ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch")
+
+
+def _finish(model: keras.Model, data: Data, run_dir: str, history: list[dict[str, Any]], distributed: bool) -> None:
     """Writes model.keras, test_predictions.npz and, last, results.json."""
-    with runs.atomic_path(os.path.join(run_dir, runs.MODEL)) as tmp:
+    path = os.path.join(run_dir, runs.MODEL)
+    with runs.atomic_path(path) as tmp:
         model.save(tmp)
     faults.crash_point("before_results", len(history))
+    if distributed:
+        # Predict with a local copy: the distributed model would shard the test
+        # set across workers, and only this process writes the predictions.
+        model = keras.models.load_model(path, compile=False)
     logits = model.predict(data.eval_dataset("test", 500), verbose=0)
     probs = tf.nn.softmax(logits).numpy().astype(np.float32)
     labels = data.labels("test")

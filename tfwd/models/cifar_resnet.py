@@ -79,17 +79,19 @@ def _conv(filters, kernel_size, strides, name, weight_decay):
     )
 
 
-def _bn(name):
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+def _bn(name, synchronized=False):
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name
+    )
 
 
-def _basic_block(x, filters, strides, prefix, residual, weight_decay):
+def _basic_block(x, filters, strides, prefix, residual, weight_decay, sync_bn):
     """conv3x3-BN-ReLU, conv3x3-BN, (+ shortcut), ReLU."""
     y = _conv(filters, 3, strides, f"{prefix}_conv1", weight_decay)(x)
-    y = _bn(f"{prefix}_bn1")(y)
+    y = _bn(f"{prefix}_bn1", sync_bn)(y)
     y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
     y = _conv(filters, 3, 1, f"{prefix}_conv2", weight_decay)(y)
-    y = _bn(f"{prefix}_bn2")(y)
+    y = _bn(f"{prefix}_bn2", sync_bn)(y)
     if residual:
         shortcut = x
         if strides != 1 or x.shape[-1] != filters:
@@ -108,6 +110,7 @@ def cifar_resnet(
     input_shape: tuple[int, int, int] = (32, 32, 3),
     weight_decay: float = 0.0,
     name: str | None = None,
+    synchronized_bn: bool = False,
 ) -> keras.Model:
     """Builds a CIFAR ResNet v1 (He et al. 2016) with the functional API.
 
@@ -121,6 +124,8 @@ def cifar_resnet(
         weight_decay: L2 coefficient on conv and dense kernels (loss += wd * sum w^2,
             as Keras' L2 regularizer and the reference code). 0 adds no regularizer.
         name: model name; defaults to "resnet{depth}-w{width}[-nores]".
+        synchronized_bn: BN statistics over the global batch under tf.distribute
+            (so that training on k replicas matches one device); no effect on one device.
 
     Returns:
         An uncompiled keras.Model mapping (batch, *input_shape) images to
@@ -142,12 +147,12 @@ def cifar_resnet(
 
     inputs = keras.Input(shape=input_shape, name="images")
     x = _conv(channels[0], 3, 1, "stem_conv", weight_decay)(inputs)
-    x = _bn("stem_bn")(x)
+    x = _bn("stem_bn", synchronized_bn)(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     for stage, filters in enumerate(channels, start=1):
         for block in range(1, n + 1):
             strides = 2 if stage > 1 and block == 1 else 1
-            x = _basic_block(x, filters, strides, f"stage{stage}_block{block}", residual, weight_decay)
+            x = _basic_block(x, filters, strides, f"stage{stage}_block{block}", residual, weight_decay, synchronized_bn)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(
         num_classes,

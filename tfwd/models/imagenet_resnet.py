@@ -67,23 +67,27 @@ def _conv(filters, kernel_size, strides, name, weight_decay):
     )
 
 
-def _bn(name, zero_gamma=False):
+def _bn(name, sync, zero_gamma=False):
     return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer="zeros" if zero_gamma else "ones", name=name
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        synchronized=sync,
+        name=name,
     )
 
 
-def _bottleneck(x, width, strides, prefix, weight_decay):
+def _bottleneck(x, width, strides, prefix, weight_decay, sync):
     y = _conv(width, 1, 1, f"{prefix}_conv1", weight_decay)(x)
-    y = keras.layers.ReLU(name=f"{prefix}_relu1")(_bn(f"{prefix}_bn1")(y))
+    y = keras.layers.ReLU(name=f"{prefix}_relu1")(_bn(f"{prefix}_bn1", sync)(y))
     y = _conv(width, 3, strides, f"{prefix}_conv2", weight_decay)(y)
-    y = keras.layers.ReLU(name=f"{prefix}_relu2")(_bn(f"{prefix}_bn2")(y))
+    y = keras.layers.ReLU(name=f"{prefix}_relu2")(_bn(f"{prefix}_bn2", sync)(y))
     y = _conv(4 * width, 1, 1, f"{prefix}_conv3", weight_decay)(y)
-    y = _bn(f"{prefix}_bn3", zero_gamma=True)(y)
+    y = _bn(f"{prefix}_bn3", sync, zero_gamma=True)(y)
     shortcut = x
     if strides != 1 or x.shape[-1] != 4 * width:
         shortcut = _conv(4 * width, 1, strides, f"{prefix}_shortcut", weight_decay)(x)
-        shortcut = _bn(f"{prefix}_shortcut_bn")(shortcut)
+        shortcut = _bn(f"{prefix}_shortcut_bn", sync)(shortcut)
     y = keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{prefix}_out")(y)
 
@@ -95,6 +99,7 @@ def imagenet_resnet(
     input_shape: tuple[int, int, int] = (224, 224, 3),
     weight_decay: float = 0.0,
     name: str | None = None,
+    synchronized_bn: bool = False,
 ) -> keras.Model:
     """Builds a bottleneck ResNet with `blocks[s]` blocks and width multiplier `widths[s]` in stage s+1.
 
@@ -106,6 +111,7 @@ def imagenet_resnet(
         input_shape: (height, width, 3) of the input images, pixels in [0, 1].
         weight_decay: L2 coefficient on conv and dense kernels (loss += wd * sum w^2).
         name: model name; defaults to `imagenet_model_name(blocks, widths)`.
+        synchronized_bn: BN statistics over the global batch under tf.distribute.
 
     Returns:
         An uncompiled keras.Model from (batch, *input_shape) images to (batch, num_classes) logits.
@@ -120,12 +126,12 @@ def imagenet_resnet(
     stage_widths = check_stages(blocks, widths)
     inputs = keras.Input(shape=input_shape, name="images")
     x = _conv(64, 7, 2, "stem_conv", weight_decay)(inputs)
-    x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
+    x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn", synchronized_bn)(x))
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage, (n, width) in enumerate(zip(blocks, stage_widths), start=1):
         for block in range(1, n + 1):
             strides = 2 if stage > 1 and block == 1 else 1
-            x = _bottleneck(x, width, strides, f"stage{stage}_block{block}", weight_decay)
+            x = _bottleneck(x, width, strides, f"stage{stage}_block{block}", weight_decay, synchronized_bn)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(
         num_classes,
