@@ -140,3 +140,23 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, tfds_dir)
         training.train(config, str(tmp_path), verbose=0, tensorboard=False)
     run_dir = tmp_path / config.name
     assert not (run_dir / "model.keras").exists() and not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "epochs,warmup,expected_warmup_steps",
+    [(10, 2, 20), (3, 2, 15), (10, 0, 0)],
+    ids=["two-epochs", "capped-at-half", "none"],
+)
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine(epochs, warmup, expected_warmup_steps):
+    steps = 10
+    optimizer = training.make_optimizer(runs.TrainConfig(epochs=epochs, learning_rate=0.1, warmup_epochs=warmup), steps)
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
+    total, w = epochs * steps, expected_warmup_steps
+
+    def expected(t):
+        if t < w:
+            return 0.1 * t / w
+        return 0.05 * (1 + np.cos(np.pi * (t - w) / (total - w)))
+
+    for t in [0, 1, w // 2, w, w + 1, (total + w) // 2, total - 1, total]:
+        assert float(schedule(t)) == pytest.approx(expected(t), abs=1e-7), t

@@ -135,6 +135,8 @@ class TrainConfig:
         weight_decay: L2 coefficient on conv and dense kernels (loss += wd * sum w^2).
         seed: fixes the initial weights, the data order and the augmentation.
         deterministic: enable TensorFlow op determinism (bit-reproducible, slower).
+        warmup_epochs: epochs of linear warmup from 0 to the learning rate before the
+            cosine decay (capped at half the run).
     """
 
     epochs: int = 300
@@ -144,12 +146,13 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     deterministic: bool = False
+    warmup_epochs: int = 2
 
     def validate(self) -> None:
         for field in ("epochs", "batch_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"`{field}` must be a positive integer. Received: {field}={getattr(self, field)!r}")
-        for field in ("learning_rate", "weight_decay", "momentum"):
+        for field in ("learning_rate", "weight_decay", "momentum", "warmup_epochs"):
             if not getattr(self, field) >= 0:
                 raise ValueError(f"`{field}` must be >= 0. Received: {field}={getattr(self, field)!r}")
 

@@ -86,6 +86,7 @@ TRAIN_FLAGS: dict[str, Any] = {
     "strategy": ("default", "mirrored", "multi_worker", "tpu"),
     "tpu": "str",
     "deterministic": "bool",
+    "warmup_epochs": "int",
 }
 SPEC_KEYS = ("name", "description", "flags", "grid")
 _KIND_NAMES = {

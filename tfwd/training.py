@@ -29,7 +29,7 @@ RECIPES = {
 
 
 _MODEL_FLAGS = {"cifar_resnet": ("depth", "width", "residual"), "imagenet_resnet": ("blocks", "widths")}
-_TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "weight_decay", "momentum", "deterministic")
+_TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "weight_decay", "momentum", "deterministic", "warmup_epochs")
 _DATA_FLAGS = ("dataset", "data_dir", "train_examples", "validation_examples", "data_seed", "image_size", "download")
 
 
@@ -82,9 +82,22 @@ class TrainingDivergedError(RuntimeError):
 
 
 def make_optimizer(config: runs.TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with momentum and a per-step cosine decay of the learning rate to 0 over the whole run."""
+    """SGD with momentum; the learning rate rises linearly for `warmup_epochs`, then decays to 0 (cosine).
+
+    The warmup is not in the reference code, but without it lr 0.1 does not train
+    deep v1 ResNets here: ResNet-38 (1x) on 1/16 of CIFAR-10 stayed at chance (loss
+    3.6 after 15 epochs); with 2 warmup epochs it trains (40% after 7). He et al.
+    (2016) warm ResNet-110 up at lr 0.01 for the same reason; Goyal et al. (2017)
+    ramp linearly.
+    """
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(config.warmup_epochs * steps_per_epoch, total // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch), alpha=0.0
+        0.0 if warmup else config.learning_rate,
+        decay_steps=total - warmup,
+        alpha=0.0,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
     )
     return keras.optimizers.SGD(schedule, momentum=config.momentum)
 
