@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tfwd import distribute, runs, training
-from tfwd.data import Data, DataConfig
+from tfwd.data import DataConfig
 
 
 def CONFIG(tfds_dir):
@@ -26,8 +26,7 @@ def CONFIG(tfds_dir):
     )
 
 
-def cka_dataset(tfds_dir):
-    return Data(DataConfig(data_dir=tfds_dir)).eval_dataset("test", 32, examples=200)
+CKA_SETTINGS = dict(taps="blocks", examples=200, batch_size=32, passes=2)
 
 
 def _free_ports(k):
@@ -69,10 +68,10 @@ def test_two_workers_on_loopback_match_one_process(tmp_path, tfds_dir, root, bin
         np.testing.assert_allclose(p1["probs"], p2["probs"], atol=1e-3)
     from tfwd import cka
 
-    expected = cka.cka_matrices([a], lambda p: cka_dataset(tfds_dir), passes=1, taps="blocks")
-    with np.load(tmp_path / "mw" / "cka.npz") as got:
-        assert int(got["batches"]) == expected["batches"] == 7
-        np.testing.assert_allclose(got["cka"], expected["blocks"][(0, 0)], atol=1e-4)
+    expected = cka.load(cka.analyze_runs([distributed], out_dir=str(tmp_path / "one_cka"), **CKA_SETTINGS) + "/cka.npz")
+    got = cka.load(str(tmp_path / "mw" / "cka" / "cka.npz"))
+    assert got["settings"]["batches"] == expected["settings"]["batches"] == 14
+    np.testing.assert_allclose(got["blocks"][(0, 0)], expected["blocks"][(0, 0)], atol=1e-10)
 
 
 def test_cka_on_two_mirrored_devices_equals_one_device():

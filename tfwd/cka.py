@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import metrics, models, plots, runs
+from tfwd import distribute, metrics, models, plots, runs
 
 
 def cka_matrices(
@@ -178,6 +178,7 @@ def analyze_runs(
     passes: int = 10,
     seed: int = 0,
     data_dir: str | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> str:
     """CKA of one or more finished runs, written as cka.npz plus PNG heatmaps.
 
@@ -196,6 +197,8 @@ def analyze_runs(
         passes: reshuffled passes over the data (the paper uses 10).
         seed: seed of the per-pass shuffles.
         data_dir: TFDS data directory, if not the one the runs recorded.
+        strategy: a tf.distribute strategy to spread the minibatches over (the
+            models are loaded in its scope; only the chief writes).
 
     Returns:
         The output folder.
@@ -213,16 +216,22 @@ def analyze_runs(
     data = opened[0].data(data_dir)
     if examples is not None and not 4 <= examples <= data.num_examples(split):
         raise ValueError(f"`examples` must be in [4, {data.num_examples(split)}] for split {split!r}. Received: {examples}")
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        loaded = [r.model() for r in opened]
     result = cka_matrices(
-        [r.model() for r in opened],
+        loaded,
         lambda p: data.eval_dataset(split, batch_size, examples, shuffle_seed=seed * 1_000_003 + p),
         passes=passes,
         taps=taps,
+        strategy=strategy,
     )
+    out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
+    if not distribute.is_chief(strategy):
+        return out_dir
     names = [r.name for r in opened]
     labels = [n.split("-", 1)[1] for n in names]  # titles drop the shared dataset prefix
     settings = dict(runs=[r.path for r in opened], taps=taps, split=split, batch_size=batch_size, passes=passes, seed=seed)
-    out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
     with runs.atomic_dir(out_dir) as tmp:
         save(os.path.join(tmp, "cka.npz"), result, names, settings)
         for (i, j), matrix in result["blocks"].items():
