@@ -8,7 +8,9 @@ Table 1, per model (taps="all", n=256), in images/s:
   (matmul(x, x^T), float32 U-centring and accumulation), re-implemented here;
 - tfwd: tfwd.cka.cka_matrices' step (inference + tfwd.metrics.CKA);
 - floor: (forward FLOPs + Gram FLOPs + pair-product FLOPs) / the FLOP rate of a
-  large float32 matmul measured in the same run.
+  large float32 matmul measured in the same run;
+- tfwd with bfloat16 Grams (CKA(gram_dtype="bfloat16")), and the largest change it
+  makes to any CKA value of the matrix (random inputs, untrained model).
 
 Table 2: all within- and cross-model CKA matrices of K models, one pass with
 stacked taps against the K(K-1)/2 pairs done one at a time.
@@ -66,6 +68,7 @@ def step_fn(model_list, taps, metric_cls):
             acts += t(x, training=False)
         metric.update_state(acts)
 
+    step.metric = metric
     return step
 
 
@@ -90,16 +93,23 @@ def throughput_table(configs, peak, repeats):
         infer = tf.function(lambda x: model(x, training=False))
         r_inf = rate(infer, x, items=N, repeats=repeats)
         r_ref = rate(step_fn([model], "all", ReferenceMinibatchCKA), x, items=N, repeats=repeats)
-        r_cka = rate(step_fn([model], "all", lambda L: metrics.CKA(num_layers=L)), x, items=N, repeats=repeats)
+        exact = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L))
+        fast = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L, gram_dtype="bfloat16"))
+        r_cka = rate(exact, x, items=N, repeats=repeats)
+        r_bf16 = rate(fast, x, items=N, repeats=repeats)
+        delta = float(np.abs(exact.metric.result().numpy() - fast.metric.result().numpy()).max())
         flops = forward_flops(model) + gram_flops(feature_sizes(model, names), N) + 2.0 * len(names) ** 2 * N
         floor = peak / flops
-        rows.append((f"ResNet-{depth} ({width:g}x)", len(names), r_inf, r_ref, r_cka, floor))
+        rows.append((f"ResNet-{depth} ({width:g}x)", len(names), r_inf, r_ref, r_cka, floor, r_bf16, delta))
         print(f"  measured {rows[-1][0]}", flush=True)
     print("\nCKA throughput, taps='all', n=256 (images/s)")
-    print("| model | layers | inference | reference algorithm | tfwd CKA | floor | floor / tfwd | tfwd / reference |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, layers, r_inf, r_ref, r_cka, floor in rows:
-        print(f"| {name} | {layers} | {r_inf:.0f} | {r_ref:.0f} | {r_cka:.0f} | {floor:.0f} | {floor / r_cka:.2f} | {r_cka / r_ref:.2f} |")
+    print("| model | layers | inference | reference algorithm | tfwd CKA | floor | floor / tfwd | tfwd / reference | tfwd, bfloat16 Grams | max abs CKA change |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, layers, r_inf, r_ref, r_cka, floor, r_bf16, delta in rows:
+        print(
+            f"| {name} | {layers} | {r_inf:.0f} | {r_ref:.0f} | {r_cka:.0f} | {floor:.0f} | {floor / r_cka:.2f} | "
+            f"{r_cka / r_ref:.2f} | {r_bf16:.0f} | {delta:.1e} |"
+        )
 
 
 def many_models_table(ks, depth, repeats):

@@ -275,7 +275,7 @@ class TestKerasContract:
         cka = CKA(dtype="float32", check_finite=False, name="my_cka")
         cka.update_state(acts)
         config = cka.get_config()
-        assert config == {"num_layers": 4, "dtype": "float32", "check_finite": False, "name": "my_cka"}
+        assert config == {"num_layers": 4, "dtype": "float32", "check_finite": False, "gram_dtype": None, "name": "my_cka"}
         clone = CKA.from_config(json.loads(json.dumps(config)))
         clone.update_state(acts)
         np.testing.assert_allclose(clone.result().numpy(), cka.result().numpy(), atol=1e-6)
@@ -293,6 +293,16 @@ class TestKerasContract:
             c32.update_state([a[lo : lo + 50] for a in acts])
             c64.update_state([a[lo : lo + 50] for a in acts])
         np.testing.assert_allclose(c32.result().numpy(), c64.result().numpy(), atol=1e-5)
+
+    def test_bfloat16_grams_are_close(self):
+        acts = [a.astype(np.float32) for a in layers(n=256, seed=12)]
+        exact, fast = CKA(), CKA(gram_dtype="bfloat16")
+        exact.update_state(acts)
+        fast.update_state(acts)
+        difference = np.abs(fast.result().numpy() - exact.result().numpy()).max()
+        assert 0 < difference < 2e-2
+        with pytest.raises(ValueError, match="gram_dtype"):
+            CKA(gram_dtype="int8")
 
     def test_tf_function_does_not_retrace_per_batch(self):
         acts = [tf.constant(a, tf.float32) for a in layers(n=160)]

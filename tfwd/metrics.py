@@ -100,7 +100,9 @@ def linear_cka(x, y, unbiased: bool = False) -> float:
 # --- the streaming metric -------------------------------------------------------------------
 
 
-def _centered_grams(acts: Sequence[tf.Tensor], dtype: tf.DType, check_finite: bool) -> tuple[tf.Tensor, tf.Tensor]:
+def _centered_grams(
+    acts: Sequence[tf.Tensor], dtype: tf.DType, check_finite: bool, gram_dtype: str | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """U-centred Gram matrices of a list of layers, stacked and flattened: ((L, n*n), n)."""
     n = tf.shape(acts[0])[0]
     grams = []
@@ -111,6 +113,8 @@ def _centered_grams(acts: Sequence[tf.Tensor], dtype: tf.DType, check_finite: bo
         # with a large common offset (post-ReLU) keep their precision, and a layer
         # that is constant over the batch gives K = 0, hence U(K) = 0, exactly.
         x = x - x[:1]
+        if gram_dtype is not None:
+            x = tf.cast(x, gram_dtype)
         # einsum runs this contraction about 2x faster than matmul(x, x, transpose_b=True)
         # on TF 2.21 CPUs (benchmarks/cka_throughput.py).
         k = tf.einsum("ip,jp->ij", x, x)
@@ -175,6 +179,10 @@ class CKA(keras.metrics.Metric):
             shape from the first update_state call.
         dtype: accumulator dtype, "float64" by default.
         check_finite: check every Gram matrix for NaN/Inf (cheap: n x n per layer).
+        gram_dtype: None computes Gram matrices in the activations' dtype;
+            "bfloat16" casts the (centred) activations first, which trades about
+            1e-3 of CKA for speed on CPUs with bfloat16 units (the TF 2.21 CPU kernel
+            also rounds the Gram to bfloat16; see benchmarks/cka_throughput.py).
         name: metric name.
 
     Example:
@@ -190,10 +198,16 @@ class CKA(keras.metrics.Metric):
         num_layers: int | tuple[int, int] | None = None,
         dtype: str = "float64",
         check_finite: bool = True,
+        gram_dtype: str | None = None,
         name: str = "cka",
     ):
         super().__init__(name=name, dtype=dtype)
+        if gram_dtype not in (None, "float32", "float64", "bfloat16", "float16"):
+            raise ValueError(
+                f"`gram_dtype` must be None, 'float32', 'float64', 'bfloat16' or 'float16'. Received: {gram_dtype!r}"
+            )
         self.check_finite = check_finite
+        self.gram_dtype = gram_dtype
         self.num_layers = None
         if num_layers is not None:
             self._build(num_layers)
@@ -238,14 +252,14 @@ class CKA(keras.metrics.Metric):
                 f"received {expected}. Use a new metric or reset it with a matching num_layers."
             )
 
-        ga, n = _centered_grams(acts_a, self.dtype, self.check_finite)
+        ga, n = _centered_grams(acts_a, self.dtype, self.check_finite, self.gram_dtype)
         checks = [
             tf.debugging.Assert(
                 tf.logical_or(n >= 4, tf.equal(n, 0)), ["Minibatch CKA needs n >= 4 examples per batch; n =", n]
             ),
         ]
         if acts_b is not None:
-            gb, n_b = _centered_grams(acts_b, self.dtype, self.check_finite)
+            gb, n_b = _centered_grams(acts_b, self.dtype, self.check_finite, self.gram_dtype)
             checks.append(tf.debugging.assert_equal(n, n_b, message="acts_a and acts_b have different batch sizes."))
         with tf.control_dependencies(checks):
             nf = tf.cast(n, self.dtype)
@@ -282,6 +296,7 @@ class CKA(keras.metrics.Metric):
             "num_layers": self.num_layers,
             "dtype": self.dtype,
             "check_finite": self.check_finite,
+            "gram_dtype": self.gram_dtype,
             "name": self.name,
         }
 
