@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two entry points of the README:
-#   ./run.sh demo [flags]   trains a small deep and a small wide ResNet, then analyses them
+#   ./run.sh demo [flags]   a shortened cpu report: trains 3 small ResNets, runs every analysis,
+#                           writes runs/demo/report_demo/report.html (flags go to bin/report)
 #   ./run.sh test [args]    runs the test suite (extra args go to pytest)
 # Both create (or reuse) the virtualenv .venv and install tfwd into it, editable, first.
 set -euo pipefail
@@ -37,7 +38,7 @@ cmd=${1:-}
 case "$cmd" in
   demo)
     setup_venv
-    exec "$VENV/bin/python" bin/demo "$@"
+    exec "$VENV/bin/python" bin/report --spec=data/reports/demo.json --out_dir=runs/demo "$@"
     ;;
   test)
     setup_venv

@@ -1,0 +1,52 @@
+"""Figures of the end-to-end report: CKA heatmaps with the detected block structure outlined."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.patches
+import matplotlib.pyplot as plt
+
+from tfwd.plots.heatmaps import heatmap
+
+
+def outline_block(ax: plt.Axes, start: int, end: int, color: str = "cyan") -> None:
+    """Draws the square of layers start..end (inclusive) on a heatmap."""
+    size = end - start + 1
+    ax.add_patch(matplotlib.patches.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor=color, linewidth=1.5))
+
+
+def block_heatmaps(
+    panels: Sequence[dict], columns: int = 4, size: float = 2.9, suptitle: str | None = None
+) -> plt.Figure:
+    """A grid of within-model CKA heatmaps, each with its detected block outlined.
+
+    Args:
+        panels: dicts with "matrix" (L, L), "names" (L layer names), "title", and
+            "block" (a tfwd.blocks.BlockStructure, or None).
+        columns: panels per row.
+        size: inches per panel.
+        suptitle: optional figure title.
+
+    Returns:
+        The figure.
+    """
+    rows = max(1, math.ceil(len(panels) / columns))
+    cols = min(columns, max(1, len(panels)))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows + 0.3), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        block = panel.get("block")
+        title = panel["title"]
+        if block is not None:
+            title += f"\nblock {block.fraction:.0%} of layers" if block.found else "\nno block"
+        heatmap(panel["matrix"], ax=ax, title=title, rows=panel["names"], cols=panel["names"], colorbar=False)
+        if block is not None and block.found:
+            outline_block(ax, block.start, block.end)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.colorbar(axes.flat[0].images[0], ax=list(axes.flat), fraction=0.02, pad=0.01, label="CKA")
+    return fig
