@@ -39,6 +39,8 @@ class TestFindings:
         assert "depth series, 3125 examples: ResNet-14 (1x) 0.00, ResNet-38 (1x) 0.50" in f["measured"]
         assert "width series, 3125 examples: ResNet-14 (1x) 0.00, ResNet-14 (2x) 0.25" in f["measured"]
         assert findings.capacity(results(entry(14, block=(0, 30)), entry(38)))["verdict"] == "not reproduced"
+        mixed = results(entry(14), entry(38, block=(20, 39)), entry(14, 2.0))
+        assert findings.capacity(mixed)["verdict"] == "partly reproduced"
         assert findings.capacity(results(entry(14)))["verdict"] == "not measured"
 
     def test_data_size(self):
@@ -60,8 +62,8 @@ class TestFindings:
         taps = [{"tap": f"layer{i}", "kind": "post", "test_accuracy": acc} for i, acc in zip(range(0, 40, 4), [0.3, 0.4, 0.5, 0.6, 0.7, 0.71, 0.71, 0.72, 0.72, 0.72])]
         e = entry(38, block=(20, 39), probes=taps)
         f = findings.probes_flat(results(e))
-        # before the block: 0.3 -> 0.6 over 4 probes (+10 points each); inside: 0.71 -> 0.72 over 5 (+0.25)
-        assert f["verdict"] == "reproduced" and "+0.25 points per block inside vs +10.00 before" in f["measured"]
+        # outside: +10 points four times, +1 into the block (8.2 mean); inside: 0, +1, 0, 0 (0.25 mean)
+        assert f["verdict"] == "reproduced" and "+0.25 points per block inside (4 steps) vs +8.20 outside (5)" in f["measured"]
         for t in taps[5:]:
             t["test_accuracy"] += 0.1 * taps.index(t)
         assert findings.probes_flat(results(e))["verdict"] == "not reproduced"
@@ -146,6 +148,7 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith(f"report: {path}")
+    assert f"CKA heatmaps: {os.path.join(folder, 'heatmaps.png')}" in result.stdout
     again = json.load(open(os.path.join(folder, "findings.json")))
     assert all(again["timings_seconds"][k] == 0 for k in ("cka", "pc", "probes", "prune_blocks", "cross_seed"))
     assert sorted(d for d in os.listdir(tiny_runs[0]) if d.startswith("report_")) == made
@@ -155,3 +158,20 @@ def test_unfinished_runs_without_training_is_an_error(tmp_path, tfds_dir):
     spec = {"name": "none", "runs": {"flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1}, "grid": [{"seed": [5]}]}}
     with pytest.raises(runs.RunError, match="Runs not finished"):
         report.build(spec, str(tmp_path), data_dir=tfds_dir, train=False)
+
+
+@pytest.mark.slow
+def test_demo_report_end_to_end(tmp_path, root, bin_env):
+    """./run.sh demo's job from scratch: 3 trainings and every analysis (about 5 minutes on 2 cores)."""
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / "report"), f"--spec={root / 'data' / 'reports' / 'demo.json'}", f"--out_dir={tmp_path}"],
+        env=bin_env, capture_output=True, text=True, timeout=3600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = tmp_path / "report_demo" / "report.html"
+    assert result.stdout.strip().endswith(f"report: {path}")
+    saved = json.load(open(tmp_path / "report_demo" / "findings.json"))
+    assert [f["id"] for f in saved["findings"]] == list("abcdef")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cifar10-")) == [
+        "cifar10-resnet14-w1-n782-s0", "cifar10-resnet14-w1-n782-s1", "cifar10-resnet26-w1-n782-s0"
+    ]

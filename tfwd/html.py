@@ -22,6 +22,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertica
 th { background: #f3f3f3; }
 .reproduced { color: #17692a; font-weight: bold; }
 .not-reproduced { color: #a11; font-weight: bold; }
+.partly-reproduced { color: #a66a00; font-weight: bold; }
 .not-measured { color: #777; font-weight: bold; }
 img { max-width: 100%; margin: 0.5em 0; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
