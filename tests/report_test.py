@@ -134,6 +134,7 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     assert page.count("data:image/png;base64,") == 2 + 3  # report figures + the seed-0 run's PC, probes, deletion
     for name in (os.path.basename(r) for r in tiny_runs):
         assert name in page
+    assert "find_block_structure with its defaults" in page and "(d) In every seed-0 run with a block" in page
     saved = json.load(open(os.path.join(folder, "findings.json")))
     assert [f["id"] for f in saved["findings"]] == list("abcdef")
     assert {"cka", "pc", "probes", "prune_blocks", "cross_seed", "training"} <= set(saved["timings_seconds"])

@@ -79,6 +79,13 @@ def test_unfinished_run_has_no_model(tmp_path):
     assert not run.finished
     with pytest.raises(runs.RunError, match="not finished"):
         run.model()
+    with pytest.raises(runs.RunError, match="not finished"):
+        run.results()
+    (tmp_path / "results.json").write_text("{truncated")
+    with pytest.raises(runs.RunError, match="corrupt"):
+        run.results()
+    runs.write_json(str(tmp_path / "results.json"), {"test_accuracy": 0.5})
+    assert run.finished and run.results() == {"test_accuracy": 0.5}
 
 
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):

@@ -1,6 +1,5 @@
 """tfwd.training and bin/train: run directories, resume after a kill, finished runs, divergence."""
 
-import json
 import os
 import subprocess
 import sys
@@ -44,7 +43,7 @@ def test_one_epoch_writes_a_complete_run_directory(tmp_path, tfds_dir):
     x = np.concatenate([x for x, _ in run.data().eval_dataset("test", 500, examples=500)])
     probs = keras.ops.softmax(run.model()(x, training=False)).numpy()
     np.testing.assert_allclose(probs, preds["probs"][:500], atol=1e-5)
-    results = json.load(open(os.path.join(run_dir, "results.json")))
+    results = run.results()
     assert results["test_accuracy"] == pytest.approx(np.mean(preds["probs"].argmax(1) == preds["labels"]))
     assert results["epochs"] == 1 and "val_accuracy" in results
     header, row = open(os.path.join(run_dir, "history.csv")).read().splitlines()

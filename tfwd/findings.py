@@ -203,6 +203,9 @@ def cross_seed(results) -> dict[str, Any]:
     return _finding("f", "Block layers are unique to each model", "; ".join(rows), {"runs": rows}, _verdict(ok))
 
 
+RULES = (capacity, data_size, first_pc, probes_flat, deletion, cross_seed)  # the paper's order
+
+
 def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
     """All six findings, in the paper's order."""
-    return [f(results) for f in (capacity, data_size, first_pc, probes_flat, deletion, cross_seed)]
+    return [rule(results) for rule in RULES]

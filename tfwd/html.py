@@ -41,13 +41,10 @@ def _entries(results):
 
 
 def _run_rows(results) -> str:
-    import json as _json
-
     rows = []
     for name, e in _entries(results):
         c = e["run"].config
-        with open(os.path.join(e["run"].path, "results.json")) as f:
-            res = _json.load(f)
+        res = e["run"].results()
         b = e["block"]
         block = f"{b.start_name} .. {b.end_name} ({b.fraction:.0%}, mean CKA {b.mean_cka:.2f})" if b.found else "none"
         rows.append(
@@ -115,8 +112,8 @@ def write_report(folder: str, spec: dict[str, Any], results: dict[str, Any], fin
 (training from results.json; analyses reused from earlier reports count 0). This report took {seconds / 60:.1f} min to build.</p>
 <h2>Findings</h2>
 {_finding_rows(findings)}
-<p class="small">How each verdict is reached: {html.escape(' '.join(' '.join(fn.__doc__.split()) for fn in (findings_lib.capacity, findings_lib.data_size, findings_lib.first_pc, findings_lib.probes_flat, findings_lib.deletion, findings_lib.cross_seed)))}
-Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(spec.get('block_structure', {})) or 'defaults')}.</p>
+<p class="small">How each verdict is reached: {html.escape(' '.join(' '.join(rule.__doc__.split()) for rule in findings_lib.RULES))}
+Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(spec['block_structure']) if spec.get('block_structure') else 'its defaults')}.</p>
 <h2>Runs</h2>
 {_run_rows(results)}
 <h2>Figures</h2>

@@ -212,7 +212,7 @@ def build(
     results = analyze(run_dirs, spec, data_dir=data_dir, timings=timings)
     judged = findings_lib.judge(results)
     timings["training"] = sum(
-        float(_results_json(entry["run"]).get("train_seconds", 0.0)) for name, entry in results.items() if name != "_cross_seed"
+        float(entry["run"].results().get("train_seconds", 0.0)) for name, entry in results.items() if name != "_cross_seed"
     )
     report_dir = os.path.join(out_dir, f"report_{spec['name']}")
     with runs.atomic_dir(report_dir) as tmp:
@@ -220,8 +220,3 @@ def build(
     path = os.path.join(report_dir, "report.html")
     logging.info("Report written to %s.", path)
     return path
-
-
-def _results_json(run: runs.Run) -> dict[str, Any]:
-    with open(os.path.join(run.path, runs.RESULTS)) as f:
-        return json.load(f)

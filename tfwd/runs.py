@@ -333,6 +333,15 @@ class Run:
             cfg = dataclasses.replace(cfg, data_dir=None)
         return Data(cfg)
 
+    def results(self) -> dict[str, Any]:
+        """results.json (final accuracies, training seconds) of a finished run."""
+        path = os.path.join(self.path, RESULTS)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise RunError(f"Cannot read {path} ({e}); the run has not finished or the file is corrupt.") from e
+
     def predictions(self) -> dict[str, np.ndarray]:
         """test_predictions.npz as a dict with "probs" and "labels"."""
         path = os.path.join(self.path, PREDICTIONS)
