@@ -347,9 +347,10 @@ def run(
     if limit is not None and limit < 0:
         raise ValueError(f"`limit` must be >= 0 or None. Received: limit={limit!r}")
     planned = expand(spec)
-    todo = [r for r in planned if not is_finished(out_dir, r)]
+    done = {r.name for r in planned if is_finished(out_dir, r)}
+    todo = [r for r in planned if r.name not in done]
     launch = [] if dry_run else todo[:limit]
-    result = {"finished": [], "skipped": [r.name for r in planned if is_finished(out_dir, r)], "failed": []}
+    result = {"finished": [], "skipped": [r.name for r in planned if r.name in done], "failed": []}
     result["not_started"] = [r.name for r in todo[len(launch) :]]
     logging.info(
         "Sweep %s: %d runs, %d finished, %d unfinished, launching %d.",

@@ -291,7 +291,7 @@ def train(
                             tf.summary.scalar(key, value)
                 writer.flush()
     if is_chief:
-        _finish(model, data, run_dir, history, distributed=strategy.num_replicas_in_sync > 1)
+        _finish(model, data, run_dir, history, distributed=replicas > 1)
     else:
         distribute.remove_worker_dir(ckpt_dir)
     return run_dir
