@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import keras
 
+from tfwd.models import layers
+
 # Keras' default BN momentum (0.99) needs thousands of steps before the moving
 # statistics settle; 0.9 matches the PyTorch CIFAR ResNets (momentum 0.1 there)
 # and gives usable inference-mode statistics on the short CPU runs tfwd makes.
@@ -80,7 +82,7 @@ def _conv(filters, kernel_size, strides, name, weight_decay):
 
 
 def _bn(name, synchronized=False):
-    return keras.layers.BatchNormalization(
+    return layers.BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name
     )
 

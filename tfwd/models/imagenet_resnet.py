@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import keras
 
+from tfwd.models import layers
+
 # Reference code (alt_resnet.py): BN momentum 0.99 (Keras default), epsilon 1e-5.
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-5
@@ -68,7 +70,7 @@ def _conv(filters, kernel_size, strides, name, weight_decay):
 
 
 def _bn(name, sync, zero_gamma=False):
-    return keras.layers.BatchNormalization(
+    return layers.BatchNormalization(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         gamma_initializer="zeros" if zero_gamma else "ones",
