@@ -1,5 +1,6 @@
 """tfwd.training and bin/train: run directories, resume after a kill, finished runs, divergence."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -159,3 +160,45 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine(epochs, warmup, e
 
     for t in [0, 1, w // 2, w, w + 1, (total + w) // 2, total - 1, total]:
         assert float(schedule(t)) == pytest.approx(expected(t), abs=1e-7), t
+
+
+def test_epoch_cosine_is_the_reference_codes_per_epoch_schedule():
+    # cifar_train.py: LearningRateScheduler(CosineDecay(lr, epochs)), called with epoch 0, 1, ...
+    steps, epochs = 7, 10
+    optimizer = training.make_optimizer(runs.TrainConfig(epochs=epochs, learning_rate=0.01, warmup_epochs=0, decay_every="epoch"), steps)
+    schedule = optimizer._learning_rate
+    for t in range(epochs * steps):
+        e = t // steps
+        assert float(schedule(t)) == pytest.approx(0.005 * (1 + np.cos(np.pi * e / epochs)), rel=1e-6), t
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        training.make_optimizer(runs.TrainConfig(decay_every="epoch"), steps)
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ({}, (0.1, 2, "step")),
+        ({"recipe": "reference"}, (0.01, 0, "epoch")),
+        ({"recipe": "reference", "learning_rate": 0.05}, (0.05, 0, "epoch")),
+        ({"recipe": "warmup", "warmup_epochs": 5}, (0.1, 5, "step")),
+    ],
+    ids=["default", "reference", "reference-own-lr", "warmup-own-warmup"],
+)
+def test_recipes_set_the_learning_rate_schedule_and_flags_override_them(flags, expected):
+    train = training.config_from_flags(flags).train
+    assert (train.learning_rate, train.warmup_epochs, train.decay_every) == expected
+    with pytest.raises(ValueError, match="recipe"):
+        training.config_from_flags({"recipe": "fast"})
+
+
+def test_validation_every_k_epochs_and_after_the_last(tmp_path, tfds_dir):
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=64, validation_examples=20),
+        runs.TrainConfig(epochs=5, batch_size=32),
+    )
+    run_dir = training.train(config, str(tmp_path), verbose=0, tensorboard=False, validation_every=2)
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [bool(r["val_accuracy"]) for r in rows] == [False, True, False, True, True]
+    assert "val_accuracy" in runs.Run(run_dir).results()

@@ -52,6 +52,7 @@ class RunError(RuntimeError):
 
 
 ARCHS = ("cifar_resnet", "imagenet_resnet")
+DECAY_EVERY = ("step", "epoch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +138,9 @@ class TrainConfig:
         deterministic: enable TensorFlow op determinism (bit-reproducible, slower).
         warmup_epochs: epochs of linear warmup from 0 to the learning rate before the
             cosine decay (capped at half the run).
+        decay_every: "step" (the cosine decays every SGD step, to 0 at the end) or
+            "epoch" (lr * (1 + cos(pi * e / epochs)) / 2 during epoch e = 0, 1, ...,
+            as the reference code's per-epoch LearningRateScheduler).
     """
 
     epochs: int = 300
@@ -147,8 +151,11 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     warmup_epochs: int = 2
+    decay_every: str = "step"
 
     def validate(self) -> None:
+        if self.decay_every not in DECAY_EVERY:
+            raise ValueError(f"`decay_every` must be one of {DECAY_EVERY}. Received: decay_every={self.decay_every!r}")
         for field in ("epochs", "batch_size"):
             if getattr(self, field) < 1:
                 raise ValueError(f"`{field}` must be a positive integer. Received: {field}={getattr(self, field)!r}")

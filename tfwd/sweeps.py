@@ -87,6 +87,9 @@ TRAIN_FLAGS: dict[str, Any] = {
     "tpu": "str",
     "deterministic": "bool",
     "warmup_epochs": "int",
+    "decay_every": ("step", "epoch"),
+    "recipe": ("warmup", "reference"),
+    "validation_every": "int",
 }
 SPEC_KEYS = ("name", "description", "flags", "grid")
 _KIND_NAMES = {
