@@ -160,3 +160,47 @@ def test_killed_cka_leaves_no_partial_output(root, bin_env, tmp_path, tiny_runs)
     # The next run clears the orphaned temporary folder and writes the output whole.
     code, _ = _run(root, bin_env, "cka", f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}")
     assert code == 0 and sorted(os.listdir(tmp_path)) == ["o"]
+
+
+def _tree(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f))) for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.mark.parametrize(
+    "app,target",
+    [
+        ("pc", "run"),
+        ("probe", "run"),
+        ("prune_blocks", "run"),
+        ("cka", "holder"),
+        ("compare_predictions", "holder"),
+        ("cka", "file"),
+        ("cka", "cwd"),
+    ],
+    ids=["pc-into-its-run", "probe-into-its-run", "prune-into-its-run", "cka-into-the-runs-folder",
+         "compare-into-the-runs-folder", "cka-onto-a-file", "cka-into-the-current-folder"],
+)
+def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path, tiny_runs, app, target):
+    holder = tmp_path / "runs"
+    run_a, run_b = (shutil.copytree(r, holder / os.path.basename(r)) for r in tiny_runs)
+    (tmp_path / "notes.txt").write_text("a user's notes")
+    out = {"run": run_a, "holder": holder, "file": tmp_path / "notes.txt", "cwd": "."}[target]
+    args = {
+        "pc": [f"--run={run_a}"],
+        "probe": [f"--run={run_a}"],
+        "prune_blocks": [f"--ckpt={run_a}"],
+        "cka": [f"--runs={run_a},{run_b}"],
+        "compare_predictions": [f"--group_a={run_a}", f"--group_b={run_b}"],
+    }[app]
+    before = _tree(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / app), *args, f"--out_dir={out}"],
+        env=bin_env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1
+    assert lines[-1].startswith(f"error: --out_dir {out} is ") and "Choose another --out_dir." in lines[-1]
+    assert not [line for line in lines if line.startswith(("Traceback", "error:")) and line != lines[-1]]
+    assert _tree(tmp_path) == before

@@ -88,17 +88,81 @@ def test_unfinished_run_has_no_model(tmp_path):
     assert run.finished and run.results() == {"test_accuracy": 0.5}
 
 
+def _files(path):
+    return sorted(f for f in os.listdir(path) if f != runs.OUTPUT_MARKER)
+
+
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     target = tmp_path / "out"
-    with runs.atomic_dir(str(target)) as tmp:
+    with runs.atomic_dir(str(target), "cka") as tmp:
         open(os.path.join(tmp, "a.txt"), "w").write("1")
-    assert os.listdir(target) == ["a.txt"]
+    assert _files(target) == ["a.txt"]
     with pytest.raises(RuntimeError):
-        with runs.atomic_dir(str(target)) as tmp:
+        with runs.atomic_dir(str(target), "cka") as tmp:
             open(os.path.join(tmp, "b.txt"), "w").write("2")
             raise RuntimeError("killed halfway")
-    assert os.listdir(target) == ["a.txt"]
-    with runs.atomic_dir(str(target)) as tmp:
+    assert _files(target) == ["a.txt"]
+    with runs.atomic_dir(str(target), "cka") as tmp:
         open(os.path.join(tmp, "c.txt"), "w").write("3")
-    assert os.listdir(target) == ["c.txt"]
+    assert _files(target) == ["c.txt"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def _user_data(tmp_path):
+    """A run directory, a folder of runs, a user's file and a user's folder, with their listings."""
+    holder = tmp_path / "runs"
+    run = holder / "cifar10-resnet8-w1-s0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "ckpt-1.index").write_text("x")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "cka.npz").write_text("not tfwd's")
+    return {"run directory": run, "folder of runs": holder, "file": notes, "folder tfwd did not write": mine}
+
+
+def _snapshot(path):
+    if os.path.isfile(path):
+        return open(path).read()
+    return sorted((os.path.relpath(os.path.join(d, f), path), open(os.path.join(d, f)).read()) for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.mark.parametrize("what", ["run directory", "folder of runs", "file", "folder tfwd did not write"])
+def test_an_analysis_never_replaces_what_it_did_not_write(tmp_path, what):
+    target = _user_data(tmp_path)[what]
+    before = _snapshot(target)
+    with pytest.raises(runs.RunError, match="--out_dir"):
+        runs.check_output_dir(str(target), "pc")
+    with pytest.raises(runs.RunError, match="--out_dir"):
+        with runs.atomic_dir(str(target), "pc") as tmp:
+            open(os.path.join(tmp, "pc.npz"), "w").write("new")
+    assert _snapshot(target) == before
+    assert not [f for f in os.listdir(target.parent) if f.endswith(".tmp")]
+
+
+def test_an_analysis_replaces_only_its_own_kind_of_output(tmp_path):
+    target = tmp_path / "out"
+    with runs.atomic_dir(str(target), "cka") as tmp:
+        open(os.path.join(tmp, "cka.npz"), "w").write("1")
+    runs.check_output_dir(str(target), "cka")
+    (tmp_path / "empty").mkdir()
+    runs.check_output_dir(str(tmp_path / "empty"), "pc")  # nothing to lose
+    with pytest.raises(runs.RunError, match="holds the output of tfwd 'cka', not 'pc'"):
+        runs.check_output_dir(str(target), "pc")
+
+
+def test_temporary_folders_of_live_processes_are_kept_and_of_dead_ones_removed(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = tmp_path / f".out.p{os.getppid()}.abc123.tmp"
+    gone = tmp_path / f".out.p{dead.pid}.def456.tmp"
+    other = tmp_path / f".output.p{dead.pid}.ghi789.tmp"  # another output's name
+    for folder in (live, gone, other):
+        folder.mkdir()
+    with runs.atomic_dir(str(tmp_path / "out"), "pc") as tmp:
+        assert os.path.isdir(live) and not os.path.exists(gone)
+    assert os.path.isdir(live) and os.path.isdir(other)

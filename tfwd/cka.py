@@ -213,6 +213,8 @@ def analyze_runs(
     datasets = {(r.config.data.dataset, r.config.data.image_size) for r in opened}
     if len(datasets) > 1:
         raise ValueError(f"CKA compares models on the same examples; these runs use different datasets: {sorted(datasets)}.")
+    out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
+    runs.check_output_dir(out_dir, "cka")
     data = opened[0].data(data_dir)
     if examples is not None and not 4 <= examples <= data.num_examples(split):
         raise ValueError(f"`examples` must be in [4, {data.num_examples(split)}] for split {split!r}. Received: {examples}")
@@ -226,13 +228,12 @@ def analyze_runs(
         taps=taps,
         strategy=strategy,
     )
-    out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
     if not distribute.is_chief(strategy):
         return out_dir
     names = [r.name for r in opened]
     labels = [n.split("-", 1)[1] for n in names]  # titles drop the shared dataset prefix
     settings = dict(runs=[r.path for r in opened], taps=taps, split=split, batch_size=batch_size, passes=passes, seed=seed)
-    with runs.atomic_dir(out_dir) as tmp:
+    with runs.atomic_dir(out_dir, "cka") as tmp:
         save(os.path.join(tmp, "cka.npz"), result, names, settings)
         for (i, j), matrix in result["blocks"].items():
             file = f"within_{names[i]}.png" if i == j else f"cross_{names[i]}__{names[j]}.png"

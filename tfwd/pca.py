@@ -472,6 +472,8 @@ def analyze_run(
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
     run = runs.Run(run_dir)
+    out_dir = out_dir or default_out_dir(run.path, taps, split)
+    runs.check_output_dir(out_dir, "pc")
     data = run.data(data_dir)
     available = data.num_examples(split)
     if examples is not None and not 4 <= examples <= available:
@@ -484,10 +486,9 @@ def analyze_run(
         run=run.path, taps=taps, split=split, examples=n, batch_size=batch_size, dtype=dtype,
         estimator="full-batch unbiased HSIC_1 over the analysis set",
     )
-    out_dir = out_dir or default_out_dir(run.path, taps, split)
     title = f"{run.name.split('-', 1)[-1]} ({split}, n={n})"
     pooled = dict(last_stages_fraction=result["last_stages_fraction"], last_stages=result["last_stages"])
-    with runs.atomic_dir(out_dir) as tmp:
+    with runs.atomic_dir(out_dir, "pc") as tmp:
         save(os.path.join(tmp, "pc.npz"), result, settings)
         figure = pc_plots.first_pc_figure(
             result["cka"], result["pc_cosine"], result["fraction"], result["cka_without_pc"], result["names"],

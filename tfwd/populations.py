@@ -467,7 +467,7 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
     groups = summary.get("groups", {})
     label_a, label_b = (groups.get(k, {}).get("label", f"group {k.upper()}") for k in "ab")
     h = summary["departure"]["h"]
-    with runs.atomic_dir(out_dir) as tmp:
+    with runs.atomic_dir(out_dir, "compare_predictions") as tmp:
         runs.write_json(os.path.join(tmp, "summary.json"), summary)
         runs.write_csv(os.path.join(tmp, "per_class.csv"), summary["per_class"])
         runs.write_npz(os.path.join(tmp, "per_example.npz"), **ex)
@@ -490,6 +490,7 @@ def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutation
     Example:
         >>> analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")
     """
+    runs.check_output_dir(out_dir, "compare_predictions")
     result = compare_groups(find_runs(group_a), find_runs(group_b), seed, permutations, top_k)
     result["summary"]["groups"]["a"]["pattern"] = group_a
     result["summary"]["groups"]["b"]["pattern"] = group_b

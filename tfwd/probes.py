@@ -475,6 +475,8 @@ def analyze_run(
     from tfwd import cka, runs
 
     run = runs.Run(run_dir)
+    out_dir = out_dir or default_out_dir(run.path, taps)
+    runs.check_output_dir(out_dir, "probes")
     model = run.model()
     names = models.tap_names(model, taps)  # fails fast, before any data is read
     _grid(optimizer, learning_rates, l2)
@@ -507,7 +509,6 @@ def analyze_run(
         within = cka.cka_matrices(
             [model], lambda _: data.eval_dataset("test", cka_batch, cka_examples), passes=1, taps=names
         )
-    out_dir = out_dir or default_out_dir(run.path, taps)
     _write(out_dir, result, settings, run.name, 1 / data.num_classes, within)
     logging.info("Probes of %s written to %s.", run.name, out_dir)
     return out_dir
@@ -520,7 +521,7 @@ def _write(out_dir, result, settings, run_name, chance, within) -> None:
 
     table = probe_table(result)
     title = f"{run_name.split('-', 1)[-1]}: linear probes"
-    with runs.atomic_dir(out_dir) as tmp:
+    with runs.atomic_dir(out_dir, "probes") as tmp:
         runs.write_csv(os.path.join(tmp, "probes.csv"), table)
         runs.write_csv(os.path.join(tmp, "probes_grid.csv"), grid_table(result))
         runs.write_json(os.path.join(tmp, "probes.json"), settings)

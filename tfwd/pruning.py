@@ -419,6 +419,8 @@ def analyze_run(
     if recalibrate_bn and recalibration_examples < 1:
         raise ValueError(f"`recalibration_examples` must be >= 1. Received: recalibration_examples={recalibration_examples!r}")
     run = runs.Run(run_dir)
+    out_dir = out_dir or os.path.join(run.path, "prune_blocks")
+    runs.check_output_dir(out_dir, "prune_blocks")
     model = run.model()
     deletion_schedule(model)  # a plain model fails here, before any data is read
     data = run.data(data_dir)
@@ -434,9 +436,8 @@ def analyze_run(
         settings.update(recalibration_examples=n, recalibration_batch_size=batch)
         recalibration = data.eval_dataset("train", batch, n)
     result = stagewise_deletion(model, data.eval_dataset("test", batch_size, examples), recalibration)
-    out_dir = out_dir or os.path.join(run.path, "prune_blocks")
     rows = [{**step, "deleted": " ".join(step["deleted"])} for step in result["steps"]]
-    with runs.atomic_dir(out_dir) as tmp:
+    with runs.atomic_dir(out_dir, "prune_blocks") as tmp:
         runs.write_csv(os.path.join(tmp, "prune_blocks.csv"), rows)
         runs.write_json(os.path.join(tmp, "prune_blocks.json"), {**result, "model": model.name, "settings": settings})
         ax = deletion_accuracy(

@@ -196,6 +196,8 @@ def build(
     from tfwd import html
 
     started = time.time()
+    report_dir = os.path.join(out_dir, f"report_{spec['name']}")
+    runs.check_output_dir(report_dir, "report")  # before hours of training, not after
     sweep = sweep_spec(spec)
     if data_dir:
         sweep = {**sweep, "flags": {**sweep.get("flags", {}), "data_dir": data_dir}}
@@ -214,8 +216,7 @@ def build(
     timings["training"] = sum(
         float(entry["run"].results().get("train_seconds", 0.0)) for name, entry in results.items() if name != "_cross_seed"
     )
-    report_dir = os.path.join(out_dir, f"report_{spec['name']}")
-    with runs.atomic_dir(report_dir) as tmp:
+    with runs.atomic_dir(report_dir, "report") as tmp:
         html.write_report(tmp, spec, results, judged, timings, time.time() - started)
     path = os.path.join(report_dir, "report.html")
     logging.info("Report written to %s.", path)

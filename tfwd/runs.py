@@ -24,6 +24,7 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -225,24 +226,81 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+# An analysis' output folder holds this file, naming the analysis that wrote it. A folder is
+# only ever replaced when it holds the marker of the same analysis: tfwd never deletes what
+# it did not create (a run directory, a folder of runs, the current directory, a user's file).
+OUTPUT_MARKER = ".tfwd_output"
+
+
+def check_output_dir(path: str, kind: str) -> None:
+    """Raises RunError unless `path` is free for an analysis of `kind` to write.
+
+    Free: `path` does not exist, is an empty folder, or is a folder holding the marker
+    of an earlier `kind` output (which the new output replaces as a whole). Analyses call this
+    before they compute, so a wrong --out_dir fails at once.
+    """
+    if not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
+        return
+    marker = os.path.join(path, OUTPUT_MARKER)
+    if os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(marker):
+        with open(marker) as f:
+            written_by = f.read().strip()
+        if written_by == kind:
+            return
+        raise RunError(
+            f"{path} holds the output of tfwd {written_by!r}, not {kind!r}; choose another --out_dir "
+            f"(an analysis only replaces its own earlier output)."
+        )
+    what = "a file" if not os.path.isdir(path) else (
+        "a run directory" if os.path.exists(os.path.join(path, CONFIG)) else "a folder tfwd did not write"
+    )
+    raise RunError(
+        f"--out_dir {path} is {what}; tfwd writes an analysis only into a new folder or over its own "
+        f"earlier output. Choose another --out_dir."
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(parent: str, base: str) -> None:
+    """Removes temporary folders of `base` left by processes that no longer run."""
+    for stale in glob.glob(os.path.join(parent, f".{glob.escape(base)}.*.tmp")):
+        match = re.match(r"\.(.+)\.p(\d+)\.[^.]+(\.old)?\.tmp$", os.path.basename(stale))
+        if match and match.group(1) == base and not _alive(int(match.group(2))):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str) -> Iterator[str]:
+def atomic_dir(path: str, kind: str) -> Iterator[str]:
     """Yields a temporary folder beside `path`; on success it replaces `path` as a whole.
 
-    A process killed inside the block leaves `path` as it was (the next call
-    removes the orphaned temporary folder).
+    `path` must be free for an output of `kind` (`check_output_dir`): it does not exist
+    or holds an earlier `kind` output. The new folder gets the marker. A process killed
+    inside the block leaves `path` as it was; its temporary folder (named after its
+    process id) is removed by a later call once that process is gone, never while it runs.
     """
+    check_output_dir(path, kind)
     parent, base = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    for stale in glob.glob(os.path.join(parent, f".{glob.escape(base)}.*.tmp")):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+    _remove_stale(parent, base)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.p{os.getpid()}.", suffix=".tmp", dir=parent)
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        with open(os.path.join(tmp, OUTPUT_MARKER), "w") as f:
+            f.write(kind + "\n")
         faults.crash_point("analysis_write")
+        check_output_dir(path, kind)  # again: another process may have written there meanwhile
         if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{base}.", suffix=".old.tmp", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{base}.p{os.getpid()}.", suffix=".old.tmp", dir=parent)
             os.replace(path, os.path.join(old, base))
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
