@@ -60,6 +60,11 @@ class BlockStructure:
         contrast: mean_cka minus the mean CKA between block layers and all other
             layers (how much the block stands out; nan if none or no other layers).
         fill: fraction of off-diagonal pairs inside with CKA >= threshold.
+        peak_contrast: the highest contrast of any range that passes the size and fill
+            tests, found or not (nan when no range passes them): how far the heatmap is
+            from having a block, or how clearly it has one. A block needs
+            peak_contrast >= min_contrast (and survives trimming its ends).
+        peak_start, peak_end: that range (-1 when none).
     """
 
     found: bool
@@ -72,6 +77,9 @@ class BlockStructure:
     mean_cka: float = float("nan")
     contrast: float = float("nan")
     fill: float = float("nan")
+    peak_contrast: float = float("nan")
+    peak_start: int = -1
+    peak_end: int = -1
 
     def contains(self, index: int) -> bool:
         """Whether layer `index` lies inside the block."""
@@ -136,28 +144,34 @@ def find_block_structure(
     values = _square_sums(clean)
     row_totals = np.concatenate([[0.0], clean.sum(1).cumsum()])  # off-diagonal row sums, cumulated
     best = None
-    for size in range(n, smallest - 1, -1):
+    off_diagonal = ~np.eye(n, dtype=bool)
+    if smallest <= n and alike[off_diagonal].mean() >= fill:  # the whole network: no contrast to check
+        best = (0, n, float(alike[off_diagonal].mean()), float(clean.sum() / (n * (n - 1))))
+    peak = (float("nan"), -1, -1)
+    for size in range(n - 1, smallest - 1, -1):  # the whole network has no outside, so no contrast
         starts = np.arange(0, n - size + 1)
         pairs = size * (size - 1)
         filled = _range_sums(counts, starts, size) / pairs
         inside = _range_sums(values, starts, size)
         means = inside / pairs
-        if size < n:
-            outside = (row_totals[starts + size] - row_totals[starts] - inside) / (size * (n - size))
-            contrast_ok = means - outside >= min_contrast
-        else:
-            contrast_ok = np.ones_like(means, dtype=bool)
-        ok = (filled >= fill) & contrast_ok
-        if ok.any():
+        outside = (row_totals[starts + size] - row_totals[starts] - inside) / (size * (n - size))
+        contrast = means - outside
+        passing = filled >= fill
+        if passing.any():
+            i = int(starts[passing][np.argmax(contrast[passing])])
+            if not contrast[i] <= peak[0]:  # also replaces the initial nan
+                peak = (float(contrast[i]), i, i + size - 1)
+        ok = passing & (contrast >= min_contrast)
+        if best is None and ok.any():
             i = int(starts[ok][np.argmax(means[ok])])
             best = (i, size, float(filled[i]), float(means[i]))
-            break
+    peak_fields = dict(peak_contrast=peak[0], peak_start=peak[1], peak_end=peak[2])
     if best is None:
-        return BlockStructure(False)
+        return BlockStructure(False, **peak_fields)
     start, end = _trim(alike, best[0], best[0] + best[1] - 1, fill)
     size = end - start + 1
     if size < smallest:
-        return BlockStructure(False)
+        return BlockStructure(False, **peak_fields)
     pairs = size * (size - 1)
     filled = float(alike[start : end + 1, start : end + 1].sum()) / pairs
     mean = float(c[start : end + 1, start : end + 1][~np.eye(size, dtype=bool)].mean())
@@ -174,6 +188,7 @@ def find_block_structure(
         mean_cka=mean,
         contrast=contrast,
         fill=filled,
+        **peak_fields,
     )
 
 

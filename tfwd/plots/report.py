@@ -39,7 +39,11 @@ def block_heatmaps(
         block = panel.get("block")
         title = panel["title"]
         if block is not None:
-            title += f"\nblock {block.fraction:.0%} of layers" if block.found else "\nno block"
+            if block.found:
+                title += f"\nblock {block.fraction:.0%} of layers, contrast {block.contrast:.2f}"
+            else:
+                peak = "none" if block.peak_contrast != block.peak_contrast else f"{block.peak_contrast:.2f}"
+                title += f"\nno block (peak contrast {peak})"
         heatmap(panel["matrix"], ax=ax, title=title, rows=panel["names"], cols=panel["names"], colorbar=False)
         if block is not None and block.found:
             outline_block(ax, block.start, block.end)
