@@ -1,100 +1,14 @@
-"""tfwd.report, tfwd.findings, tfwd.html and bin/report: rules on synthetic results, a report on real runs."""
+"""tfwd.report, tfwd.html and bin/report: a report on real runs (the rules: tests/findings_test.py)."""
 
 import json
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
 
-from tfwd import blocks, findings, report, runs
-from tfwd.data import DataConfig
-
-
-def entry(depth=14, width=1.0, n=3125, seed=0, block=None, layers=40, **extra):
-    """A stand-in for one analysed run: its config, layer names and detected block."""
-    config = runs.RunConfig(runs.ModelConfig(depth, width), DataConfig(train_examples=n), runs.TrainConfig(seed=seed))
-    run = types.SimpleNamespace(config=config, name=config.name)
-    names = [f"layer{i}" for i in range(layers)]
-    if block:
-        found = blocks.BlockStructure(True, block[0], block[1], size=block[1] - block[0] + 1, fraction=(block[1] - block[0] + 1) / layers)
-    else:
-        found = blocks.BlockStructure(False)
-    return {"run": run, "cka": {"names": names, "matrix": np.eye(layers)}, "block": found, **extra}
-
-
-def results(*entries, cross=None):
-    out = {e["run"].name: e for e in entries}
-    out["_cross_seed"] = cross or {}
-    return out
-
-
-class TestFindings:
-    def test_capacity_depth_and_width_series(self):
-        r = results(entry(14), entry(38, block=(20, 39)), entry(14, 2.0, block=(30, 39)))
-        f = findings.capacity(r)
-        assert f["verdict"] == "reproduced"
-        assert "depth series, 3125 examples: ResNet-14 (1x) 0.00, ResNet-38 (1x) 0.50" in f["measured"]
-        assert "width series, 3125 examples: ResNet-14 (1x) 0.00, ResNet-14 (2x) 0.25" in f["measured"]
-        assert findings.capacity(results(entry(14, block=(0, 30)), entry(38)))["verdict"] == "not reproduced"
-        mixed = results(entry(14), entry(38, block=(20, 39)), entry(14, 2.0))
-        assert findings.capacity(mixed)["verdict"] == "partly reproduced"
-        assert findings.capacity(results(entry(14)))["verdict"] == "not measured"
-
-    def test_data_size(self):
-        r = results(entry(14, n=782, block=(10, 39)), entry(14, n=12500))
-        f = findings.data_size(r)
-        assert f["verdict"] == "reproduced" and "782 examples 0.75, 12500 examples 0.00" in f["measured"]
-        assert findings.data_size(results(entry(14, n=782), entry(14, n=12500, block=(0, 9))))["verdict"] == "not reproduced"
-
-    def test_first_pc_inside_versus_outside(self):
-        fraction = np.full(40, 0.2)
-        fraction[20:] = 0.9
-        e = entry(38, block=(20, 39), pc={"names": [f"layer{i}" for i in range(40)], "fraction": fraction})
-        f = findings.first_pc(results(e))
-        assert f["verdict"] == "reproduced" and "0.90 inside vs 0.20 outside" in f["measured"]
-        e["pc"]["fraction"] = np.full(40, 0.6)
-        assert findings.first_pc(results(e))["verdict"] == "not reproduced"
-
-    def test_probes_flat_inside(self):
-        taps = [{"tap": f"layer{i}", "kind": "post", "test_accuracy": acc} for i, acc in zip(range(0, 40, 4), [0.3, 0.4, 0.5, 0.6, 0.7, 0.71, 0.71, 0.72, 0.72, 0.72])]
-        e = entry(38, block=(20, 39), probes=taps)
-        f = findings.probes_flat(results(e))
-        # outside: +10 points four times, +1 into the block (8.2 mean); inside: 0, +1, 0, 0 (0.25 mean)
-        assert f["verdict"] == "reproduced" and "+0.25 points per block inside (4 steps) vs +8.20 outside (5)" in f["measured"]
-        for t in taps[5:]:
-            t["test_accuracy"] += 0.1 * taps.index(t)
-        assert findings.probes_flat(results(e))["verdict"] == "not reproduced"
-
-    def test_deletion_costs_inside_versus_outside(self):
-        names = ["stage1_block1_out", "stage1_block2_out", "stage2_block2_out", "stage2_block3_out"]
-        rows = [
-            {"stage": 1, "blocks_deleted": 1, "deleted": "stage1_block2", "accuracy": 0.5},
-            {"stage": 1, "blocks_deleted": 2, "deleted": "stage1_block2 stage1_block1", "accuracy": 0.3},
-            {"stage": 2, "blocks_deleted": 1, "deleted": "stage2_block3", "accuracy": 0.79},
-            {"stage": 2, "blocks_deleted": 2, "deleted": "stage2_block3 stage2_block2", "accuracy": 0.78},
-        ]
-        e = entry(38, block=(2, 3), layers=4, prune_blocks={"full_accuracy": 0.8, "rows": rows})
-        e["cka"]["names"] = names
-        f = findings.deletion(results(e))
-        # inside: stage2 blocks cost 1 point each; outside: stage1 costs 30 then 20 points
-        assert f["verdict"] == "reproduced" and "1.0 points per deleted block inside (2) vs 25.0 outside (2)" in f["measured"]
-
-    def test_cross_seed(self):
-        a = entry(38, block=(20, 39))
-        diag = np.r_[np.full(20, 0.9), np.full(20, 0.4)]
-        cross = {"x": {"runs": [a["run"].name, "other"], "matrix": np.diag(diag)}}
-        f = findings.cross_seed(results(a, cross=cross))
-        assert f["verdict"] == "reproduced" and "0.40 inside the block vs 0.90 outside" in f["measured"]
-        cross["x"]["matrix"] = np.eye(40)
-        assert findings.cross_seed(results(a, cross=cross))["verdict"] == "not reproduced"
-
-    def test_nothing_to_judge(self):
-        judged = findings.judge(results(entry(14)))
-        assert [f["id"] for f in judged] == list("abcdef")
-        assert [f["verdict"] for f in judged] == ["not measured"] * 6
+from tfwd import report, runs
 
 
 def test_spec_validation(tmp_path):
@@ -129,17 +43,22 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     out_dir = os.path.dirname(tiny_runs[0])
     path = report.build(spec, out_dir, data_dir=tfds_dir, train=False)
     folder = os.path.dirname(path)
-    assert sorted(os.listdir(folder)) == ["cross_seed.png", "findings.json", "heatmaps.png", "report.html"]
+    assert sorted(os.listdir(folder)) == [runs.OUTPUT_MARKER, "cross_seed.png", "findings.json", "heatmaps.png", "report.html"]
     page = open(path).read()
-    assert page.count("data:image/png;base64,") == 2 + 3  # report figures + the seed-0 run's PC, probes, deletion
+    assert page.count("data:image/png;base64,") == 2 + 2 * 3  # report figures + each run's PC, probes, deletion
     for name in (os.path.basename(r) for r in tiny_runs):
         assert name in page
-    assert "find_block_structure with its defaults" in page and "(d) In every seed-0 run with a block" in page
+    assert "find_block_structure with its defaults" in page and "(d) post-residual (`_add`) probes" in page
     saved = json.load(open(os.path.join(folder, "findings.json")))
-    assert [f["id"] for f in saved["findings"]] == list("abcdef")
+    assert [f["id"] for f in saved["claims"]] == list("abcdef")
+    assert all(set(f["measured"]["verdict_at_contrast"]) == {"0.30", "0.40"} for f in saved["claims"])
+    assert saved["spec"] == "tiny" and {os.path.basename(r) for r in tiny_runs} == set(saved["runs"])
+    assert all("peak_contrast" in r["block"] for r in saved["runs"].values())
     assert {"cka", "pc", "probes", "prune_blocks", "cross_seed", "training"} <= set(saved["timings_seconds"])
     made = sorted(d for d in os.listdir(tiny_runs[0]) if d.startswith("report_"))
     assert [d.rsplit("_", 1)[0] for d in made] == ["report_cka", "report_cross_seed", "report_pc", "report_probes", "report_prune_blocks"]
+    seed1 = sorted(d.rsplit("_", 1)[0] for d in os.listdir(tiny_runs[1]) if d.startswith("report_"))
+    assert seed1 == ["report_cka", "report_pc", "report_probes", "report_prune_blocks"]  # every seed is analysed
     # bin/report on the same spec reuses every analysis (nothing recomputed) and says where the report is.
     spec_file = tmp_path / "tiny.json"
     spec_file.write_text(json.dumps(spec))
@@ -172,7 +91,7 @@ def test_demo_report_end_to_end(tmp_path, root, bin_env):
     path = tmp_path / "report_demo" / "report.html"
     assert result.stdout.strip().endswith(f"report: {path}")
     saved = json.load(open(tmp_path / "report_demo" / "findings.json"))
-    assert [f["id"] for f in saved["findings"]] == list("abcdef")
+    assert [f["id"] for f in saved["claims"]] == list("abcdef")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cifar10-")) == [
         "cifar10-resnet14-w1-n782-s0", "cifar10-resnet14-w1-n782-s1", "cifar10-resnet26-w1-n782-s0"
     ]

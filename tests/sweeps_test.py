@@ -277,3 +277,16 @@ def test_bin_sweep_prints_and_runs(tmp_path, root, bin_env):
     assert "training --depth=8 --seed=2" in log.read_text()
     bad = subprocess.run([*app[:2], f"--spec={tmp_path / 'none.json'}"], env=bin_env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_python_programs_run_under_this_interpreter(tmp_path):
+    # Started as VENV/bin/python bin/report, children must not fall back to the #! line's python3.
+    script = tmp_path / "fake_train"
+    script.write_text("#!/usr/bin/env python3\nimport sys\nprint('interpreter', sys.executable)\n")
+    log = tmp_path / "log.txt"
+    assert sweeps.subprocess_runner([str(script), "--depth=8"], str(log)) == 0
+    assert f"interpreter {sys.executable}" in log.read_text()
+    shell = tmp_path / "fake_sh"
+    shell.write_text("#!/bin/sh\necho shell\n")
+    shell.chmod(0o755)
+    assert sweeps.subprocess_runner([str(shell)], str(log)) == 0 and "shell" in log.read_text()

@@ -1,211 +1,445 @@
-"""The paper's claims, judged on a set of analysed runs (tfwd.report.analyze's results).
+"""The paper's claims (a)-(f), judged on analysed runs by rules fixed before the runs.
 
-Each finding is a dict {"id", "claim", "paper", "measured", "numbers", "verdict"},
-verdict one of "reproduced", "partly reproduced" (some of the series or runs it
-covers show it, some do not), "not reproduced", "not measured". The rules are
-stated next to each function and repeated in the report, so a reader can check
-how a verdict was reached:
+The rules are those of docs/science/rules.md, committed before the science spec's
+runs were trained; the README repeats them. In short:
 
-(a) block structure grows with depth and with width;
-(b) it appears in smaller models when the training set is smaller;
-(c) inside a block the first principal component explains most of the variance;
-(d) linear-probe accuracy is flat inside a block;
-(e) deleting blocks inside the block structure costs little accuracy;
-(f) across seeds, layers inside a block are dissimilar, layers outside alike.
+- Every claim is measured on every seed of every cell (an architecture on a data
+  subset). Blocks come from `tfwd.blocks.find_block_structure` (defaults; its peak
+  contrast is reported for every run), and every verdict is recomputed with the
+  contrast threshold at 0.30 and 0.40 (`SENSITIVITY`).
+- (a) per depth (width) series and seed: the deepest (widest) cell's block fraction
+  exceeds the smallest's. (b) per architecture on several subsets and seed: the
+  fraction on the smallest subset exceeds that on the largest.
+- (c)-(f) compare the block's layers with the model's other layers (the paper's
+  comparison) and with the same stage, same kind of layer, of a control without a
+  block: the cell's other seeds without a block, else the block-free runs of the
+  shallowest cell on the same data. A run shows a claim when both comparisons pass;
+  a run without a control does not count.
+- (c) residual stream (`_out`) first-PC fraction: block mean >= 0.5, >= 0.2 above
+  the model's other `_out` layers and >= 0.2 above the control's same-stage mean.
+- (d) post-residual (`_add`) probes: gain per step inside the block <= a quarter of
+  the gain per step outside (or < 0.5 points), and the gain across the block <= half
+  the control's gain over the same fractions of the same stages.
+- (e) deletion backwards within stages: loss per deleted block inside < half the
+  loss per block outside, and the loss from deleting each stage's trailing blocks
+  inside the block <= half the control's loss for the same fraction of that stage.
+- (f) same-layer cross-seed CKA: the block's mean is >= 0.1 below the model's other
+  layers and >= 0.1 below the control pair's same-stage, same-kind mean.
+
+Verdicts over the runs (or series and seeds) that count: "reproduced" (all show
+it), "partly reproduced" (some), "not reproduced" (none), "not measured" (none count).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from tfwd import blocks, models
+
 PAPER = {
     "a": "Figure 1: blocks appear as depth (ResNet-110, 164) or width (ResNet-38 4x-10x) grows.",
     "b": "Figure 2: with 1/4 and 1/16 of CIFAR-10, blocks appear in smaller models (e.g. ResNet-38 1x at 1/16).",
-    "c": "Figure 3: first-PC variance fraction ~0.9 inside blocks, mostly <= 0.25 outside.",
+    "c": "Figure 3: first-PC variance fraction ~0.9 (peak) inside blocks, mostly <= 0.25 outside.",
     "d": "Figure 4: post-residual probe accuracy plateaus through the block (ResNet-26 10x).",
     "e": "Figure 5: deleting blocks inside the block structure barely changes test accuracy.",
     "f": "Figure 6: without blocks, same-depth layers match across seeds; block layers do not.",
 }
+CLAIMS = {
+    "a": "Block structure grows with depth and width",
+    "b": "Less training data, block structure in smaller models",
+    "c": "Inside blocks the first PC dominates",
+    "d": "Probe accuracy is flat inside blocks",
+    "e": "Deleting blocks inside the block structure costs little",
+    "f": "Block layers are unique to each model",
+}
+SENSITIVITY = (0.30, 0.40)  # detector contrast thresholds the verdicts are recomputed at
+PC_MIN, PC_MARGIN = 0.5, 0.2
+PROBE_RATIO, PROBE_FLOOR, PROBE_CONTROL = 0.25, 0.005, 0.5
+DELETION_RATIO, DELETION_CONTROL = 0.5, 0.5
+CROSS_MARGIN = 0.1
 
 
-def _seed0(results):
-    return {k: v for k, v in results.items() if k != "_cross_seed" and v["run"].config.train.seed == 0}
+@dataclasses.dataclass
+class Run:
+    """One analysed run, as the rules see it (tfwd.report builds these).
+
+    Attributes:
+        name: run directory name.
+        config: its tfwd.runs.RunConfig.
+        names: the layers of the within-model CKA (taps="all"), in depth order.
+        cka: (L, L) within-model CKA.
+        pc: tfwd.pca result ("names", "fraction", ...) or None.
+        probes: probe rows ("tap", "kind", "test_accuracy", ...) or None.
+        prune_blocks: tfwd.pruning.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
+            "deleted" (block names, last first), "accuracy"}]}) or None.
+    """
+
+    name: str
+    config: Any
+    names: list[str]
+    cka: np.ndarray
+    pc: dict | None = None
+    probes: list[dict] | None = None
+    prune_blocks: dict | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.config.train.seed
+
+    @property
+    def cell(self) -> tuple:
+        """(dataset, train examples, depth, width, residual): the runs of a cell differ only in seed."""
+        c = self.config
+        return (c.data.dataset, c.data.train_examples or 0, c.model.depth, c.model.width, c.model.residual)
 
 
-def _fraction(entry) -> float:
-    return float(entry["block"].fraction) if entry["block"].found else 0.0
+@dataclasses.dataclass
+class CrossSeed:
+    """CKA between seeds 0 and 1 of one cell: rows seed 0's layers, columns seed 1's."""
+
+    runs: tuple[str, str]
+    names: list[str]
+    matrix: np.ndarray
 
 
-def _label(entry) -> str:
-    m = entry["run"].config.model
-    return f"ResNet-{m.depth} ({m.width:g}x{'' if m.residual else ', plain'})"
-
-
-def _verdict(ok: list[bool]) -> str:
+def _verdict(ok: Sequence[bool]) -> str:
     if not ok:
         return "not measured"
     return "reproduced" if all(ok) else "partly reproduced" if any(ok) else "not reproduced"
 
 
-def _finding(key, claim, measured, numbers, verdict):
-    return {"id": key, "claim": claim, "paper": PAPER[key], "measured": measured, "numbers": numbers, "verdict": verdict}
+def _mean(values) -> float:
+    values = [v for v in values if v == v]
+    return float(np.mean(values)) if values else float("nan")
 
 
-def capacity(results) -> dict[str, Any]:
-    """(a) Within runs on the same data (seed 0, residual), the deepest of a depth series and the
-    widest of a width series have a larger block fraction than the smallest model of the series."""
-    groups = defaultdict(list)
-    for entry in _seed0(results).values():
-        c = entry["run"].config
-        if c.model.residual:
-            groups[(c.data.dataset, c.data.train_examples)].append(entry)
-    series = []
-    for (dataset, n), entries in groups.items():
-        for axis, fixed in (("depth", "width"), ("width", "depth")):
-            by_fixed = defaultdict(list)
-            for e in entries:
-                by_fixed[getattr(e["run"].config.model, fixed)].append(e)
-            for members in by_fixed.values():
-                if len({getattr(e["run"].config.model, axis) for e in members}) > 1:
-                    members = sorted(members, key=lambda e: getattr(e["run"].config.model, axis))
-                    series.append((axis, n, members))
-    if not series:
-        return _finding("a", "Block structure grows with depth and width", "no depth or width series in the spec", {}, "not measured")
-    rows, ok = [], []
-    for axis, n, members in series:
-        fractions = [_fraction(e) for e in members]
-        ok.append(fractions[-1] > fractions[0])
-        rows.append(f"{axis} series, {n or 'all'} examples: " + ", ".join(f"{_label(e)} {f:.2f}" for e, f in zip(members, fractions)))
-    verdict = _verdict(ok)
-    return _finding("a", "Block structure grows with depth and width", "; ".join(rows) + " (block fraction of layers)", {"series": rows}, verdict)
+def _position(name: str) -> tuple[int, str]:
+    """(stage, kind): stage from tfwd.models.stage_of, kind the name after its block prefix."""
+    stage = models.stage_of(name)
+    kind = name.split("_", 2)[2] if stage > 0 else name
+    return stage, kind
 
 
-def data_size(results) -> dict[str, Any]:
-    """(b) For one architecture (seed 0) trained on several subset sizes, the block fraction at
-    the smallest subset exceeds the fraction at the largest."""
-    groups = defaultdict(list)
-    for entry in _seed0(results).values():
-        c = entry["run"].config
-        groups[(c.model.depth, c.model.width, c.model.residual)].append(entry)
-    series = [sorted(g, key=lambda e: e["run"].config.data.train_examples or 10**9) for g in groups.values() if len(g) > 1]
-    if not series:
-        return _finding("b", "Less training data, block structure in smaller models", "no model trained on two subset sizes", {}, "not measured")
-    rows, ok = [], []
-    for members in series:
-        fractions = [_fraction(e) for e in members]
-        ok.append(fractions[0] > fractions[-1])
-        rows.append(f"{_label(members[0])}: " + ", ".join(
-            f"{e['run'].config.data.train_examples or 'all'} examples {f:.2f}" for e, f in zip(members, fractions)))
-    verdict = _verdict(ok)
-    return _finding("b", "Less training data, block structure in smaller models", "; ".join(rows) + " (block fraction)", {"series": rows}, verdict)
+def _blocks_of(name: str) -> str | None:
+    """"stage2_block3" for "stage2_block3_add"; None outside residual blocks."""
+    return "_".join(name.split("_", 2)[:2]) if models.stage_of(name) > 0 else None
 
 
-def _block_runs(results, key):
-    return [e for e in _seed0(results).values() if e["block"].found and key in e]
+class _Judge:
+    """The rules at one detector setting."""
 
+    def __init__(self, runs_: Sequence[Run], cross: dict[str, CrossSeed], detector: dict[str, Any]):
+        self.runs = list(runs_)
+        self.cross = cross
+        self.blocks = {r.name: blocks.find_block_structure(r.cka, r.names, **detector) for r in self.runs}
+        self.cells = defaultdict(list)
+        for r in self.runs:
+            self.cells[r.cell].append(r)
 
-def first_pc(results) -> dict[str, Any]:
-    """(c) In every seed-0 run with a block, the mean first-PC fraction of block layers is at
-    least 0.5 and exceeds that of the other layers by at least 0.2."""
-    entries = _block_runs(results, "pc")
-    if not entries:
-        return _finding("c", "Inside blocks the first PC dominates", "no run with a detected block", {}, "not measured")
-    rows, ok = [], []
-    for e in entries:
-        names, frac = e["pc"]["names"], np.asarray(e["pc"]["fraction"])
-        mask = np.array([e["block"].contains(e["cka"]["names"].index(n)) for n in names])
-        inside, outside = float(frac[mask].mean()), float(frac[~mask].mean()) if (~mask).any() else float("nan")
-        ok.append(inside >= 0.5 and inside - outside >= 0.2)
-        rows.append(f"{_label(e)}: {inside:.2f} inside vs {outside:.2f} outside")
-    return _finding("c", "Inside blocks the first PC dominates", "; ".join(rows), {"runs": rows}, _verdict(ok))
+    def block(self, run: Run) -> blocks.BlockStructure:
+        return self.blocks[run.name]
 
+    def fraction(self, run: Run) -> float:
+        b = self.block(run)
+        return float(b.fraction) if b.found else 0.0
 
-def probes_flat(results) -> dict[str, Any]:
-    """(d) In every seed-0 run with a block, post-residual probe accuracy gains less from one probed
-    block to the next inside the block than a quarter of its mean gain between consecutive probes
-    outside it (or under 0.5 points)."""
-    entries = _block_runs(results, "probes")
-    if not entries:
-        return _finding("d", "Probe accuracy is flat inside blocks", "no residual run with a detected block", {}, "not measured")
-    rows, ok = [], []
-    for e in entries:
-        post = [r for r in e["probes"] if r["kind"] == "post"]
-        where = [e["block"].contains(e["cka"]["names"].index(r["tap"])) for r in post]
-        steps = [(b["test_accuracy"] - a["test_accuracy"], wa and wb) for a, b, wa, wb in zip(post, post[1:], where, where[1:])]
-        g_in = [g for g, inside in steps if inside]
-        g_out = [g for g, inside in steps if not inside]
-        if not g_in or not g_out:
-            rows.append(f"{_label(e)}: too few probes inside or outside the block")
-            continue
-        m_in, m_out = float(np.mean(g_in)), float(np.mean(g_out))
-        ok.append(m_in <= max(0.25 * m_out, 0.005))
-        rows.append(f"{_label(e)}: {100 * m_in:+.2f} points per block inside ({len(g_in)} steps) vs {100 * m_out:+.2f} outside ({len(g_out)})")
-    return _finding("d", "Probe accuracy is flat inside blocks", "; ".join(rows), {"runs": rows}, _verdict(ok))
+    def inside(self, run: Run, name: str) -> bool:
+        return name in run.names and self.block(run).contains(run.names.index(name))
 
+    # --- controls -----------------------------------------------------------------------
 
-def _marginal_drops(e):
-    """(block, accuracy lost when it is deleted after the later blocks of its stage)."""
-    full = float(e["prune_blocks"]["full_accuracy"])
-    by_stage = defaultdict(list)
-    for r in e["prune_blocks"]["rows"]:
-        by_stage[r["stage"]].append(r)
-    drops = []
-    for rows in by_stage.values():
-        previous = full
-        for r in sorted(rows, key=lambda r: r["blocks_deleted"]):
-            drops.append((str(r["deleted"]).split()[-1], previous - float(r["accuracy"])))
-            previous = float(r["accuracy"])
-    return drops
+    def control_cell(self, run: Run, pair: bool = False) -> list[Run]:
+        """The control runs of `run` (see the module docstring); pair=True asks for a cell
+        whose seeds 0 and 1 both have no block (for cross-seed CKA)."""
+        if not pair:
+            same = [r for r in self.cells[run.cell] if r is not run and not self.block(r).found]
+            if same:
+                return same
+        data = run.cell[:2] + run.cell[3:]
+        cells = sorted((c for c in self.cells if c[:2] + c[3:] == data), key=lambda c: c[2])
+        if not cells or cells[0] == run.cell:
+            return []  # the shallowest cell is the run's own: only its other seeds could serve
+        free = [r for r in self.cells[cells[0]] if not self.block(r).found]
+        if pair:
+            free = [r for r in free if r.seed in (0, 1)]
+            return free if {r.seed for r in free} == {0, 1} else []
+        return free
 
+    @staticmethod
+    def same_position_mean(layers: Sequence[str], control: Sequence[tuple[Sequence[str], Sequence[float]]]) -> float:
+        """Mean over `layers` of each control's mean over its layers of the same stage and kind."""
+        per_layer = []
+        for name in layers:
+            where = _position(name)
+            values = [_mean(v for n, v in zip(names, vals) if _position(n) == where) for names, vals in control]
+            per_layer.append(_mean(values))
+        return _mean(per_layer)
 
-def deletion(results) -> dict[str, Any]:
-    """(e) In every seed-0 run with a block, deleting a block inside the block structure costs
-    (on average) less than half the accuracy that deleting a block outside it costs."""
-    entries = _block_runs(results, "prune_blocks")
-    if not entries:
-        return _finding("e", "Deleting blocks inside the block structure costs little", "no residual run with a detected block", {}, "not measured")
-    rows, ok = [], []
-    for e in entries:
-        names = e["cka"]["names"]
-        drops = _marginal_drops(e)
-        inside = [d for b, d in drops if e["block"].contains(names.index(f"{b}_out"))]
-        outside = [d for b, d in drops if not e["block"].contains(names.index(f"{b}_out"))]
+    # --- the claims ---------------------------------------------------------------------
+
+    def growth(self, key: str, axis: str) -> tuple[list[dict], list[bool]]:
+        """(a) and (b): per series and seed, the block fraction at the two ends of the series."""
+        fixed = {"depth": (0, 1, 3, 4), "width": (0, 1, 2, 4), "data": (0, 2, 3, 4)}[axis]
+        position = {"depth": 2, "width": 3, "data": 1}[axis]
+        series = defaultdict(list)
+        for cell in self.cells:
+            series[tuple(cell[i] for i in fixed)].append(cell)
+        rows, ok = [], []
+        for cells in series.values():
+            if len({c[position] for c in cells}) < 2:
+                continue
+            cells = sorted(cells, key=lambda c: c[position] or 10**9)
+            seeds = set.intersection(*({r.seed for r in self.cells[c]} for c in cells))
+            for seed in sorted(seeds):
+                members = [next(r for r in self.cells[c] if r.seed == seed) for c in cells]
+                fractions = [self.fraction(r) for r in members]
+                shows = fractions[0] > fractions[-1] if axis == "data" else fractions[-1] > fractions[0]
+                ok.append(shows)
+                rows.append({
+                    "axis": axis, "seed": seed, "runs": [r.name for r in members], "fractions": fractions,
+                    "peak_contrasts": [self.block(r).peak_contrast for r in members], "shows": shows,
+                    "text": f"{axis} series, seed {seed}: " + ", ".join(f"{_short(r)} {f:.2f}" for r, f in zip(members, fractions)),
+                })
+        return rows, ok
+
+    def first_pc(self, run: Run) -> dict[str, Any] | None:
+        if run.pc is None:
+            return None
+        names, fraction = list(run.pc["names"]), np.asarray(run.pc["fraction"], dtype=float)
+        outs = [(n, f) for n, f in zip(names, fraction) if n.endswith("_out")]
+        inside = [(n, f) for n, f in outs if self.inside(run, n)]
         if not inside:
-            rows.append(f"{_label(e)}: no deletable block inside the block structure")
+            return {"note": "no block output inside the block"}
+        outside = [f for n, f in outs if not self.inside(run, n)]
+        m_in, peak = _mean(f for _, f in inside), float(max(f for _, f in inside))
+        m_out = _mean(outside)
+        controls = [c for c in self.control_cell(run) if c.pc is not None]
+        ctrl = self.same_position_mean([n for n, _ in inside], [(c.pc["names"], c.pc["fraction"]) for c in controls])
+        row = {"inside_mean": m_in, "inside_peak": peak, "outside_mean": m_out, "control_mean": ctrl,
+               "control": [c.name for c in controls], "layers_inside": len(inside)}
+        within = m_in >= PC_MIN and m_in - m_out >= PC_MARGIN
+        return _judged(row, within, ctrl == ctrl and m_in - ctrl >= PC_MARGIN, bool(controls))
+
+    def probes(self, run: Run) -> dict[str, Any] | None:
+        if run.probes is None or not run.config.model.residual:
+            return None
+        post = [p for p in run.probes if p["kind"] == "post"]
+        acc = [float(p["test_accuracy"]) for p in post]
+        inside = [i for i, p in enumerate(post) if self.inside(run, p["tap"])]
+        if not inside:
+            return {"note": "no probed add inside the block"}
+        first, last = min(inside), max(inside)
+        start = first - 1 if first > 0 else first
+        k_in, k_out = last - start, len(post) - 1 - (last - start)
+        if k_in == 0 or k_out == 0:
+            return {"note": "no probe step inside or outside the block"}
+        gain_in = acc[last] - acc[start]
+        step_in, step_out = gain_in / k_in, (acc[-1] - acc[0] - gain_in) / k_out
+        controls = [c for c in self.control_cell(run) if c.probes is not None]
+        fractions = self._stage_fractions(run, [p["tap"] for p in post])
+        ctrl = _mean(sum(f * _stage_gain(c, s) for s, f in fractions.items()) for c in controls)
+        row = {"gain_inside": gain_in, "steps_inside": k_in, "gain_per_step_inside": step_in,
+               "gain_per_step_outside": step_out, "steps_outside": k_out, "control_gain": ctrl,
+               "control": [c.name for c in controls]}
+        within = step_in <= max(PROBE_RATIO * step_out, PROBE_FLOOR)
+        return _judged(row, within, ctrl == ctrl and gain_in <= PROBE_CONTROL * ctrl, bool(controls))
+
+    def _stage_fractions(self, run: Run, adds: Sequence[str]) -> dict[int, float]:
+        """Per stage, the fraction of its residual blocks whose add lies inside the block."""
+        per_stage = defaultdict(list)
+        for name in adds:
+            per_stage[models.stage_of(name)].append(self.inside(run, name))
+        return {s: float(np.mean(v)) for s, v in per_stage.items() if any(v)}
+
+    def deletion(self, run: Run) -> dict[str, Any] | None:
+        if run.prune_blocks is None or not run.config.model.residual:
+            return None
+        curves = _deletion_curves(run)
+        full = float(run.prune_blocks["full_accuracy"])
+        drops_in, drops_out, stages = [], [], {}
+        for stage, (order, accuracies) in curves.items():
+            previous = full
+            for block, accuracy in zip(order, accuracies):
+                (drops_in if self.inside(run, f"{block}_add") else drops_out).append(previous - accuracy)
+                previous = accuracy
+            k = 0
+            while k < len(order) and self.inside(run, f"{order[k]}_add"):
+                k += 1
+            if k:
+                stages[stage] = (k, len(order), full - accuracies[k - 1])
+        if not stages:
+            return {"note": "no deletable block inside the block at the end of a stage"}
+        if not drops_out:
+            return {"note": "no deletable block outside the block"}
+        controls = [c for c in self.control_cell(run) if c.prune_blocks is not None]
+        cost = sum(loss for _, _, loss in stages.values())
+        ctrl = _mean(sum(_control_loss(c, s, k / n) for s, (k, n, _) in stages.items()) for c in controls)
+        row = {"loss_per_block_inside": _mean(drops_in), "loss_per_block_outside": _mean(drops_out),
+               "blocks_inside": len(drops_in), "blocks_outside": len(drops_out), "stage_cost": cost,
+               "control_cost": ctrl, "stages": {s: {"deleted": k, "deletable": n, "loss": loss} for s, (k, n, loss) in stages.items()},
+               "control": [c.name for c in controls]}
+        within = _mean(drops_in) < DELETION_RATIO * _mean(drops_out)
+        return _judged(row, within, ctrl == ctrl and cost <= DELETION_CONTROL * ctrl, bool(controls))
+
+    def cross_seed(self, run: Run) -> dict[str, Any] | None:
+        pair = next((p for p in self.cross.values() if run.name in p.runs), None)
+        if pair is None:
+            return None
+        diag = np.diag(pair.matrix)
+        inside = [i for i, n in enumerate(pair.names) if self.inside(run, n)]
+        if not inside:
+            return {"note": "no layer inside the block"}
+        outside = [i for i in range(len(diag)) if i not in set(inside)]
+        m_in, m_out = _mean(diag[inside]), _mean(diag[outside])
+        controls = self.control_cell(run, pair=True)
+        names = {r.name for r in controls}
+        ctrl_pair = next((p for p in self.cross.values() if set(p.runs) <= names), None) if controls else None
+        ctrl = (
+            self.same_position_mean([pair.names[i] for i in inside], [(ctrl_pair.names, np.diag(ctrl_pair.matrix))])
+            if ctrl_pair else float("nan")
+        )
+        row = {"inside_mean": m_in, "outside_mean": m_out, "control_mean": ctrl,
+               "control": list(ctrl_pair.runs) if ctrl_pair else []}
+        return _judged(row, m_out - m_in >= CROSS_MARGIN, ctrl == ctrl and ctrl - m_in >= CROSS_MARGIN, ctrl_pair is not None)
+
+
+def _short(run: Run) -> str:
+    m = run.config.model
+    n = run.config.data.train_examples
+    return f"ResNet-{m.depth} ({m.width:g}x{'' if m.residual else ', plain'}){f' on {n:,}' if n else ''}"
+
+
+def _judged(row: dict, within: bool, control: bool, has_control: bool) -> dict:
+    row = {**row, "within": bool(within), "against_control": bool(control) if has_control else None}
+    row["shows"] = bool(within and control) if has_control else None
+    if not has_control:
+        row["note"] = "no control"
+    return row
+
+
+def _stage_gain(run: Run, stage: int) -> float:
+    """A control's post-residual probe gain over one stage (from the add before it, or its own first add)."""
+    post = [p for p in run.probes if p["kind"] == "post"]
+    stages = [models.stage_of(p["tap"]) for p in post]
+    members = [i for i, s in enumerate(stages) if s == stage]
+    if not members:
+        return float("nan")
+    start = members[0] - 1 if members[0] > 0 else members[0]
+    return float(post[members[-1]]["test_accuracy"]) - float(post[start]["test_accuracy"])
+
+
+def _deletion_curves(run: Run) -> dict[int, tuple[list[str], list[float]]]:
+    """Per stage: the deletable blocks in deletion order (last first) and the accuracy after each."""
+    by_stage = defaultdict(list)
+    for r in run.prune_blocks["rows"]:
+        by_stage[int(r["stage"])].append(r)
+    curves = {}
+    for stage, rows in by_stage.items():
+        rows = sorted(rows, key=lambda r: int(r["blocks_deleted"]))
+        order = list(rows[-1]["deleted"])
+        curves[stage] = (order, [float(r["accuracy"]) for r in rows])
+    return curves
+
+
+def _control_loss(run: Run, stage: int, fraction: float) -> float:
+    """A control's accuracy loss after deleting `fraction` of a stage's deletable blocks (interpolated)."""
+    curves = _deletion_curves(run)
+    if stage not in curves:
+        return float("nan")
+    _, accuracies = curves[stage]
+    full = float(run.prune_blocks["full_accuracy"])
+    xs = np.arange(len(accuracies) + 1) / len(accuracies)
+    losses = np.r_[0.0, full - np.asarray(accuracies)]
+    return float(np.interp(fraction, xs, losses))
+
+
+def _per_run(judge: _Judge, key: str, measure) -> dict[str, Any]:
+    seeds, ok = [], []
+    for run in judge.runs:
+        b = judge.block(run)
+        if not b.found:
             continue
-        m_in, m_out = float(np.mean(inside)), float(np.mean(outside)) if outside else float("nan")
-        ok.append(m_in < 0.5 * m_out if outside else m_in < 0.01)
-        rows.append(f"{_label(e)}: {100 * m_in:.1f} points per deleted block inside ({len(inside)}) vs {100 * m_out:.1f} outside ({len(outside)})")
-    return _finding("e", "Deleting blocks inside the block structure costs little", "; ".join(rows), {"runs": rows}, _verdict(ok))
+        row = measure(run)
+        if row is None:
+            continue
+        row = {"run": run.name, "seed": run.seed, "block_fraction": b.fraction, "contrast": b.contrast, **row}
+        seeds.append(row)
+        if row.get("shows") is not None:
+            ok.append(row["shows"])
+    return {"seeds": seeds, "ok": ok}
 
 
-def cross_seed(results) -> dict[str, Any]:
-    """(f) For a configuration with a block (in seed 0), the mean cross-seed CKA of each layer
-    with the same layer of the other seed is lower inside the block than outside by 0.1 or more."""
-    pairs = results.get("_cross_seed", {})
-    seed0 = {e["run"].name: e for e in _seed0(results).values()}
-    if not pairs:
-        return _finding("f", "Block layers are unique to each model", "no configuration trained with seeds 0 and 1", {}, "not measured")
-    rows, ok = [], []
-    for key, pair in pairs.items():
-        e = seed0[pair["runs"][0]]
-        diag = np.diag(pair["matrix"])
-        if e["block"].found:
-            mask = np.array([e["block"].contains(i) for i in range(len(diag))])
-            m_in, m_out = float(diag[mask].mean()), float(diag[~mask].mean())
-            ok.append(m_out - m_in >= 0.1)
-            rows.append(f"{_label(e)}: same-layer CKA across seeds {m_in:.2f} inside the block vs {m_out:.2f} outside")
+_MEASURES = {"c": "first_pc", "d": "probes", "e": "deletion", "f": "cross_seed"}
+
+
+def _describe(key: str, rows: list[dict]) -> str:
+    def fmt(r):
+        if "note" in r and "within" not in r:
+            return f"{r['run']}: {r['note']}"
+        tail = "" if r.get("against_control") is not None else " (no control)"
+        mark = {True: "shows it", False: "does not", None: "not counted"}[r.get("shows")]
+        if key == "c":
+            body = (f"first PC mean {r['inside_mean']:.2f} (peak {r['inside_peak']:.2f}) inside vs {r['outside_mean']:.2f} "
+                    f"outside, control {r['control_mean']:.2f}")
+        elif key == "d":
+            body = (f"{100 * r['gain_per_step_inside']:+.2f} points per step inside vs {100 * r['gain_per_step_outside']:+.2f} "
+                    f"outside; across the block {100 * r['gain_inside']:+.1f} vs control {100 * r['control_gain']:+.1f}")
+        elif key == "e":
+            body = (f"{100 * r['loss_per_block_inside']:.1f} points per deleted block inside vs "
+                    f"{100 * r['loss_per_block_outside']:.1f} outside; stage tails {100 * r['stage_cost']:.1f} vs control "
+                    f"{100 * r['control_cost']:.1f}")
         else:
-            rows.append(f"{_label(e)} (no block): same-layer CKA across seeds {diag.mean():.2f} on average")
-    return _finding("f", "Block layers are unique to each model", "; ".join(rows), {"runs": rows}, _verdict(ok))
+            body = (f"same-layer CKA across seeds {r['inside_mean']:.2f} inside vs {r['outside_mean']:.2f} outside, "
+                    f"control {r['control_mean']:.2f}")
+        return f"{r['run']}: {body}{tail}: {mark}"
+
+    return "; ".join(fmt(r) for r in rows) if rows else "no run with a detected block"
 
 
-RULES = (capacity, data_size, first_pc, probes_flat, deletion, cross_seed)  # the paper's order
+def judge(runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detector: dict | None = None) -> list[dict]:
+    """The six claims at one detector setting, in the paper's order.
+
+    Args:
+        runs_: the analysed runs.
+        cross: cross-seed CKA per cell (seeds 0 and 1).
+        detector: keyword arguments of find_block_structure (default: its defaults).
+
+    Returns:
+        [{"id", "claim", "paper", "verdict", "measured" (text), "seeds" (per-run or
+        per-series rows), "rule" (the rule's text)}].
+    """
+    j = _Judge(runs_, cross or {}, detector or {})
+    out = []
+    depth_rows, depth_ok = j.growth("a", "depth")
+    width_rows, width_ok = j.growth("a", "width")
+    rows = depth_rows + width_rows
+    text = "; ".join(r["text"] for r in rows) or "no depth or width series"
+    if not width_rows:
+        text += " (width: not measured, no width series)"
+    out.append(_finding("a", _verdict(depth_ok + width_ok), text + " (block fraction of layers)", rows))
+    data_rows, data_ok = j.growth("b", "data")
+    out.append(_finding("b", _verdict(data_ok), "; ".join(r["text"] for r in data_rows) or "no model on two subset sizes", data_rows))
+    for key, method in _MEASURES.items():
+        measured = _per_run(j, key, getattr(j, method))
+        out.append(_finding(key, _verdict(measured["ok"]), _describe(key, measured["seeds"]), measured["seeds"]))
+    return out
 
 
-def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """All six findings, in the paper's order."""
-    return [rule(results) for rule in RULES]
+def _finding(key: str, verdict: str, measured: str, seeds: list) -> dict:
+    return {"id": key, "claim": CLAIMS[key], "paper": PAPER[key], "verdict": verdict, "measured": measured, "seeds": seeds}
+
+
+def judge_with_sensitivity(runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detector: dict | None = None) -> list[dict]:
+    """`judge` at the detector's setting, each finding with "sensitivity": {contrast: verdict} at SENSITIVITY."""
+    detector = dict(detector or {})
+    main = judge(runs_, cross, detector)
+    for contrast in SENSITIVITY:
+        again = judge(runs_, cross, {**detector, "min_contrast": contrast})
+        for finding, other in zip(main, again):
+            finding.setdefault("sensitivity", {})[f"{contrast:.2f}"] = other["verdict"]
+    return main

@@ -10,6 +10,7 @@ import platform
 import time
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from tfwd import plots
@@ -36,86 +37,135 @@ def _img(path: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _entries(results):
-    return [(name, e) for name, e in results.items() if name != "_cross_seed"]
-
-
-def _run_rows(results) -> str:
+def _run_rows(analyses) -> str:
     rows = []
-    for name, e in _entries(results):
-        c = e["run"].config
-        res = e["run"].results()
-        b = e["block"]
+    for r in analyses.runs:
+        c = r.config
+        res = analyses.opened[r.name].results()
+        b = analyses.blocks[r.name]
+        peak = "none" if b.peak_contrast != b.peak_contrast else f"{b.peak_contrast:.2f}"
         block = f"{b.start_name} .. {b.end_name} ({b.fraction:.0%}, mean CKA {b.mean_cka:.2f})" if b.found else "none"
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{c.model.depth}</td><td>{c.model.width:g}</td>"
-            f"<td>{'yes' if c.model.residual else 'no'}</td><td>{c.data.train_examples or 'all'}</td><td>{c.train.seed}</td>"
-            f"<td>{c.train.epochs}</td><td>{100 * res['test_accuracy']:.1f}%</td><td>{res.get('train_seconds', 0) / 60:.1f}</td>"
-            f"<td>{html.escape(block)}</td></tr>"
+        recipe = f"lr {c.train.learning_rate:g}, cosine per {c.train.decay_every}" + (
+            f", {c.train.warmup_epochs} warmup epochs" if c.train.warmup_epochs else ""
         )
-    head = "<tr><th>run</th><th>depth</th><th>width</th><th>residual</th><th>train examples</th><th>seed</th><th>epochs</th><th>test accuracy</th><th>training (min)</th><th>block structure</th></tr>"
+        rows.append(
+            f"<tr><td>{html.escape(r.name)}</td><td>{c.model.depth}</td><td>{c.model.width:g}</td>"
+            f"<td>{'yes' if c.model.residual else 'no'}</td><td>{c.data.train_examples or 'all'}</td><td>{c.train.seed}</td>"
+            f"<td>{c.train.epochs}</td><td>{html.escape(recipe)}</td><td>{100 * res.get('accuracy', float('nan')):.1f}%</td>"
+            f"<td>{100 * res['test_accuracy']:.1f}%</td><td>{res.get('train_seconds', 0) / 60:.1f}</td>"
+            f"<td>{html.escape(block)}</td><td>{peak}</td></tr>"
+        )
+    head = (
+        "<tr><th>run</th><th>depth</th><th>width</th><th>residual</th><th>train examples</th><th>seed</th><th>epochs</th>"
+        "<th>learning rate</th><th>train accuracy</th><th>test accuracy</th><th>training (min)</th><th>block structure</th>"
+        "<th>peak contrast</th></tr>"
+    )
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _finding_rows(findings) -> str:
+def _finding_rows(judged) -> str:
     rows = []
-    for f in findings:
+    for f in judged:
         css = f["verdict"].replace(" ", "-")
+        sensitivity = ", ".join(f"{k}: {v}" for k, v in f.get("sensitivity", {}).items())
         rows.append(
             f"<tr><td>({f['id']}) {html.escape(f['claim'])}</td><td class='small'>{html.escape(f['paper'])}</td>"
-            f"<td>{html.escape(f['measured'])}</td><td class='{css}'>{f['verdict']}</td></tr>"
+            f"<td>{html.escape(f['measured'])}</td><td class='{css}'>{f['verdict']}</td>"
+            f"<td class='small'>{html.escape(sensitivity)}</td></tr>"
         )
-    head = "<tr><th>claim</th><th>paper</th><th>measured here</th><th>verdict</th></tr>"
+    head = "<tr><th>claim</th><th>paper</th><th>measured here</th><th>verdict</th><th>verdict at contrast</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def write_report(folder: str, spec: dict[str, Any], results: dict[str, Any], findings: list, timings: dict, seconds: float) -> None:
+def machine() -> str:
+    """CPU model, its vector extensions, cores, OS and TensorFlow version, for every published number."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    kind = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({kind}), {os.cpu_count()} cores, {platform.system()}, TF {tf.__version__}"
+
+
+def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, seconds: float) -> dict[str, Any]:
+    """The report's findings.json: spec, machine, hours, claims with per-seed numbers and controls, dominant datapoints."""
+    claims = []
+    for f in judged:
+        controls = {row["run"]: row["control"] for row in f["seeds"] if "control" in row}
+        claims.append({
+            "id": f["id"], "claim": f["claim"], "paper": f["paper"], "verdict": f["verdict"],
+            "measured": {"summary": f["measured"], "verdict_at_contrast": f.get("sensitivity", {})},
+            "seeds": f["seeds"], "control": controls,
+        })
+    runs_ = {}
+    for r in analyses.runs:
+        res = analyses.opened[r.name].results()
+        b = analyses.blocks[r.name]
+        runs_[r.name] = {
+            "test_accuracy": res["test_accuracy"], "train_accuracy": res.get("accuracy"),
+            "train_minutes": res.get("train_seconds", 0.0) / 60, "block": b.to_dict(),
+        }
+    return {
+        "spec": spec["name"], "machine": machine(), "hours": {k: v / 3600 for k, v in timings.items()} | {"total": seconds / 3600},
+        "timings_seconds": timings, "runs": runs_, "claims": claims, "dominant_datapoints": analyses.dominant,
+    }
+
+
+def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timings: dict, seconds: float) -> None:
     """Writes report.html, findings.json and the report's own figures into `folder`."""
     from tfwd import findings as findings_lib
 
     panels = [
-        {"matrix": e["cka"]["matrix"], "names": e["cka"]["names"], "title": name.split("-", 1)[1], "block": e["block"]}
-        for name, e in _entries(results)
-        if e["run"].config.train.seed == 0
+        {"matrix": r.cka, "names": r.names, "title": r.name.split("-", 1)[1], "block": analyses.blocks[r.name]}
+        for r in analyses.runs
     ]
     figures = []
     plots.save_figure(block_heatmaps(panels, suptitle="Within-model CKA (block structure outlined)"), os.path.join(folder, "heatmaps.png"))
-    figures.append(("Within-model CKA of every seed-0 run; cyan squares: detected block structure", "heatmaps.png"))
-    cross = results.get("_cross_seed", {})
-    if cross:
+    figures.append(("Within-model CKA of every run; cyan squares: detected block structure", "heatmaps.png"))
+    if analyses.cross_seed:
         cross_panels = [
-            {"matrix": p["matrix"], "names": p["names"], "title": f"{p['runs'][0].split('-', 1)[1]} vs seed 1", "block": None}
-            for p in cross.values()
+            {"matrix": p.matrix, "names": p.names, "title": f"{p.runs[0].split('-', 1)[1]} vs seed 1", "block": None}
+            for p in analyses.cross_seed.values()
         ]
-        plots.save_figure(block_heatmaps(cross_panels, suptitle="CKA across seeds (rows: seed 0, columns: seed 1)"), os.path.join(folder, "cross_seed.png"))
+        plots.save_figure(
+            block_heatmaps(cross_panels, suptitle="CKA across seeds (rows: seed 0, columns: seed 1)"),
+            os.path.join(folder, "cross_seed.png"),
+        )
         figures.append(("CKA between seeds 0 and 1 of the same configuration", "cross_seed.png"))
     per_run = []
-    for name, e in _entries(results):
-        dirs = e["dirs"]
+    for name, dirs in analyses.dirs.items():
         for kind, file, caption in (
             ("pc", "first_pc.png", "First principal component (Figure 3)"),
             ("probes", "probes_cka.png", "Linear probes under the CKA heatmap (Figure 4)"),
             ("prune_blocks", "prune_blocks.png", "Block deletion (Figure 5)"),
+            ("dominant", "dominant_datapoints.png", "Dominant datapoints (Nguyen et al. 2022)"),
+            ("dominant", "cka_without_top.png", "CKA with and without the dominant datapoints"),
         ):
             path = os.path.join(dirs.get(kind, ""), file)
             if kind in dirs and os.path.exists(path):
                 per_run.append(f"<h3>{html.escape(name)}: {caption}</h3>{_img(path, caption)}")
     with open(os.path.join(folder, "findings.json"), "w") as f:
-        json.dump({"findings": findings, "timings_seconds": timings, "total_seconds": seconds}, f, indent=2, default=str)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}, TF {tf.__version__}"
+        json.dump(_clean(findings_json(spec, analyses, judged, timings, seconds)), f, indent=2)
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(timings.items()))
+    rules = " ".join(findings_lib.__doc__.split())
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>tfwd report: {html.escape(spec['name'])}</title>
 <style>{STYLE}</style></head><body>
 <h1>tfwd report: {html.escape(spec['name'])}</h1>
 <p>{html.escape(spec.get('description', ''))}</p>
-<p class="small">Written {time.strftime('%Y-%m-%d %H:%M')} on {html.escape(machine)}. Time spent: {html.escape(timing)}
+<p class="small">Written {time.strftime('%Y-%m-%d %H:%M')} on {html.escape(machine())}. Time spent: {html.escape(timing)}
 (training from results.json; analyses reused from earlier reports count 0). This report took {seconds / 60:.1f} min to build.</p>
 <h2>Findings</h2>
-{_finding_rows(findings)}
-<p class="small">How each verdict is reached: {html.escape(' '.join(' '.join(rule.__doc__.split()) for rule in findings_lib.RULES))}
+{_finding_rows(judged)}
+<p class="small">How each verdict is reached (tfwd.findings, docs/science/rules.md): {html.escape(rules)}
 Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(spec['block_structure']) if spec.get('block_structure') else 'its defaults')}.</p>
 <h2>Runs</h2>
-{_run_rows(results)}
+{_run_rows(analyses)}
 <h2>Figures</h2>
 {''.join(f'<h3>{html.escape(c)}</h3>' + _img(os.path.join(folder, f), c) for c, f in figures)}
 {''.join(per_run)}
@@ -124,3 +174,18 @@ Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(s
 </body></html>"""
     with open(os.path.join(folder, "report.html"), "w") as f:
         f.write(body)
+
+
+def _clean(obj):
+    """JSON-ready: numpy scalars and arrays to Python, NaN to null (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj

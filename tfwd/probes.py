@@ -375,6 +375,21 @@ def probe_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+_COLUMN_TYPES = {"position": int, "stage": int, "layer_index": int, "features": int, "learning_rate": float, "l2": float,
+                 "validation_accuracy": float, "test_accuracy": float}
+
+
+def load(out_dir: str) -> list[dict[str, Any]]:
+    """The rows of probes.csv in an `analyze_run` output folder (`probe_table`'s keys, typed)."""
+    import csv
+
+    with open(os.path.join(out_dir, "probes.csv")) as f:
+        return [
+            {k: (_COLUMN_TYPES[k](v) if v != "" else None) if k in _COLUMN_TYPES else v for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
 def grid_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (tap, setting): validation accuracy and last-epoch training loss and accuracy."""
     return [

@@ -368,6 +368,18 @@ def stagewise_deletion(
     return result
 
 
+def load(out_dir: str) -> dict[str, Any]:
+    """prune_blocks.json of an `analyze_run` output folder: "full_accuracy", "steps" (each with
+    "stage", "blocks_deleted", "deleted" (a list, last block first) and "accuracy"), "rows" (the
+    same steps), "skipped", "settings"."""
+    import json
+
+    with open(os.path.join(out_dir, "prune_blocks.json")) as f:
+        result = json.load(f)
+    result["rows"] = result["steps"]
+    return result
+
+
 def analyze_run(
     run_dir: str,
     out_dir: str | None = None,

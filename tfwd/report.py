@@ -3,30 +3,31 @@
 A report spec (data/reports/*.json) is a JSON object:
 
     {
-      "name": "cpu",
+      "name": "science",
       "description": "...",
       "runs": {"flags": {...}, "grid": [...]},       a sweep spec body (tfwd.sweeps)
       "analyses": {                                  settings of each analysis (all optional)
         "cka": {"examples": 2048, "passes": 2},      tfwd.cka.analyze_runs, every run
-        "pc": {"examples": 1000},                    tfwd.pca.analyze_run, seed-0 runs
-        "probes": {"epochs": 5},                     tfwd.probes.analyze_run, seed-0 runs
-        "prune_blocks": {"examples": 2000},          tfwd.pruning.analyze_run, seed-0 runs
-        "cross_seed": {"examples": 2048, "passes": 1}  CKA of seeds 0 and 1 of one config
+        "pc": {"examples": 1000},                    tfwd.pca.analyze_run, every run
+        "probes": {"epochs": 5},                     tfwd.probes.analyze_run, every residual run
+        "prune_blocks": {"examples": 2000},          tfwd.pruning.analyze_run, every residual run
+        "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell
+        "dominant": {"examples": 1000, "top": 10}    tfwd.dominant.analyze_run, every run with a block
       },
       "block_structure": {"threshold": 0.85, ...}    tfwd.blocks.find_block_structure
     }
 
 `build` trains what is missing (bin/train through tfwd.sweeps, skipping finished
-runs), runs each analysis into a folder of the run named after a hash of its
-settings (so a rerun reuses it, and changed settings never reuse a stale one),
-judges the paper's claims (`findings`) and writes report.html: self-contained,
-figures embedded, with a table of runs, the findings with their numbers, and
-every setting used.
+runs), runs each analysis on every seed into a folder of the run named after a hash of
+its settings (so a rerun reuses it, and changed settings never reuse a stale one),
+judges the paper's claims (tfwd.findings, with the detector's sensitivity) and writes
+report.html and findings.json: self-contained, figures embedded, with a table of runs,
+the findings with their per-seed numbers and controls, and every setting used.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,10 +38,10 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from tfwd import blocks, cka, pca, probes, pruning, runs, sweeps
+from tfwd import blocks, cka, dominant, findings, pca, probes, pruning, runs, sweeps
 
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure")
-ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed")
+ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant")
 
 
 def load_spec(path: str) -> dict[str, Any]:
@@ -85,63 +86,87 @@ def _cached(kind: str, run_dir: str, settings: dict[str, Any], compute: Callable
     return out
 
 
+@dataclasses.dataclass
+class Analyses:
+    """Everything `analyze` measured on a set of finished runs.
+
+    Attributes:
+        runs: findings.Run per run (what the rules read), in the spec's order.
+        opened: the tfwd.runs.Run of each, by name.
+        blocks: the detected block structure of each (the spec's detector settings).
+        cross_seed: findings.CrossSeed per cell trained with seeds 0 and 1, by cell label.
+        dominant: tfwd.dominant summaries of the runs with a block, by name.
+        dirs: the folder of each analysis of each run, by name and kind ("cross_seed" by cell).
+    """
+
+    runs: list[findings.Run]
+    opened: dict[str, runs.Run]
+    blocks: dict[str, blocks.BlockStructure]
+    cross_seed: dict[str, findings.CrossSeed]
+    dominant: dict[str, dict[str, Any]]
+    dirs: dict[str, dict[str, str]]
+
+
 def analyze(
     run_dirs: list[str], spec: dict[str, Any], data_dir: str | None = None, timings: dict | None = None
-) -> dict[str, Any]:
-    """Runs every analysis of the spec on finished runs; returns per-run results (loaded, not drawn).
+) -> Analyses:
+    """Runs every analysis of the spec on every finished run (all seeds); returns what was measured.
 
-    Returns:
-        {run name: {"run": Run, "cka": {"names", "matrix"}, "block": BlockStructure,
-        "pc", "probes", "prune_blocks" (for seed-0 runs), "dirs": {kind: folder}},
-        "_cross_seed": {config name: {"runs": [a, b], "matrix", "names"}}}
+    CKA, first PC, probes and block deletion (the last two for residual networks) on every
+    run; cross-seed CKA for every cell with seeds 0 and 1; dominant datapoints for every run
+    in which the spec's detector finds a block.
     """
     timings = {} if timings is None else timings
     settings = spec.get("analyses", {})
-    block_settings = spec.get("block_structure", {})
-    results: dict[str, Any] = {}
+    detector = spec.get("block_structure", {})
+    out = Analyses([], {}, {}, {}, {}, {})
     for run_dir in run_dirs:
         run = runs.Run(run_dir)
-        entry: dict[str, Any] = {"run": run, "dirs": {}}
+        dirs = out.dirs.setdefault(run.name, {})
         s = {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256, **settings.get("cka", {})}
-        out = _cached("cka", run_dir, s, lambda o: cka.analyze_runs([run_dir], out_dir=o, data_dir=data_dir, **s), timings)
-        loaded = cka.load(os.path.join(out, "cka.npz"))
-        entry["cka"] = {"names": loaded["names"][0], "matrix": loaded["blocks"][(0, 0)]}
-        entry["block"] = blocks.find_block_structure(entry["cka"]["matrix"], entry["cka"]["names"], **block_settings)
-        entry["dirs"]["cka"] = out
-        if run.config.train.seed == 0:
-            _seed0_analyses(run_dir, entry, settings, data_dir, timings)
-        results[run.name] = entry
-    results["_cross_seed"] = _cross_seed(run_dirs, settings.get("cross_seed", {}), data_dir, timings)
-    return results
+        dirs["cka"] = _cached("cka", run_dir, s, lambda o: cka.analyze_runs([run_dir], out_dir=o, data_dir=data_dir, **s), timings)
+        loaded = cka.load(os.path.join(dirs["cka"], "cka.npz"))
+        analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
+        s = {"taps": "all", "examples": 1000, "batch_size": 250, **settings.get("pc", {})}
+        dirs["pc"] = _cached("pc", run_dir, s, lambda o: pca.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings)
+        analysed.pc = pca.load(os.path.join(dirs["pc"], "pc.npz"))
+        if run.config.model.residual:  # probes and deletion need residual adds
+            s = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024, **settings.get("probes", {})}
+            dirs["probes"] = _cached(
+                "probes", run_dir, s, lambda o: probes.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings
+            )
+            analysed.probes = probes.load(dirs["probes"])
+            s = {"examples": 2000, **settings.get("prune_blocks", {})}
+            dirs["prune_blocks"] = _cached(
+                "prune_blocks", run_dir, s, lambda o: pruning.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings
+            )
+            analysed.prune_blocks = pruning.load(dirs["prune_blocks"])
+        block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
+        if block.found and "dominant" in settings:
+            s = {"examples": 1000, "top": 10, **settings["dominant"]}
+            dirs["dominant"] = _cached(
+                "dominant", run_dir, s, lambda o: dominant.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings
+            )
+            out.dominant[run.name] = dominant.load(dirs["dominant"])
+        out.runs.append(analysed)
+        out.opened[run.name] = run
+        out.blocks[run.name] = block
+    _cross_seed(run_dirs, settings.get("cross_seed", {}), data_dir, timings, out)
+    return out
 
 
-def _seed0_analyses(run_dir, entry, settings, data_dir, timings) -> None:
-    s = {"taps": "all", "examples": 1000, "batch_size": 250, **settings.get("pc", {})}
-    out = _cached("pc", run_dir, s, lambda o: pca.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings)
-    entry["pc"], entry["dirs"]["pc"] = pca.load(os.path.join(out, "pc.npz")), out
-    if not entry["run"].config.model.residual:
-        return  # probes and deletion need residual adds
-    s = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024, **settings.get("probes", {})}
-    out = _cached("probes", run_dir, s, lambda o: probes.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings)
-    entry["probes"], entry["dirs"]["probes"] = _read_csv(os.path.join(out, "probes.csv")), out
-    s = {"examples": 2000, **settings.get("prune_blocks", {})}
-    out = _cached(
-        "prune_blocks", run_dir, s, lambda o: pruning.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings
-    )
-    with open(os.path.join(out, "prune_blocks.json")) as f:
-        entry["prune_blocks"] = {"rows": _read_csv(os.path.join(out, "prune_blocks.csv")), **json.load(f)}
-    entry["dirs"]["prune_blocks"] = out
+def cell_label(config: runs.RunConfig) -> str:
+    """The run name without its seed: what the seeds of one cell share."""
+    return config.name.rsplit("-s", 1)[0]
 
 
-def _cross_seed(run_dirs, settings, data_dir, timings) -> dict[str, Any]:
+def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
     """CKA between seeds 0 and 1 of every configuration trained with both."""
     by_config: dict[str, dict[int, str]] = {}
     for run_dir in run_dirs:
         config = runs.read_config(run_dir)
-        key = config.name.rsplit("-s", 1)[0]
-        by_config.setdefault(key, {})[config.train.seed] = run_dir
+        by_config.setdefault(cell_label(config), {})[config.train.seed] = run_dir
     s = {"taps": "all", "examples": 2048, "passes": 1, "batch_size": 256, **settings}
-    out = {}
     for key, seeds in by_config.items():
         if 0 in seeds and 1 in seeds:
             pair = [seeds[0], seeds[1]]
@@ -150,24 +175,9 @@ def _cross_seed(run_dirs, settings, data_dir, timings) -> dict[str, Any]:
                 lambda o, pair=pair: cka.analyze_runs(pair, out_dir=o, data_dir=data_dir, **s), timings,
             )
             loaded = cka.load(os.path.join(folder, "cka.npz"))
-            out[key] = {"runs": [os.path.basename(p) for p in pair], "matrix": loaded["blocks"][(0, 1)],
-                        "names": loaded["names"][0], "dir": folder}
-    return out
-
-
-def _read_csv(path: str) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _number(v: str):
-    try:
-        return int(v)
-    except ValueError:
-        try:
-            return float(v)
-        except ValueError:
-            return v
+            names = tuple(os.path.basename(p) for p in pair)
+            out.cross_seed[key] = findings.CrossSeed(names, list(loaded["names"][0]), loaded["blocks"][(0, 1)])
+            out.dirs.setdefault(key, {})["cross_seed"] = folder
 
 
 def build(
@@ -190,9 +200,8 @@ def build(
         train: False only reports on runs that are already finished.
 
     Raises:
-        RuntimeError: if a training fails (its log is named).
+        runs.RunError: if a training fails, or a run is missing with train=False.
     """
-    from tfwd import findings as findings_lib
     from tfwd import html
 
     started = time.time()
@@ -205,19 +214,17 @@ def build(
     if train:
         outcome = sweeps.run(sweep, out_dir, parallel=parallel, program=program)
         if outcome["failed"]:
-            raise RuntimeError(f"Trainings failed: {outcome['failed']}")
+            raise runs.RunError(f"Trainings failed: {outcome['failed']} (each run's log names the cause).")
     run_dirs = [os.path.join(out_dir, r.name) for r in planned if sweeps.is_finished(out_dir, r)]
     missing = [r.name for r in planned if not sweeps.is_finished(out_dir, r)]
     if missing:
         raise runs.RunError(f"Runs not finished: {missing}. Run bin/report without --notrain to train them.")
     timings: dict[str, float] = {}
-    results = analyze(run_dirs, spec, data_dir=data_dir, timings=timings)
-    judged = findings_lib.judge(results)
-    timings["training"] = sum(
-        float(entry["run"].results().get("train_seconds", 0.0)) for name, entry in results.items() if name != "_cross_seed"
-    )
+    analyses = analyze(run_dirs, spec, data_dir=data_dir, timings=timings)
+    judged = findings.judge_with_sensitivity(analyses.runs, analyses.cross_seed, spec.get("block_structure"))
+    timings["training"] = sum(float(r.results().get("train_seconds", 0.0)) for r in analyses.opened.values())
     with runs.atomic_dir(report_dir, "report") as tmp:
-        html.write_report(tmp, spec, results, judged, timings, time.time() - started)
+        html.write_report(tmp, spec, analyses, judged, timings, time.time() - started)
     path = os.path.join(report_dir, "report.html")
     logging.info("Report written to %s.", path)
     return path

@@ -52,6 +52,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -303,8 +304,23 @@ def is_finished(out_dir: str, run: SweepRun) -> bool:
     return os.path.exists(os.path.join(out_dir, run.name, runs.RESULTS))
 
 
+def _with_interpreter(argv: Sequence[str]) -> list[str]:
+    """A Python script (bin/train) runs under this process's interpreter, not its #! line: started as
+    `VENV/bin/python bin/report`, the children must see the same installed packages."""
+    try:
+        with open(argv[0], "rb") as f:
+            first = f.readline()
+    except OSError:
+        return list(argv)
+    return [sys.executable, *argv] if first.startswith(b"#!") and b"python" in first else list(argv)
+
+
 def subprocess_runner(argv: Sequence[str], log_path: str) -> int:
-    """Runs a command with stdout and stderr appended to `log_path`; returns its exit code."""
+    """Runs a command with stdout and stderr appended to `log_path`; returns its exit code.
+
+    A Python script is started with this process's own interpreter (`_with_interpreter`).
+    """
+    argv = _with_interpreter(argv)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()

@@ -1,0 +1,248 @@
+"""tfwd.findings: the rules of docs/science/rules.md on synthetic analyses whose answers are known."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from tfwd import blocks, findings, models, runs
+from tfwd.data import DataConfig
+
+
+@functools.lru_cache(maxsize=None)
+def _names(depth):
+    return tuple(models.tap_names(models.cifar_resnet(depth=depth, width=0.25), "all"))
+
+
+def _heatmap(names, block=None, level=0.95):
+    """Neighbouring layers alike, fading with distance; a planted block of CKA `level` over [start, end]."""
+    n = len(names)
+    i = np.arange(n)
+    c = 0.6 * np.exp(-np.abs(i[:, None] - i[None, :]) / 3.0)
+    if block:
+        a, b = names.index(block[0]), names.index(block[1])
+        c[a : b + 1, a : b + 1] = level
+    np.fill_diagonal(c, 1.0)
+    return c
+
+
+def _stagewise(names):
+    """Layers of one stage alike (0.9), of different stages less (0.65): stages, but no sharp-edged block."""
+    stages = np.array([models.stage_of(n) for n in names])
+    c = np.where(stages[:, None] == stages[None, :], 0.9, 0.65)
+    np.fill_diagonal(c, 1.0)
+    return c
+
+
+BLOCK38 = ("stage2_block2_conv1", "stage3_block6_out")  # stages 2-3 of ResNet-38
+
+
+def _run(depth=38, n=782, seed=0, block=None, cka=None, pc=None, probes=None, prune=None):
+    names = list(_names(depth))
+    config = runs.RunConfig(runs.ModelConfig(depth, 1.0), DataConfig(train_examples=n), runs.TrainConfig(seed=seed))
+    matrix = cka if cka is not None else _heatmap(names, block)
+    return findings.Run(config.name, config, names, matrix, pc=pc, probes=probes, prune_blocks=prune)
+
+
+def _verdicts(runs_, cross=None, **detector):
+    return {f["id"]: f["verdict"] for f in findings.judge(runs_, cross, detector)}
+
+
+# --- the detector on calibration data ------------------------------------------------------
+
+
+def test_detector_finds_a_planted_block_and_reports_its_contrast():
+    names = list(_names(38))
+    b = blocks.find_block_structure(_heatmap(names, BLOCK38), names)
+    assert b.found and (b.start_name, b.end_name) == BLOCK38
+    assert b.peak_contrast >= b.contrast >= 0.35
+
+
+def test_detector_reports_a_contrast_below_threshold_for_stages_without_a_block():
+    names = list(_names(38))
+    b = blocks.find_block_structure(_stagewise(names), names)
+    assert not b.found
+    assert 0 < b.peak_contrast < 0.35  # a stage is a candidate range, but without a sharp edge
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.3, 0.35, 0.4, 0.5])
+def test_a_block_is_found_exactly_when_the_peak_contrast_reaches_the_threshold(threshold):
+    names = list(_names(14))
+    for level in (0.86, 0.9, 0.95):
+        c = _heatmap(names, ("stage2_block1_conv1", "stage3_block2_out"), level)
+        c = 0.7 * c + 0.3 * np.where(np.eye(len(names)), 1.0, 0.5)  # lift the outside so contrast lands mid-range
+        b = blocks.find_block_structure(c, names, threshold=0.6, min_contrast=threshold)
+        assert b.found == (b.peak_contrast >= threshold)
+
+
+# --- (a), (b): growth with depth and with less data --------------------------------------
+
+
+def test_depth_series_on_every_seed():
+    series = [_run(14, seed=s) for s in (0, 1)] + [_run(38, seed=s, block=BLOCK38) for s in (0, 1)]
+    found = findings.judge(series)[0]
+    assert found["verdict"] == "reproduced" and len(found["seeds"]) == 2
+    assert "width: not measured" in found["measured"]
+    one_seed = series[:3] + [_run(38, seed=1)]  # the second seed has no block
+    assert _verdicts(one_seed)["a"] == "partly reproduced"
+    assert _verdicts([_run(14), _run(38)])["a"] == "not reproduced"
+
+
+def test_less_data_on_every_seed():
+    cells = [_run(38, 782, s, block=BLOCK38) for s in (0, 1)] + [_run(38, 3125, s) for s in (0, 1)]
+    assert _verdicts(cells)["b"] == "reproduced"
+    cells[3] = _run(38, 3125, 1, block=BLOCK38)
+    assert _verdicts(cells)["b"] == "partly reproduced"
+
+
+def test_a_block_in_one_seed_only_counts_that_seed():
+    block_seed, free_seed = _run(38, seed=0, block=BLOCK38), _run(38, seed=1)
+    fraction = np.full(len(block_seed.names), 0.1)
+    fraction[[i for i, n in enumerate(block_seed.names) if n.startswith(("stage2", "stage3")) and n.endswith("_out")]] = 0.9
+    block_seed.pc = {"names": block_seed.names, "fraction": fraction}
+    free_seed.pc = {"names": free_seed.names, "fraction": np.full(len(free_seed.names), 0.1)}
+    found = findings.judge([block_seed, free_seed])[2]
+    assert [row["run"] for row in found["seeds"]] == [block_seed.name]
+    assert found["seeds"][0]["control"] == [free_seed.name]  # the block-free seed is the control
+    assert found["verdict"] == "reproduced"
+
+
+# --- (c) first PC: within the model and against a control ---------------------------------
+
+
+def _pc(run, inside, outside, stage3=None):
+    """First-PC fractions: `inside` on the block's _out layers, `outside` elsewhere, `stage3` on stage 3 if given."""
+    values = []
+    for n in run.names:
+        v = inside if run.names.index(BLOCK38[0]) <= run.names.index(n) <= run.names.index(BLOCK38[1]) else outside
+        if stage3 is not None and n.startswith("stage3"):
+            v = stage3
+        values.append(v)
+    return {"names": run.names, "fraction": np.array(values)}
+
+
+def _with_control(block_run, control_pc):
+    control = _run(14)
+    control.pc = {"names": control.names, "fraction": np.array([control_pc(n) for n in control.names])}
+    return [block_run, control]
+
+
+def test_first_pc_reproduced_when_the_block_beats_its_model_and_the_control():
+    r = _run(block=BLOCK38)
+    r.pc = _pc(r, 0.9, 0.2)
+    found = findings.judge(_with_control(r, lambda n: 0.2))[2]
+    row = found["seeds"][0]
+    assert found["verdict"] == "reproduced"
+    assert row["inside_mean"] == pytest.approx(0.9) and row["inside_peak"] == pytest.approx(0.9)
+    assert row["outside_mean"] == pytest.approx(0.2) and row["control_mean"] == pytest.approx(0.2)
+
+
+def test_first_pc_stage_effect_is_caught_by_the_control():
+    # Stage 3 has a large first PC in every network, block or not: within the model the
+    # block (mostly stage 3) looks dominant, but the control's stage 3 is just as high.
+    r = _run(block=BLOCK38)
+    r.pc = _pc(r, 0.55, 0.2, stage3=0.95)
+    found = findings.judge(_with_control(r, lambda n: 0.95 if n.startswith("stage3") else 0.5 if n.startswith("stage2") else 0.2))[2]
+    assert found["seeds"][0]["within"] is True and found["seeds"][0]["against_control"] is False
+    assert found["verdict"] == "not reproduced"
+
+
+def test_a_run_without_a_control_does_not_count():
+    r = _run(block=BLOCK38)  # no other cell on its data, no other seed
+    r.pc = _pc(r, 0.9, 0.2)
+    found = findings.judge([r])[2]
+    assert found["verdict"] == "not measured" and found["seeds"][0]["note"] == "no control"
+
+
+# --- (d) probes ----------------------------------------------------------------------------
+
+
+def _probes(names, accuracy):
+    return [{"tap": n, "kind": "post", "test_accuracy": accuracy(i, n)} for i, n in enumerate(n for n in names if n.endswith("_add"))]
+
+
+def test_probes_flat_inside_the_block_and_against_the_control():
+    r = _run(block=BLOCK38)
+    first = r.names.index(BLOCK38[0])
+    # +5 points per block up to the block, then flat.
+    r.probes = _probes(r.names, lambda i, n: min(0.3 + 0.05 * i, 0.3 + 0.05 * 7) if r.names.index(n) >= first else 0.3 + 0.05 * i)
+    control = _run(14)
+    control.probes = _probes(control.names, lambda i, n: 0.3 + 0.08 * i)  # rises through every stage
+    found = findings.judge([r, control])[3]
+    row = found["seeds"][0]
+    assert row["gain_per_step_inside"] <= 0.25 * row["gain_per_step_outside"]
+    assert row["control_gain"] > 0.1 and found["verdict"] == "reproduced"
+    # A block that keeps climbing like the control is not flat.
+    r.probes = _probes(r.names, lambda i, n: 0.3 + 0.05 * i)
+    assert _verdicts([r, control])["d"] == "not reproduced"
+
+
+# --- (e) deletion --------------------------------------------------------------------------
+
+
+def _prune(depth, loss):
+    """Deletion rows backwards per stage; loss(stage, block) is the accuracy lost deleting that block."""
+    model = models.cifar_resnet(depth=depth, width=0.25)
+    from tfwd import pruning
+
+    steps, _ = pruning.deletion_schedule(model)
+    full, rows = 0.8, []
+    for stage, deleted in steps:
+        accuracy = full - sum(loss(stage, b) for b in deleted)
+        rows.append({"stage": stage, "blocks_deleted": len(deleted), "deleted": deleted, "accuracy": accuracy})
+    return {"full_accuracy": full, "rows": rows}
+
+
+def test_deleting_inside_the_block_costs_little_against_the_model_and_the_control():
+    r = _run(block=BLOCK38)
+    r.prune_blocks = _prune(38, lambda s, b: 0.001 if s >= 2 else 0.05)
+    control = _run(14)
+    control.prune_blocks = _prune(14, lambda s, b: 0.1)
+    found = findings.judge([r, control])[4]
+    row = found["seeds"][0]
+    assert row["loss_per_block_inside"] == pytest.approx(0.001) and row["loss_per_block_outside"] == pytest.approx(0.05)
+    # Stage 3: 5 of 5 deletable blocks inside -> the control's loss for all of its stage 3 (1 block, 0.1).
+    assert row["stages"][3]["deleted"] == 5 and row["control_cost"] == pytest.approx(0.1 + 0.1)
+    assert found["verdict"] == "reproduced"
+    # Deleting inside hurts as much as in the control: not reproduced.
+    r.prune_blocks = _prune(38, lambda s, b: 0.04 if s >= 2 else 0.2)
+    assert _verdicts([r, control])["e"] == "not reproduced"
+
+
+# --- (f) cross-seed -----------------------------------------------------------------------
+
+
+def test_block_layers_unique_across_seeds_against_a_block_free_pair():
+    a, b = _run(38, seed=0, block=BLOCK38), _run(38, seed=1, block=BLOCK38)
+    c0, c1 = _run(14, seed=0), _run(14, seed=1)
+    names = a.names
+    inside = np.array([a.names.index(BLOCK38[0]) <= i <= a.names.index(BLOCK38[1]) for i in range(len(names))])
+    cross = {
+        "resnet38": findings.CrossSeed((a.name, b.name), names, np.diag(np.where(inside, 0.3, 0.85))),
+        "resnet14": findings.CrossSeed((c0.name, c1.name), c0.names, np.diag(np.full(len(c0.names), 0.8))),
+    }
+    found = findings.judge([a, b, c0, c1], cross)[5]
+    assert [r["shows"] for r in found["seeds"]] == [True, True] and found["verdict"] == "reproduced"
+    assert found["seeds"][0]["control"] == [c0.name, c1.name]
+    cross["resnet14"] = findings.CrossSeed((c0.name, c1.name), c0.names, np.diag(np.full(len(c0.names), 0.35)))
+    assert _verdicts([a, b, c0, c1], cross)["f"] == "not reproduced"
+
+
+# --- sensitivity --------------------------------------------------------------------------
+
+
+def test_verdicts_are_recomputed_at_the_neighbouring_contrast_thresholds():
+    names = list(_names(38))
+    weak = np.maximum(_heatmap(names, BLOCK38), 0.63)  # a block standing 0.32 above the rest
+    b = blocks.find_block_structure(weak, names, min_contrast=0.0)
+    assert 0.30 < b.peak_contrast < 0.35  # a block at 0.30, none at 0.35
+    series = [_run(14, seed=s) for s in (0, 1)] + [_run(38, seed=s, cka=weak) for s in (0, 1)]
+    found = findings.judge_with_sensitivity(series)[0]
+    assert found["verdict"] == "not reproduced"
+    assert found["sensitivity"] == {"0.30": "reproduced", "0.40": "not reproduced"}
+
+
+def test_nothing_to_judge():
+    judged = findings.judge([_run(14)])
+    assert [f["id"] for f in judged] == list("abcdef")
+    assert [f["verdict"] for f in judged] == ["not measured"] * 6
