@@ -10,9 +10,12 @@ and holds
     model.keras            the final model
     test_predictions.npz   probs (float32, [N, C]) and labels (int32, [N]) on the test split
     results.json           final accuracies; written last, so its presence means "finished"
+    .lock                  bin/train holds an flock on it while it trains (tfwd.runlock)
 
 Every file is written atomically (a temporary file in the same folder, then a
-rename): a killed process never leaves a half-written file behind.
+rename): a killed process never leaves a half-written file behind. One process at
+a time writes a run directory: training holds `tfwd.runlock.RunLock`, and clears the
+temporary files a killed writer of the run left.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ PREDICTIONS = "test_predictions.npz"
 RESULTS = "results.json"
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+# The files training writes with `atomic_path`: a temporary copy of one of them in a run
+# directory that training has locked was left by a killed writer.
+RUN_FILES = (CONFIG, HISTORY, MODEL, PREDICTIONS, RESULTS)
 
 
 _UMASK = os.umask(0)

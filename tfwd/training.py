@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import distribute, faults, runs
+from tfwd import distribute, faults, runlock, runs
 from tfwd.checkpoints import Checkpoints
 from tfwd.data import Data, DataConfig
 
@@ -222,11 +223,31 @@ def run_state(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
     return "finished" if os.path.exists(os.path.join(run_dir, runs.RESULTS)) else "resume"
 
 
+def _clear_run_dir(run_dir: str) -> None:
+    """Empties a run directory for --overwrite, except the lock this process holds.
+
+    results.json goes first and config.json last, so a process killed halfway leaves
+    a directory that is neither "finished" nor without settings: rerunning resumes
+    it (or --overwrite clears it again).
+    """
+    order = {runs.RESULTS: 0, runs.CONFIG: 2}
+    for name in sorted(os.listdir(run_dir), key=lambda n: order.get(n, 1)):
+        path = os.path.join(run_dir, name)
+        if name == runs.LOCK:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
 def _create_run_dir(run_dir: str, config: runs.RunConfig, overwrite: bool) -> None:
+    """Prepares the locked run directory: cleared (overwrite), orphaned temporaries removed, config written."""
     try:
-        if overwrite and os.path.exists(run_dir):
-            shutil.rmtree(run_dir)
-        os.makedirs(run_dir, exist_ok=True)
+        if overwrite:
+            _clear_run_dir(run_dir)
+        for path in runlock.remove_stale_temporaries(run_dir):
+            logging.info("Removed %s, left by a killed training.", path)
         if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
             runs.write_json(os.path.join(run_dir, runs.CONFIG), config.to_dict())
     except OSError as e:
@@ -244,11 +265,16 @@ def train(
 ) -> str:
     """Trains a model as `config` says into `out_dir/config.name`, resuming if it can.
 
+    One process at a time trains a run: the writer (in multi-worker training, the
+    chief) holds the run's `tfwd.runlock.RunLock` from before it writes anything
+    until it returns, so a second training of the same run, or an `overwrite` of a
+    run another process trains, is refused.
+
     Args:
         config: model, data and training settings.
         out_dir: parent folder of run directories.
         strategy: a tf.distribute strategy; None for the default one.
-        overwrite: delete an existing run directory of that name first.
+        overwrite: empty an existing run directory of that name first.
         verbose: progress output: 0 silent, 1 a Keras progress bar per epoch and a
             log line, 2 one log line per epoch; None picks 1 on a terminal, else 2.
         tensorboard: write TensorBoard logs.
@@ -260,7 +286,8 @@ def train(
         The run directory. A finished run is left as it is.
 
     Raises:
-        runs.RunError: if the run directory holds another run.
+        runs.RunError: if the run directory holds another run, or another process
+            trains it (naming that process).
         TrainingDivergedError: if the loss becomes non-finite.
         tfwd.data.DataNotFoundError: if the dataset is not on disk.
     """
@@ -269,21 +296,44 @@ def train(
     strategy = strategy or tf.distribute.get_strategy()
     is_chief = distribute.is_chief(strategy)
     run_dir = os.path.join(out_dir, config.name)
-    if is_chief and run_state(run_dir, config, overwrite) == "finished":
-        logging.info("Run %s is already finished; pass --overwrite to train it again.", run_dir)
-        return run_dir
-
-    tc = config.train
-    data = Data(config.data)  # fails on a missing dataset before anything is written
-    steps = data.steps_per_epoch(tc.batch_size)
-    if is_chief:
+    with contextlib.ExitStack() as held:
+        locked = is_chief and os.path.isdir(run_dir)
+        if locked:  # an existing run: a second writer is refused before it loads any data
+            held.enter_context(runlock.RunLock(run_dir))
+        if is_chief and _finished(run_dir, config, overwrite):
+            return run_dir
+        data = Data(config.data)  # fails on a missing dataset before a new run directory is made
+        replicas = strategy.num_replicas_in_sync
+        if config.train.batch_size % replicas:
+            raise ValueError(
+                f"`batch_size`={config.train.batch_size} must be divisible by the {replicas} replicas of the strategy."
+            )
+        data.steps_per_epoch(config.train.batch_size)  # raises for a batch larger than the data
+        if not is_chief:
+            return _train(config, data, run_dir, strategy, False, verbose, tensorboard, validation_every)
+        if not locked:
+            held.enter_context(runlock.RunLock(run_dir))  # makes the directory
+            if _finished(run_dir, config, overwrite):  # another process made the run meanwhile
+                return run_dir
         _create_run_dir(run_dir, config, overwrite)
+        return _train(config, data, run_dir, strategy, True, verbose, tensorboard, validation_every)
+
+
+def _finished(run_dir: str, config: runs.RunConfig, overwrite: bool) -> bool:
+    if run_state(run_dir, config, overwrite) != "finished":
+        return False
+    logging.info("Run %s is already finished; pass --overwrite to train it again.", run_dir)
+    return True
+
+
+def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, validation_every) -> str:
+    """The training loop of `train`, on a prepared (and, for the chief, locked) run directory."""
+    tc = config.train
+    steps = data.steps_per_epoch(tc.batch_size)
     keras.utils.set_random_seed(tc.seed)
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
     replicas = strategy.num_replicas_in_sync
-    if tc.batch_size % replicas:
-        raise ValueError(f"`batch_size`={tc.batch_size} must be divisible by the {replicas} replicas of the strategy.")
     with strategy.scope():
         # Several replicas normalize with global-batch statistics, as one device would.
         model = config.model.build(data.num_classes, data.image_size, tc.weight_decay, synchronized_bn=replicas > 1)

@@ -1,0 +1,101 @@
+"""One writer per run directory: the lock training holds, and the files a killed writer leaves.
+
+Two processes training one run at once would mix their files (config.json of one,
+history and model of the other), and `--overwrite` would delete a run another
+process is writing. `RunLock` makes one process the run's writer; a second is
+refused with one line naming the holder's process id.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import os
+import shutil
+import time
+
+from tfwd.runs import CHECKPOINTS, LOCK, RUN_FILES, RunError
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the one process that trains it.
+
+    `fcntl.flock` on `run_dir/.lock` (the directory is created if needed). The kernel
+    releases it when the holder exits or is killed, so a lock left by a dead process
+    never blocks; the file itself stays (removing it would let two processes lock
+    two different files). The holder writes its process id into the file, for the
+    message of the process it refuses.
+
+    Example:
+        >>> with RunLock("runs/cifar10-resnet8-w1-s0"):
+        ...     ...  # train, resume or overwrite the run
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir, self.path = run_dir, os.path.join(run_dir, LOCK)
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+        except OSError as e:
+            raise RunError(
+                f"Cannot write the run directory {self.run_dir}: {e.strerror or e}. Choose a writable --out_dir."
+            ) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise RunError(
+                f"{self.run_dir} is being trained by another process (pid {self._holder()}); wait for it to "
+                "finish or stop it, then rerun."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def _holder(self) -> str:
+        # The holder writes its pid just after it locks: give it a moment.
+        for _ in range(20):
+            try:
+                with open(self.path) as f:
+                    pid = f.read().strip()
+            except OSError:
+                pid = ""
+            if pid:
+                return pid
+            time.sleep(0.05)
+        return "unknown"
+
+
+def remove_stale_temporaries(run_dir: str) -> list[str]:
+    """Removes the temporary files and checkpoint parts a killed training of `run_dir` left.
+
+    Call it only while holding the run's `RunLock`: then no other process writes these
+    files, and every temporary copy of a run file (`RUN_FILES`, checkpoints/latest.json)
+    and every unfinished TensorFlow checkpoint folder (`ckpt-N_temp`) is an orphan.
+
+    Returns:
+        The paths removed.
+    """
+    checkpoints = os.path.join(run_dir, CHECKPOINTS)
+    patterns = [os.path.join(glob.escape(run_dir), f".{name}.*.tmp{os.path.splitext(name)[1]}") for name in RUN_FILES]
+    patterns.append(os.path.join(glob.escape(checkpoints), ".latest.json.*.tmp.json"))
+    patterns.append(os.path.join(glob.escape(checkpoints), "ckpt-*_temp"))
+    removed = [p for pattern in patterns for p in glob.glob(pattern)]
+    for path in removed:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return removed
