@@ -1,9 +1,14 @@
 """tfwd.training and bin/train: run directories, resume after a kill, finished runs, divergence."""
 
 import csv
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import types
 
 import keras
 import numpy as np
@@ -51,39 +56,167 @@ def test_one_epoch_writes_a_complete_run_directory(tmp_path, tfds_dir):
     assert header.split(",") == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
     assert row.startswith("1,")
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
-    assert not [f for f in os.listdir(run_dir) if f.startswith(".")], "temporary files left behind"
+    assert [f for f in os.listdir(run_dir) if f.startswith(".")] == [runs.LOCK], "temporary files left behind"
+
+
+def _start(root, env, out_dir, *args, fault=None):
+    env = dict(env, **({"TFWD_FAULT": fault} if fault else {}))
+    cmd = [sys.executable, str(root / "bin" / "train"), *TINY, f"--out_dir={out_dir}", *args]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_lock(run_dir, proc, timeout=600):
+    """Waits until `proc` holds the run's lock (its pid is in .lock) or has ended; returns the time."""
+    lock, deadline = os.path.join(run_dir, runs.LOCK), time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if open(lock).read().strip() == str(proc.pid):
+                return time.time()
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return time.time()
+
+
+def _wait_until_stopped(proc, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {proc.pid} did not stop: {proc.poll()}")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, root, tfds_dir):
+    """The 3-epoch run trained without interruption, and the seconds it spent holding its lock."""
     env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TFWD_FAULT", None)
     out = tmp_path_factory.mktemp("whole")
-    whole = _train(root, env, out, "--epochs=3")
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    return out / "cifar10-resnet8-w0.25-n256-s0"
+    run_dir = out / "cifar10-resnet8-w0.25-n256-s0"
+    proc = _start(root, env, out, "--epochs=3")
+    locked = _wait_for_lock(run_dir, proc)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return types.SimpleNamespace(run_dir=run_dir, seconds=time.time() - locked)
+
+
+def _assert_same_as_uninterrupted(run_dir, whole):
+    """The run is finished, equals the uninterrupted one, and holds no leftover of a killed writer."""
+    for a, b in zip(_weights(whole), _weights(run_dir)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with np.load(run_dir / "test_predictions.npz") as got, np.load(whole / "test_predictions.npz") as want:
+        np.testing.assert_allclose(got["probs"], want["probs"], atol=1e-5)
+    assert [r["epoch"] for r in csv.DictReader(open(run_dir / "history.csv"))] == ["1", "2", "3"]
+    assert runs.Run(str(run_dir)).results()["epochs"] == 3
+    assert runs.read_config(str(run_dir)) == runs.read_config(str(whole))
+    assert [f for f in os.listdir(run_dir) if f.startswith(".")] == [runs.LOCK], "temporary files left behind"
+    assert sorted(os.listdir(run_dir / "checkpoints")) == sorted(os.listdir(whole / "checkpoints"))
+
+
+# Every point at which training writes, in the order a 3-epoch run reaches them, with the epoch
+# the process killed there resumes from (0: it starts afresh). The chain kills bin/train at
+# the first point, reruns it (it resumes) to be killed at the next, ..., and lets the last
+# rerun finish. "write:<file>:1" is that process's first write of the file; "torn_checkpoint"
+# leaves the checkpoint's files cut short, as a kill inside tf.train.Checkpoint.write can.
+INSIDE_WRITES = [
+    ("torn_checkpoint:1", 0),
+    ("write:latest.json:1", 0),
+    ("write:history.csv:1", 0),
+    ("during_checkpoint:2", 1),
+    ("write:model.keras:1", 1),
+    ("write:test_predictions.npz:1", 3),
+    (None, 3),
+]
+EVERY_WRITE = [
+    ("write:config.json:1", 0),
+    ("torn_checkpoint:1", 0),
+    ("write:latest.json:1", 0),
+    ("write:history.csv:1", 0),
+    ("before_checkpoint:2", 1),
+    ("during_checkpoint:2", 1),
+    ("after_checkpoint:2", 1),
+    ("write:model.keras:1", 2),
+    ("before_results:3", 3),
+    ("write:test_predictions.npz:1", 3),
+    ("write:results.json:1", 3),
+    (None, 3),
+]
 
 
 @pytest.mark.parametrize(
-    "fault,resumes_from",
-    [("before_checkpoint:2", 1), ("during_checkpoint:2", 1), ("after_checkpoint:1", 1), ("before_results:3", 3)],
-    ids=["before-checkpoint", "during-checkpoint-write", "after-checkpoint", "before-results"],
+    "chain",
+    [INSIDE_WRITES, pytest.param(EVERY_WRITE, marks=pytest.mark.slow)],
+    ids=["inside-each-write", "every-write-point"],
 )
-def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path, root, bin_env, uninterrupted, fault, resumes_from):
-    killed = _train(root, bin_env, tmp_path, "--epochs=3", fault=fault)
-    assert killed.returncode == -9
-    run_dir = tmp_path / uninterrupted.name
-    assert not (run_dir / "results.json").exists() and not (run_dir / "test_predictions.npz").exists()
-    assert not [f for f in os.listdir(run_dir) if f.endswith(".npz") or (f.endswith(".keras") and f != "model.keras")]
-    resumed = _train(root, bin_env, tmp_path, "--epochs=3")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"from epoch {resumes_from}" in resumed.stderr
-    for a, b in zip(_weights(uninterrupted), _weights(run_dir)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert len(open(run_dir / "history.csv").read().splitlines()) == 4
-    with np.load(run_dir / "test_predictions.npz") as got, np.load(uninterrupted / "test_predictions.npz") as want:
-        np.testing.assert_allclose(got["probs"], want["probs"], atol=1e-5)
-    assert not [f for f in os.listdir(run_dir) if f.startswith(".")], "temporary files left behind"
+def test_kills_inside_writes_resume_to_the_uninterrupted_result(tmp_path, root, bin_env, uninterrupted, chain):
+    run_dir = tmp_path / uninterrupted.run_dir.name
+    for fault, resumes_from in chain:
+        result = _train(root, bin_env, tmp_path, "--epochs=3", fault=fault)
+        assert result.returncode == (0 if fault is None else -9), (fault, result.stderr[-2000:])
+        resumed = re.search(r"Resuming .* from epoch (\d+)", result.stderr)
+        assert (int(resumed.group(1)) if resumed else 0) == resumes_from, fault
+        if fault is not None:
+            assert not (run_dir / "results.json").exists()
+    _assert_same_as_uninterrupted(run_dir, uninterrupted.run_dir)
+
+
+@pytest.mark.slow
+def test_random_kills_always_resume_to_the_uninterrupted_result(tmp_path, root, bin_env, uninterrupted):
+    # SIGKILL at a uniformly random moment of the time a run holds its lock (when it writes),
+    # up to three times per trial; the next rerun finishes. Seeded, so a failure reproduces.
+    rng = np.random.default_rng(15)
+    kills = []
+    for trial in range(8):
+        out = tmp_path / f"trial{trial}"
+        run_dir = out / uninterrupted.run_dir.name
+        for _ in range(3):
+            proc = _start(root, bin_env, out, "--epochs=3")
+            _wait_for_lock(run_dir, proc)
+            delay = rng.uniform(0, uninterrupted.seconds)
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                kills.append(round(delay, 2))
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode in (0, -9), err[-2000:]
+        final = _train(root, bin_env, out, "--epochs=3")
+        assert final.returncode == 0, final.stderr[-2000:]
+        _assert_same_as_uninterrupted(run_dir, uninterrupted.run_dir)
+    assert len(kills) >= 12, kills  # most attempts were killed, not finished first
+    print(f"{len(kills)} kills at {sorted(kills)} s of {uninterrupted.seconds:.1f} s")
+
+
+def test_concurrent_trainings_of_one_run_are_refused(tmp_path, root, bin_env):
+    # The first training stops (SIGSTOP) after its first checkpoint, holding the lock.
+    run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
+    first = _start(root, bin_env, tmp_path, "--epochs=2", fault="after_checkpoint:1:stop")
+    _wait_until_stopped(first)
+    before = sorted(os.listdir(run_dir)), open(run_dir / "config.json").read()
+    second = _start(root, bin_env, tmp_path, "--epochs=3")
+    overwrite = _start(root, bin_env, tmp_path, "--epochs=2", "--overwrite")
+    for proc in (second, overwrite):
+        _, err = proc.communicate(timeout=600)
+        errors = [line for line in err.splitlines() if line.startswith(("error:", "Traceback"))]
+        assert proc.returncode == 1 and errors == [
+            f"error: {run_dir} is being trained by another process (pid {first.pid}); wait for it to finish or "
+            "stop it, then rerun."
+        ], err[-2000:]
+    assert (sorted(os.listdir(run_dir)), open(run_dir / "config.json").read()) == before
+    first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert runs.read_config(str(run_dir)).train.epochs == 2
+    assert [r["epoch"] for r in csv.DictReader(open(run_dir / "history.csv"))] == ["1", "2"]
+    assert runs.Run(str(run_dir)).results()["epochs"] == 2
+    # --overwrite, once no one trains the run, replaces it with the new settings.
+    replaced = _train(root, bin_env, tmp_path, "--epochs=1", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert runs.read_config(str(run_dir)).train.epochs == 1 and "Resuming" not in replaced.stderr
+    assert [r["epoch"] for r in csv.DictReader(open(run_dir / "history.csv"))] == ["1"]
+    assert runs.Run(str(run_dir)).results()["epochs"] == 1
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["ckpt-1.data-00000-of-00001", "ckpt-1.index", "latest.json"]
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, root, bin_env):
@@ -130,16 +263,39 @@ def test_bad_flags_fail_with_one_line(tmp_path, root, bin_env, flag, message):
     assert not os.listdir(tmp_path)
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, tfds_dir):
+def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, tfds_dir):
     config = runs.RunConfig(
         runs.ModelConfig(8, 0.25),
         DataConfig(data_dir=tfds_dir, train_examples=256),
         runs.TrainConfig(epochs=2, batch_size=32, learning_rate=1e30),
     )
-    with pytest.raises(training.TrainingDivergedError, match="diverged"):
+    with pytest.raises(training.TrainingDivergedError, match="at epoch 1: training diverged. No checkpoint was written"):
         training.train(config, str(tmp_path), verbose=0, tensorboard=False)
     run_dir = tmp_path / config.name
     assert not (run_dir / "model.keras").exists() and not (run_dir / "results.json").exists()
+    assert not (run_dir / "checkpoints" / "latest.json").exists()
+
+
+def test_divergence_after_a_checkpoint_keeps_it_and_a_rerun_resumes_from_it(tmp_path, tfds_dir, monkeypatch, caplog):
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=64),
+        runs.TrainConfig(epochs=3, batch_size=32),
+    )
+    run_dir = tmp_path / config.name
+    monkeypatch.setenv("TFWD_FAULT", "diverge:2")  # epoch 2's loss is NaN
+    with pytest.raises(training.TrainingDivergedError) as info:
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+    assert str(info.value) == (
+        f"The training loss is nan at epoch 2: training diverged. The last good checkpoint (epoch 1) is kept in "
+        f"{run_dir}; lower --learning_rate and rerun with --overwrite."
+    )
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 1
+    assert [r["epoch"] for r in csv.DictReader(open(run_dir / "history.csv"))] == ["1"]
+    monkeypatch.delenv("TFWD_FAULT")
+    with caplog.at_level("INFO"):
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+    assert "from epoch 1." in caplog.text and runs.Run(str(run_dir)).results()["epochs"] == 3
 
 
 @pytest.mark.parametrize(

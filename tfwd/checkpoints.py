@@ -4,7 +4,10 @@ A checkpoint is written in two steps: `tf.train.Checkpoint.write` stores the
 variables under a new prefix (`ckpt-{epoch}.index`/`.data-*`; TensorFlow
 writes them into a temporary folder and renames them into place), and only
 then `latest.json` is atomically replaced to point at it. A process killed at
-any point leaves `latest.json` naming the previous complete checkpoint.
+any point leaves `latest.json` naming the previous complete checkpoint. What a
+kill inside `write` leaves (a `ckpt-N_temp` folder, cut-short `ckpt-N` files) is
+never read, is overwritten when epoch N is trained again, and is removed by
+`tfwd.runlock.remove_stale_temporaries` when training resumes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 import tensorflow as tf
 
@@ -54,6 +58,7 @@ class Checkpoints:
     def save(self, step: int) -> str:
         """Writes checkpoint `step`, then points latest.json at it, then prunes old ones."""
         prefix = self.checkpoint.write(os.path.join(self.folder, f"ckpt-{step}"))
+        faults.crash_point("torn_checkpoint", step, before=lambda: _tear(prefix))
         faults.crash_point("during_checkpoint", step)
         runs.write_json(os.path.join(self.folder, LATEST), {"prefix": os.path.basename(prefix), "step": step})
         self._prune(step)
@@ -77,10 +82,22 @@ class Checkpoints:
         return True
 
     def _prune(self, step: int) -> None:
-        steps = sorted(
-            int(p.rsplit("-", 1)[1].split(".")[0]) for p in glob.glob(os.path.join(self.folder, "ckpt-*.index"))
-        )
+        # Steps from every file, not only .index ones: a prune killed halfway can leave a
+        # checkpoint's data without its index.
+        names = (os.path.basename(p) for p in glob.glob(os.path.join(self.folder, "ckpt-*.*")))
+        steps = sorted({int(m.group(1)) for m in map(re.compile(r"ckpt-(\d+)\.").match, names) if m})
         for old in steps[: -self.keep] if self.keep else steps:
             if old != step:
                 for f in glob.glob(os.path.join(self.folder, f"ckpt-{old}.*")):
                     os.remove(f)
+
+
+def _tear(prefix: str) -> None:
+    """Leaves checkpoint `prefix` as a kill inside tf.train.Checkpoint.write can: its files
+    cut in half, and TensorFlow's temporary folder holding a part (for tfwd.faults)."""
+    os.makedirs(prefix + "_temp", exist_ok=True)
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        with open(os.path.join(prefix + "_temp", "part-00000-of-00001" + path[len(prefix):]), "wb") as f:
+            f.write(b"\0" * 16)

@@ -395,10 +395,18 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
 def _end_epoch(row, history, epoch_var, history_var, checkpoints, run_dir, is_chief) -> None:
     """Checks the loss, records the epoch and saves the checkpoint (kill-safe, see tfwd.checkpoints)."""
     epoch = row["epoch"]
+    if faults.poisoned("diverge", epoch):
+        row["loss"] = float("nan")
     if not np.isfinite(row["loss"]):
+        last = int(epoch_var.numpy())
+        kept = (
+            f"The last good checkpoint (epoch {last}) is kept in {run_dir}"
+            if last
+            else f"No checkpoint was written yet in {run_dir}"
+        )
         raise TrainingDivergedError(
-            f"The training loss is {row['loss']} at epoch {epoch}: training diverged. The last good checkpoint "
-            f"(epoch {int(epoch_var.numpy())}) is kept in {run_dir}; lower --learning_rate and rerun with --overwrite."
+            f"The training loss is {row['loss']} at epoch {epoch}: training diverged. {kept}; lower "
+            "--learning_rate and rerun with --overwrite."
         )
     history.append(row)
     faults.crash_point("before_checkpoint", epoch)
