@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -72,6 +73,57 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     again = json.load(open(os.path.join(folder, "findings.json")))
     assert all(again["timings_seconds"][k] == 0 for k in ("cka", "pc", "probes", "prune_blocks", "cross_seed"))
     assert sorted(d for d in os.listdir(tiny_runs[0]) if d.startswith("report_")) == made
+
+
+@pytest.mark.parametrize("retrained", ["results", "model", "other-seed"])
+def test_cached_analyses_are_keyed_on_the_runs_content(tiny_runs, tmp_path, retrained):
+    run, other = (shutil.copytree(r, tmp_path / os.path.basename(r)) for r in tiny_runs)
+    calls = []
+
+    def compute(out):
+        calls.append(out)
+        os.makedirs(out)
+
+    settings = {"examples": 128, "other": other.name}
+    first = report._cached("cross_seed", str(run), settings, compute, {}, inputs=[str(other)])
+    assert report._cached("cross_seed", str(run), settings, compute, {}, inputs=[str(other)]) == first
+    assert len(calls) == 1  # reused
+    # The run is retrained (--overwrite): new results.json, or a new model.keras; or the other seed is.
+    target = other if retrained == "other-seed" else run
+    if retrained == "model":
+        stat = os.stat(target / "model.keras")
+        os.utime(target / "model.keras", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    else:
+        results = json.loads((target / "results.json").read_text())
+        runs.write_json(str(target / "results.json"), {**results, "test_accuracy": results["test_accuracy"] + 0.01})
+    again = report._cached("cross_seed", str(run), settings, compute, {}, inputs=[str(other)])
+    assert again != first and calls == [first, again]  # analysed again, into a new folder
+
+
+@pytest.mark.parametrize(
+    "analyses,message",
+    [
+        ({"pc": {"examples": 100, "dtype": "float64"}}, None),
+        ({"probes": {"l2": [0, 1e-3], "learning_rates": None, "augment": True}}, None),
+        ({"cka": {"taps": ["stem_conv", "pool"]}}, None),
+        ({"cka": {"passes": 2.5}}, r"analyses.cka.passes must be int. Received: 2.5"),
+        ({"probes": {"l2": [0.1, "a"]}}, r"analyses.probes.l2 must be Sequence\[float\]. Received: \[0.1, 'a'\]"),
+        ({"prune_blocks": {"recalibrate_bn": "yes"}}, r"analyses.prune_blocks.recalibrate_bn must be bool"),
+        ({"cross_seed": {"examples": True}}, r"analyses.cross_seed.examples must be int \| None. Received: True"),
+        ({"dominant": {"layer": "x", "top": 3, "topk": 3}}, r"analyses.dominant has no setting 'topk'"),
+        ({"pc": {"data_dir": "x"}}, r"analyses.pc has no setting 'data_dir' \(the report sets it\)"),
+        ({"cka": []}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings"),
+    ],
+    ids=["pc", "probes", "cka-layer-names", "float-for-int", "list-item", "string-for-bool", "bool-for-int",
+         "unknown", "report-sets-it", "not-an-object"],
+)
+def test_analysis_settings_are_checked_against_the_functions(analyses, message):
+    spec = {"name": "x", "runs": {"grid": [{"depth": [8]}]}, "analyses": analyses}
+    if message is None:
+        assert report.validate(spec) is spec
+    else:
+        with pytest.raises(ValueError, match=message):
+            report.validate(spec)
 
 
 def test_unfinished_runs_without_training_is_an_error(tmp_path, tfds_dir):

@@ -19,7 +19,8 @@ A report spec (data/reports/*.json) is a JSON object:
 
 `build` trains what is missing (bin/train through tfwd.sweeps, skipping finished
 runs), runs each analysis on every seed into a folder of the run named after a hash of
-its settings (so a rerun reuses it, and changed settings never reuse a stale one),
+its settings and of the run's results.json and model.keras (so a rerun reuses it, and
+changed settings or a retrained run never reuse a stale one),
 judges the paper's claims (tfwd.findings, with the detector's sensitivity) and writes
 report.html and findings.json: self-contained, figures embedded, with a table of runs,
 the findings with their per-seed numbers and controls, and every setting used.
@@ -27,12 +28,16 @@ the findings with their per-seed numbers and controls, and every setting used.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import time
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,7 +54,9 @@ def load_spec(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             spec = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise ValueError(f"Cannot read report spec {path}: {e.strerror or e}.") from None
+    except json.JSONDecodeError as e:
         raise ValueError(f"Cannot read report spec {path}: {e}") from None
     return validate(spec, where=path)
 
@@ -60,22 +67,106 @@ def validate(spec: Any, where: str = "report spec") -> dict[str, Any]:
     unknown = sorted(set(spec) - set(SPEC_KEYS)) + sorted(set(spec.get("analyses", {})) - set(ANALYSES))
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}. Allowed: {list(SPEC_KEYS)}, analyses {list(ANALYSES)}.")
+    check_analysis_settings(spec.get("analyses", {}), where)
     sweeps.expand(sweep_spec(spec))  # raises for invalid runs
     return spec
+
+
+def _analysis_functions() -> dict[str, Callable]:
+    return {
+        "cka": cka.analyze_runs,
+        "pc": pca.analyze_run,
+        "probes": probes.analyze_run,
+        "prune_blocks": pruning.analyze_run,
+        "cross_seed": cka.analyze_runs,
+        "dominant": dominant.analyze_run,
+    }
+
+
+# Arguments the report passes itself; a spec cannot set them.
+_REPORT_SETS = ("run_dir", "run_dirs", "out_dir", "data_dir", "strategy")
+
+
+def check_analysis_settings(analyses: Any, where: str = "report spec") -> None:
+    """Checks each analysis' settings against its function's signature, before anything is trained.
+
+    Raises:
+        ValueError: for a setting the analysis function does not take, one the report sets
+            itself, or a value of the wrong type, naming the analysis, setting and types.
+    """
+    if not isinstance(analyses, dict):
+        raise ValueError(f"{where}: `analyses` must be an object. Received: {analyses!r}")
+    for kind, settings in analyses.items():
+        function = _analysis_functions()[kind]
+        name = f"{function.__module__}.{function.__name__}"
+        if not isinstance(settings, dict):
+            raise ValueError(f"{where}: analyses.{kind} must be an object of {name} settings. Received: {settings!r}")
+        hints = typing.get_type_hints(function)
+        allowed = [p for p in inspect.signature(function).parameters if p not in _REPORT_SETS]
+        for key, value in settings.items():
+            if key not in allowed:
+                why = " (the report sets it)" if key in _REPORT_SETS else ""
+                raise ValueError(f"{where}: analyses.{kind} has no setting {key!r}{why}. {name} takes: {allowed}.")
+            if key in hints and not _fits(value, hints[key]):
+                hint = hints[key]
+                described = hint.__name__ if isinstance(hint, type) else str(hint).replace("collections.abc.", "")
+                raise ValueError(f"{where}: analyses.{kind}.{key} must be {described}. Received: {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type annotation (unknown annotations accept anything)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):  # JSON numbers: an integer is a float too, a bool is neither
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if origin in (collections.abc.Sequence, list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value if args)
+    if isinstance(hint, type) and hint in (str, bool, dict):
+        return isinstance(value, hint)
+    return True
 
 
 def sweep_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": spec["name"], "description": spec.get("description", ""), **spec["runs"]}
 
 
-def _analysis_dir(run_dir: str, kind: str, settings: dict[str, Any]) -> str:
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+def _content(run_dir: str) -> dict[str, Any]:
+    """What identifies a run's trained model: a hash of results.json, and model.keras's size and mtime.
+
+    A run retrained with --overwrite (or resumed to more epochs) gets new ones, so its
+    analyses are computed again instead of read from the cache of the old model.
+    """
+    with open(os.path.join(run_dir, runs.RESULTS), "rb") as f:
+        results = hashlib.sha1(f.read()).hexdigest()
+    model = os.stat(os.path.join(run_dir, runs.MODEL))
+    return {"results": results, "model": [model.st_size, model.st_mtime_ns]}
+
+
+def _analysis_dir(run_dir: str, kind: str, settings: dict[str, Any], inputs: Sequence[str] = ()) -> str:
+    """run_dir/report_<kind>_<hash of the settings and of the content of run_dir and `inputs`>."""
+    key = {"settings": settings, "runs": [_content(r) for r in (run_dir, *inputs)]}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(run_dir, f"report_{kind}_{digest}")
 
 
-def _cached(kind: str, run_dir: str, settings: dict[str, Any], compute: Callable[[str], str], timings: dict) -> str:
-    """compute(out_dir) unless a folder for exactly these settings exists; records the seconds spent."""
-    out = _analysis_dir(run_dir, kind, settings)
+def _cached(
+    kind: str,
+    run_dir: str,
+    settings: dict[str, Any],
+    compute: Callable[[str], str],
+    timings: dict,
+    inputs: Sequence[str] = (),
+) -> str:
+    """compute(out_dir) unless a folder for exactly these settings and runs exists; records the seconds spent.
+
+    The folder is keyed on the settings and on the content of `run_dir` and of the other
+    runs the analysis reads (`inputs`), see `_content`.
+    """
+    out = _analysis_dir(run_dir, kind, settings, inputs)
     if os.path.isdir(out):
         timings.setdefault(kind, 0.0)
         return out
@@ -172,7 +263,7 @@ def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
             pair = [seeds[0], seeds[1]]
             folder = _cached(
                 "cross_seed", seeds[0], {**s, "other": os.path.basename(seeds[1])},
-                lambda o, pair=pair: cka.analyze_runs(pair, out_dir=o, data_dir=data_dir, **s), timings,
+                lambda o, pair=pair: cka.analyze_runs(pair, out_dir=o, data_dir=data_dir, **s), timings, [seeds[1]],
             )
             loaded = cka.load(os.path.join(folder, "cka.npz"))
             names = tuple(os.path.basename(p) for p in pair)
@@ -200,11 +291,13 @@ def build(
         train: False only reports on runs that are already finished.
 
     Raises:
+        ValueError: for an invalid spec (runs or analysis settings), before anything runs.
         runs.RunError: if a training fails, or a run is missing with train=False.
     """
     from tfwd import html
 
     started = time.time()
+    validate(spec)  # every setting, before hours of training
     report_dir = os.path.join(out_dir, f"report_{spec['name']}")
     runs.check_output_dir(report_dir, "report")  # before hours of training, not after
     sweep = sweep_spec(spec)
