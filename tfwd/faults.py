@@ -28,25 +28,29 @@ from collections.abc import Callable
 _counts: dict[str, int] = {}
 
 
-def _armed(point: str, step: int | None) -> str | None:
+def count(point: str) -> int:
+    """How many times this process has reached `point`, this time included (for "write:<file>")."""
+    _counts[point] = _counts.get(point, 0) + 1
+    return _counts[point]
+
+
+def _armed(point: str, step: int) -> str | None:
     """The action ("kill" or "stop") if TFWD_FAULT names this point and step, else None."""
     spec = os.environ.get("TFWD_FAULT")
     if not spec:
         return None
-    if step is None:
-        step = _counts[point] = _counts.get(point, 0) + 1
     action = "kill"
     if spec.endswith(":stop"):
         spec, action = spec[: -len(":stop")], "stop"
     return action if spec == f"{point}:{step}" else None
 
 
-def crash_point(point: str, step: int | None = None, before: Callable[[], None] | None = None) -> None:
+def crash_point(point: str, step: int = 0, before: Callable[[], None] | None = None) -> None:
     """Kills (or stops) this process if TFWD_FAULT names this point and step.
 
     Args:
         point: the point's name.
-        step: the epoch (or other step) reached; None counts this process's calls.
+        step: the epoch (or other step) reached.
         before: called first when the fault fires (to leave the files a real kill could).
     """
     action = _armed(point, step)

@@ -226,6 +226,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing
     try:
         yield tmp
+        faults.crash_point(f"write:{base}", faults.count(f"write:{base}"))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
