@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -174,6 +175,7 @@ def test_run_skips_finished_runs_and_reports_failures(tmp_path):
         "skipped": ["cifar10-resnet8-w0.25-s1"],
         "failed": [("cifar10-resnet8-w0.25-s2", os.path.join(logs, "cifar10-resnet8-w0.25-s2.log"))],
         "not_started": [],
+        "unexamined": 0,
     }
     assert os.path.isdir(logs)
 
@@ -189,6 +191,29 @@ def test_run_limit_and_dry_run_launch_only_what_they_say(tmp_path):
     result = sweeps.run(spec, str(tmp_path), dry_run=True, runner=runner)
     assert runner.calls == [] and result["not_started"] == ["cifar10-resnet8-w1-s1", "cifar10-resnet8-w1-s2"]
     assert sweeps.commands(spec, str(tmp_path), skip_finished=True, limit=1) == [sweeps.expand(spec)[1].command(str(tmp_path))]
+
+
+def _rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_huge_range_is_made_lazily_up_to_the_limit(tmp_path):
+    spec = {"name": "huge", "flags": {"depth": 8}, "grid": [{"seed": {"range": [0, 10**8]}}, {"depth": [14]}]}
+    rss = _rss()
+    started = time.time()
+    assert sweeps.count(spec) == 10**8 + 1
+    assert sweeps.commands(spec, "runs", limit=2) == [f"bin/train --depth=8 --seed={s} --out_dir=runs" for s in (0, 1)]
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(spec))
+    assert sweeps.load_spec(str(path)) == spec  # checks its first CHECK_ON_LOAD runs only
+    finish(str(tmp_path), next(sweeps.iter_runs(spec)))
+    runner = FakeRunner()
+    result = sweeps.run(spec, str(tmp_path), limit=2, runner=runner)
+    assert [c[0][2] for c in runner.calls] == ["--seed=1", "--seed=2"]
+    assert result["skipped"] == ["cifar10-resnet8-w1-s0"] and result["finished"] == ["cifar10-resnet8-w1-s1", "cifar10-resnet8-w1-s2"]
+    assert len(result["not_started"]) == sweeps.LOOKAHEAD
+    assert result["unexamined"] == 10**8 + 1 - 3 - sweeps.LOOKAHEAD
+    assert time.time() - started < 60 and _rss() - rss < 200 * 2**20
 
 
 def test_run_parallel_runs_at_once(tmp_path):
@@ -276,7 +301,13 @@ def test_bin_sweep_prints_and_runs(tmp_path, root, bin_env):
     ]
     assert "training --depth=8 --seed=2" in log.read_text()
     bad = subprocess.run([*app[:2], f"--spec={tmp_path / 'none.json'}"], env=bin_env, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    errors = [line for line in bad.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert bad.returncode == 1 and errors == [f"error: Cannot read sweep spec {tmp_path / 'none.json'}: No such file or directory."]
+    # 10^8 seeds with --limit: the first unfinished runs (seed 0 is finished), without making the others.
+    spec.write_text(json.dumps({"name": "huge", "flags": {"depth": 8}, "grid": [{"seed": {"range": [0, 10**8]}}]}))
+    huge = subprocess.run([*app, "--limit=2"], env=bin_env, capture_output=True, text=True, timeout=300)
+    assert huge.returncode == 0, huge.stderr[-2000:]
+    assert huge.stdout.splitlines() == [f"{fake} --depth=8 --seed={s} --out_dir={out}" for s in (1, 2)]
 
 
 def test_python_programs_run_under_this_interpreter(tmp_path):

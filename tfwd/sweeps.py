@@ -54,7 +54,7 @@ import shlex
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from absl import logging
@@ -93,6 +93,12 @@ TRAIN_FLAGS: dict[str, Any] = {
     "validation_every": "int",
 }
 SPEC_KEYS = ("name", "description", "flags", "grid")
+# A spec of up to this many runs is checked whole when it is loaded; the runs of a larger
+# one (a range of millions of seeds) are checked as they are listed, so --limit stays cheap.
+CHECK_ON_LOAD = 10_000
+# Once `run` has its `limit` runs to launch, it looks this many runs further to list those
+# left unstarted, and counts the rest without making them.
+LOOKAHEAD = 10_000
 _KIND_NAMES = {
     "int": "an integer",
     "float": "a number",
@@ -183,14 +189,32 @@ def _check_flags(flags: Any, where: str) -> dict[str, Any]:
     return {k: _check_value(k, v, where) for k, v in flags.items()}
 
 
-def _axis(key: str, values: Any, where: str) -> list[dict[str, Any]]:
-    """One grid axis as a list of flag dicts."""
+class _Range(Sequence):
+    """The flag dicts {key: start}, ..., {key: stop - 1} of a range axis, made on demand (a range
+    of 10^8 seeds costs no memory)."""
+
+    def __init__(self, key: str, bounds: range, where: str):
+        self.key, self.values = key, bounds
+        self.convert = float if TRAIN_FLAGS[key] == "float" else int
+        _check_value(key, bounds[0], where)  # every value of the range has the first one's type
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i):
+        return {self.key: self.convert(self.values[i])}
+
+
+def _axis(key: str, values: Any, where: str) -> Sequence[dict[str, Any]]:
+    """One grid axis as a sequence of flag dicts."""
     where = f"{where}[{key!r}]"
     if isinstance(values, dict) and key != "cases":
         bounds = values.get("range") if set(values) == {"range"} else None
         if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)):
             raise ValueError(f'{where} must be a list of values or {{"range": [start, stop]}} of integers. Received: {values!r}')
-        values = list(range(*bounds))
+        if key in TRAIN_FLAGS and range(*bounds):
+            return _Range(key, range(*bounds), where)
+        values = []  # an empty range, or an unknown key: the errors below
     if not isinstance(values, list) or not values:
         raise ValueError(f"{where} must be a non-empty list of values. Received: {values!r}")
     if key == "cases":
@@ -198,6 +222,16 @@ def _axis(key: str, values: Any, where: str) -> list[dict[str, Any]]:
     if key not in TRAIN_FLAGS:
         raise ValueError(f"{where}: unknown key {key!r}. Allowed: {sorted(TRAIN_FLAGS)} and 'cases'")
     return [{key: _check_value(key, v, where)} for v in values]
+
+
+def _product(axes: Sequence[Sequence[Any]]) -> Iterator[tuple]:
+    """itertools.product without materializing the axes (product copies each into a tuple)."""
+    if not axes:
+        yield ()
+        return
+    for first in range(len(axes[0])):
+        for rest in _product(axes[1:]):
+            yield (axes[0][first], *rest)
 
 
 def validate(spec: Any) -> dict[str, Any]:
@@ -219,19 +253,27 @@ def validate(spec: Any) -> dict[str, Any]:
     return spec
 
 
-def expand(spec: dict[str, Any]) -> list[SweepRun]:
-    """The runs of a spec, in its deterministic order (see the module docstring).
+def count(spec: dict[str, Any]) -> int:
+    """How many runs a spec lists, without making them. Raises ValueError for an invalid spec."""
+    validate(spec)
+    where = f"Sweep spec {spec['name']}"
+    return sum(math.prod(len(_axis(k, v, f"{where}: grid[{g}]")) for k, v in grid.items()) for g, grid in enumerate(spec["grid"]))
 
-    Raises:
-        ValueError: for an invalid spec or run, naming the grid and the run.
+
+def iter_runs(spec: dict[str, Any]) -> Iterator[SweepRun]:
+    """The runs of a spec one at a time, in its deterministic order, each checked as it is made.
+
+    A spec of millions of runs (a range of seeds) is never held in memory: take what you
+    need (`itertools.islice`). Raises ValueError for an invalid spec, or when an invalid or
+    repeated run is reached, naming the grid and the run.
     """
     validate(spec)
     shared = _check_flags(spec.get("flags", {}), f"Sweep spec {spec['name']}: flags")
-    result, seen = [], {}
+    seen: dict[str, str] = {}
     for g, grid in enumerate(spec["grid"]):
         where = f"Sweep spec {spec['name']}: grid[{g}]"
         axes = [_axis(key, values, where) for key, values in grid.items()]
-        for combo in itertools.product(*axes):
+        for combo in _product(axes):
             flags = dict(shared)
             for part in combo:
                 twice = sorted(set(part) & set(flags))
@@ -244,8 +286,16 @@ def expand(spec: dict[str, Any]) -> list[SweepRun]:
             if run.name in seen:
                 raise ValueError(f"{where}: run {run.name} appears twice ({seen[run.name]} and {described}).")
             seen[run.name] = described
-            result.append(run)
-    return result
+            yield run
+
+
+def expand(spec: dict[str, Any]) -> list[SweepRun]:
+    """All runs of a spec as a list (`iter_runs`; for specs that fit in memory).
+
+    Raises:
+        ValueError: for an invalid spec or run, naming the grid and the run.
+    """
+    return list(iter_runs(spec))
 
 
 def run_config(flags: dict[str, Any], where: str = "run") -> runs.RunConfig:
@@ -263,14 +313,17 @@ def run_config(flags: dict[str, Any], where: str = "run") -> runs.RunConfig:
 
 
 def load_spec(path: str) -> dict[str, Any]:
-    """Reads and validates a spec file (its runs included). Raises ValueError naming the file."""
+    """Reads and validates a spec file and its first CHECK_ON_LOAD runs. Raises ValueError naming the file."""
     try:
         with open(path) as f:
             spec = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"Sweep spec {path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise ValueError(f"Cannot read sweep spec {path}: {e.strerror or e}.") from None
     try:
-        expand(spec)
+        for _ in itertools.islice(iter_runs(spec), CHECK_ON_LOAD):
+            pass
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return spec
@@ -292,8 +345,8 @@ def commands(
         >>> commands({"name": "s", "grid": [{"depth": [8], "seed": [0, 1]}]}, "runs")
         ['bin/train --depth=8 --seed=0 --out_dir=runs', 'bin/train --depth=8 --seed=1 --out_dir=runs']
     """
-    todo = [r for r in expand(spec) if not (skip_finished and is_finished(out_dir, r))]
-    return [r.command(out_dir, program) for r in todo[:limit]]
+    todo = (r for r in iter_runs(spec) if not (skip_finished and is_finished(out_dir, r)))
+    return [r.command(out_dir, program) for r in itertools.islice(todo, limit)]
 
 
 # --- running on this machine ----------------------------------------------------------------
@@ -359,21 +412,33 @@ def run(
 
     Returns:
         {"finished": names run to exit code 0, "skipped": names already finished,
-        "failed": [(name, log path)], "not_started": names left by `limit` or `dry_run`}.
+        "failed": [(name, log path)], "not_started": names left by `limit` or `dry_run`,
+        "unexamined": how many runs were not looked at}. With a `limit`, `run` stops
+        looking once LOOKAHEAD unfinished runs are left unstarted, so a sweep of millions
+        of runs is never made whole.
     """
     if parallel < 1:
         raise ValueError(f"`parallel` must be >= 1. Received: parallel={parallel!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"`limit` must be >= 0 or None. Received: limit={limit!r}")
-    planned = expand(spec)
-    done = {r.name for r in planned if is_finished(out_dir, r)}
-    todo = [r for r in planned if r.name not in done]
-    launch = [] if dry_run else todo[:limit]
-    result = {"finished": [], "skipped": [r.name for r in planned if r.name in done], "failed": []}
-    result["not_started"] = [r.name for r in todo[len(launch) :]]
+    result = {"finished": [], "skipped": [], "failed": [], "not_started": [], "unexamined": 0}
+    launch, examined, todo, total = [], 0, 0, count(spec)
+    for r in iter_runs(spec):
+        examined += 1
+        if is_finished(out_dir, r):
+            result["skipped"].append(r.name)
+            continue
+        todo += 1
+        if not dry_run and (limit is None or len(launch) < limit):
+            launch.append(r)
+        else:
+            result["not_started"].append(r.name)
+        if limit is not None and len(result["not_started"]) >= LOOKAHEAD:
+            break  # a huge sweep: count the rest instead of making every run
+    result["unexamined"] = total - examined
     logging.info(
-        "Sweep %s: %d runs, %d finished, %d unfinished, launching %d.",
-        spec["name"], len(planned), len(result["skipped"]), len(todo), len(launch),
+        "Sweep %s: %d runs (%d not examined), %d finished, %d unfinished, launching %d.",
+        spec["name"], total, result["unexamined"], len(result["skipped"]), todo, len(launch),
     )
     if not launch:
         return result
@@ -394,7 +459,7 @@ def run(
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         for future in [pool.submit(one, r) for r in launch]:
             future.result()  # re-raises a runner's exception
-    order = {r.name: i for i, r in enumerate(planned)}
+    order = {r.name: i for i, r in enumerate(launch)}
     result["finished"].sort(key=order.get)
     result["failed"].sort(key=lambda x: order[x[0]])
     return result
