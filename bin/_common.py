@@ -43,7 +43,11 @@ def define_data_flags() -> None:
 
 
 def run(main) -> None:
-    """app.run(main), turning tfwd's expected errors into one line on stderr and exit code 1."""
+    """app.run(main), turning tfwd's expected errors into one line on stderr and exit code 1.
+
+    Ctrl-C (SIGINT) prints one line and exits with 130, the shell's code for it: every
+    write is atomic, so nothing half-written is left, and rerunning resumes a training.
+    """
 
     def wrapped(argv):
         from tfwd import errors
@@ -58,5 +62,19 @@ def run(main) -> None:
             logging.flush()
             print(f"error: {errors.one_line(e)}", file=sys.stderr)
             sys.exit(1)
+        except KeyboardInterrupt:
+            if FLAGS.verbosity > 0:
+                raise
+            logging.flush()
+            print(
+                "error: Interrupted (Ctrl-C); nothing half-written is left. Rerun the same command to resume or "
+                "start again.",
+                file=sys.stderr,
+            )
+            sys.exit(130)
 
-    app.run(wrapped)
+    try:
+        app.run(wrapped)
+    except KeyboardInterrupt:  # before main started (flag parsing, imports)
+        print("error: Interrupted (Ctrl-C).", file=sys.stderr)
+        sys.exit(130)

@@ -40,6 +40,22 @@ class TestBalancedSubset:
         with pytest.raises(ValueError, match="too few"):
             balanced_subset(LABELS, 10, 990, holdout=20)
 
+    @pytest.mark.parametrize(
+        "examples,holdout,warnings",
+        [
+            (5, 0, ["train_examples=5 is fewer than the 10 classes: classes 5-9 get no example. Use at least 10."]),
+            (10, 3, ["validation_examples=3 is fewer than the 10 classes: classes 3-9 get no example. Use at least 10."]),
+            (10, 0, []),
+            (None, 0, []),
+        ],
+        ids=["train-5", "validation-3", "one-per-class", "all"],
+    )
+    def test_fewer_examples_than_classes_warns(self, caplog, examples, holdout, warnings):
+        with caplog.at_level("WARNING", logger="absl"):
+            train, _ = balanced_subset(LABELS, 10, examples, holdout=holdout)
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == warnings
+        assert len(set(LABELS[train])) == min(10, examples or 10)
+
 
 class TestAugment:
     def test_crop_is_a_window_of_the_reflect_padded_image_maybe_flipped(self):

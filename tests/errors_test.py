@@ -1,9 +1,12 @@
 """Bad inputs (README table): each gives one clear line on stderr, exit code 1, and no partial files."""
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -80,12 +83,58 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_diverging_loss_keeps_the_last_checkpoint(root, bin_env, tmp_path):
-    code, last = _run(root, bin_env, "train", "--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32", "--epochs=2", "--learning_rate=1e30", f"--out_dir={tmp_path}")
-    assert code == 1
-    assert last.startswith("error: The training loss is nan at epoch 1: training diverged.") or last.startswith("error: The training loss is inf at epoch 1")
+def _one_error(stderr):
+    """The error lines of an app's stderr: exactly one is expected, and no traceback."""
+    return [line for line in stderr.splitlines() if line.startswith(("error:", "Traceback"))]
+
+
+@pytest.mark.parametrize(
+    "args,fault,message",
+    [
+        (["--learning_rate=1e30", "--epochs=2"], None,
+         "error: The training loss is {loss} at epoch 1: training diverged. No checkpoint was written yet in {run}; "
+         "lower --learning_rate and rerun with --overwrite."),
+        (["--epochs=3"], "diverge:2",
+         "error: The training loss is nan at epoch 2: training diverged. The last good checkpoint (epoch 1) is kept in "
+         "{run}; lower --learning_rate and rerun with --overwrite."),
+    ],
+    ids=["first-epoch", "after-a-checkpoint"],
+)
+def test_diverging_loss_names_the_checkpoint_it_keeps(root, bin_env, tmp_path, args, fault, message):
+    env = dict(bin_env, **({"TFWD_FAULT": fault} if fault else {}))
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / "train"), *TINY[:-1], *args, f"--out_dir={tmp_path}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
     run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
+    errors = _one_error(result.stderr)
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-2000:]
+    loss = "inf" if "loss is inf" in errors[0] else "nan"
+    assert errors[0] == message.format(loss=loss, run=run_dir)
     assert not (run_dir / "model.keras").exists() and not (run_dir / "results.json").exists()
+    latest = run_dir / "checkpoints" / "latest.json"
+    if fault:  # the checkpoint the message names is there, and latest.json points at it
+        assert json.loads(latest.read_text())["step"] == 1 and (run_dir / "checkpoints" / "ckpt-1.index").exists()
+    else:
+        assert not latest.exists()
+
+
+def test_ctrl_c_exits_130_with_one_line(root, bin_env, tmp_path):
+    run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "bin" / "train"), *TINY[:-1], "--epochs=50", f"--out_dir={tmp_path}"],
+        env=bin_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 600
+    while not (run_dir / "history.csv").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)  # interrupt it in the middle of training
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err[-2000:]
+    assert _one_error(err) == [
+        "error: Interrupted (Ctrl-C); nothing half-written is left. Rerun the same command to resume or start again."
+    ]
+    assert not [f for f in os.listdir(run_dir) if f.startswith(".") and f != runs.LOCK]
 
 
 @pytest.mark.parametrize("case", ["missing", "not-a-run", "corrupt-config", "unfinished", "corrupt-model", "other-model", "nan-weights"])
@@ -204,3 +253,31 @@ def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path
     assert lines[-1].startswith(f"error: --out_dir {out} is ") and "Choose another --out_dir." in lines[-1]
     assert not [line for line in lines if line.startswith(("Traceback", "error:")) and line != lines[-1]]
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "analyses,message",
+    [
+        ({"cka": {"exampels": 128}}, "analyses.cka has no setting 'exampels'. tfwd.cka.analyze_runs takes: "
+         "['taps', 'split', 'examples', 'batch_size', 'passes', 'seed']."),
+        ({"cka": {"examples": "2048"}}, "analyses.cka.examples must be int | None. Received: '2048'"),
+        ({"probes": {"out_dir": "x"}}, "analyses.probes has no setting 'out_dir' (the report sets it). "
+         "tfwd.probes.analyze_run takes: ['taps', 'epochs', 'batch_size', 'validation_examples', 'pooling', "
+         "'optimizer', 'learning_rates', 'l2', 'train_examples', 'test_examples', 'augment', 'cka_examples', 'seed']."),
+        (None, "Cannot read report spec {spec}: No such file or directory."),
+    ],
+    ids=["unknown-setting", "mistyped-setting", "setting-the-report-sets", "missing-spec-file"],
+)
+def test_report_refuses_a_bad_spec_before_training(root, bin_env, tmp_path, analyses, message):
+    spec = tmp_path / "spec.json"
+    if analyses is not None:
+        runs_ = {"flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32}, "grid": [{"seed": [0]}]}
+        spec.write_text(json.dumps({"name": "bad", "runs": runs_, "analyses": analyses}))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / "report"), f"--spec={spec}", f"--out_dir={out}"],
+        env=bin_env, capture_output=True, text=True, timeout=600,
+    )
+    prefix = "" if analyses is None else f"{spec}: "
+    assert result.returncode == 1 and _one_error(result.stderr) == [f"error: {prefix}{message.format(spec=spec)}"], result.stderr[-2000:]
+    assert not out.exists()  # nothing trained, nothing written

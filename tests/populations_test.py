@@ -267,3 +267,39 @@ def test_bin_compare_predictions_smoke(population_dirs, tmp_path, root, bin_env)
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     empty = subprocess.run([*cmd[:2], f"--group_a={tmp_path}/none*", f"--group_b={runs_root}/*", f"--out_dir={out}"], env=bin_env, capture_output=True, text=True, timeout=300)
     assert empty.returncode == 1 and "error: No run directory" in empty.stderr and f"{tmp_path}/none*" in empty.stderr
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "keyless", "other-labels", "overlapping", "identical"])
+def test_bin_compare_predictions_bad_inputs(population_dirs, tmp_path, root, bin_env, case):
+    runs_root, a, _, labels = population_dirs
+    group_a, group_b = f"{runs_root}/*resnet62*", f"{runs_root}/*resnet14*"
+    bad = runs_root / "cifar10-resnet14-w2-s0"
+    npz = bad / "test_predictions.npz"
+    if case == "truncated":
+        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    elif case == "empty":
+        npz.write_bytes(b"")
+    elif case == "keyless":
+        np.savez(npz, probs=np.load(npz)["probs"])
+    elif case == "other-labels":
+        other = labels.copy()
+        other[0] = (other[0] + 1) % 10
+        bad = write_run(runs_root, 14, 2, 7, a[0], other)
+    elif case == "overlapping":
+        group_b = f"{runs_root}/*-s[01]"  # resnet62 s0, s1 are in both groups
+    elif case == "identical":
+        group_b = group_a
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(root / "bin" / "compare_predictions"), f"--group_a={group_a}", f"--group_b={group_b}", f"--out_dir={out}"]
+    result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=300)
+    expected = {
+        "truncated": f"error: Cannot read {npz} (BadZipFile: File is not a zip file); the run has not finished or the file is corrupt: retrain it with --overwrite.",
+        "empty": f"error: Cannot read {npz} (EOFError: No data left in file); the run has not finished or the file is corrupt: retrain it with --overwrite.",
+        "keyless": f"error: {npz} has no labels array; retrain the run with --overwrite.",
+        "other-labels": f"error: Run {bad} has other test labels than {runs_root / 'cifar10-resnet62-w1-s0'}: its predictions are on other examples.",
+        "overlapping": "error: Groups A and B share 2 runs (cifar10-resnet62-w1-s0, cifar10-resnet62-w1-s1): a population compared with itself shows no difference. Give patterns that match disjoint runs.",
+        "identical": "error: Groups A and B share 4 runs (cifar10-resnet62-w1-s0, cifar10-resnet62-w1-s1, cifar10-resnet62-w1-s2, ...): a population compared with itself shows no difference. Give patterns that match disjoint runs.",
+    }[case]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert result.returncode == 1 and errors == [expected], result.stderr[-2000:]
+    assert not out.exists()

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 SPLITS = ("train", "validation", "test")
 # Decoded in-memory splits, shared by every Data of this process (decoding
@@ -139,7 +140,8 @@ def balanced_subset(
         seed: data seed fixing each class's order.
 
     Returns:
-        (train_indices, holdout_indices), each sorted ascending, disjoint.
+        (train_indices, holdout_indices), each sorted ascending, disjoint. Fewer
+        examples than classes leave the last classes without any, with a warning.
 
     Raises:
         ValueError: when a class has too few examples for the request.
@@ -163,7 +165,25 @@ def balanced_subset(
             )
         train.append(order[:t])
         held.append(order[len(order) - h :])
+    for what, total, parts in (("train_examples", examples, train), ("validation_examples", holdout, held)):
+        empty = [c for c, part in enumerate(parts) if not len(part)]
+        if total and empty:
+            logging.warning(
+                "%s=%d is fewer than the %d classes: classes %s get no example. Use at least %d.",
+                what, total, num_classes, _ranges(empty), num_classes,
+            )
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    spans = []
+    for v in values:
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
 def cifar_augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

@@ -426,11 +426,19 @@ def compare_groups(
         {"a": {"label", "runs"}, "b": ...} (label: the shared model name, e.g. "resnet62-w1").
 
     Raises:
-        ValueError: for runs on other examples (naming the run) or too few runs.
+        ValueError: for runs on other examples (naming the run), too few runs, or a
+            run in both groups.
     """
     groups = [[r if isinstance(r, runs.Run) else runs.Run(r) for r in g] for g in (runs_a, runs_b)]
     if not all(groups):
         raise ValueError(f"Both groups need runs. Received: {len(groups[0])} and {len(groups[1])} runs.")
+    shared = sorted({os.path.realpath(r.path) for r in groups[0]} & {os.path.realpath(r.path) for r in groups[1]})
+    if shared:
+        raise ValueError(
+            f"Groups A and B share {len(shared)} runs ({', '.join(os.path.basename(p) for p in shared[:3])}"
+            f"{', ...' if len(shared) > 3 else ''}): a population compared with itself shows no difference. "
+            "Give patterns that match disjoint runs."
+        )
     (correct_a, correct_b), labels, num_classes = load_correctness(groups)
     data_config = groups[0][0].config.data
     result = compare_correctness(

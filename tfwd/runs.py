@@ -417,13 +417,25 @@ class Run:
             raise RunError(f"Cannot read {path} ({e}); the run has not finished or the file is corrupt.") from e
 
     def predictions(self) -> dict[str, np.ndarray]:
-        """test_predictions.npz as a dict with "probs" and "labels"."""
+        """test_predictions.npz as a dict with "probs" and "labels".
+
+        Raises:
+            RunError: if the file is missing, truncated, empty or lacks either array.
+        """
         path = os.path.join(self.path, PREDICTIONS)
         try:
             with np.load(path) as f:
-                return {k: f[k] for k in f.files}
-        except (OSError, ValueError) as e:
-            raise RunError(f"Cannot read {path} ({e}); the run has not finished or the file is corrupt.") from e
+                loaded = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            # A truncated file is a BadZipFile, an empty one an EOFError.
+            raise RunError(
+                f"Cannot read {path} ({type(e).__name__}: {e}); the run has not finished or the file is corrupt: "
+                "retrain it with --overwrite."
+            ) from e
+        missing = sorted({"probs", "labels"} - set(loaded))
+        if missing:
+            raise RunError(f"{path} has no {' or '.join(missing)} array; retrain the run with --overwrite.")
+        return loaded
 
 
 def read_config(path: str) -> RunConfig:
