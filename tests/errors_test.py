@@ -271,13 +271,14 @@ def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path
 def test_report_refuses_a_bad_spec_before_training(root, bin_env, tmp_path, analyses, message):
     spec = tmp_path / "spec.json"
     if analyses is not None:
-        runs_ = {"flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32}, "grid": [{"seed": [0]}]}
-        spec.write_text(json.dumps({"name": "bad", "runs": runs_, "analyses": analyses}))
+        flags = {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32}
+        spec.write_text(json.dumps({"name": "bad", "runs": {"flags": flags, "grid": [{"seed": [0]}]}, "analyses": analyses}))
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, str(root / "bin" / "report"), f"--spec={spec}", f"--out_dir={out}"],
         env=bin_env, capture_output=True, text=True, timeout=600,
     )
     prefix = "" if analyses is None else f"{spec}: "
-    assert result.returncode == 1 and _one_error(result.stderr) == [f"error: {prefix}{message.format(spec=spec)}"], result.stderr[-2000:]
+    expected = f"error: {prefix}{message.format(spec=spec)}"
+    assert result.returncode == 1 and _one_error(result.stderr) == [expected], result.stderr[-2000:]
     assert not out.exists()  # nothing trained, nothing written

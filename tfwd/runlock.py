@@ -28,8 +28,15 @@ class RunLock:
     message of the process it refuses.
 
     Example:
-        >>> with RunLock("runs/cifar10-resnet8-w1-s0"):
-        ...     ...  # train, resume or overwrite the run
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as parent:
+        ...     run_dir = os.path.join(parent, "cifar10-resnet8-w1-s0")
+        ...     with RunLock(run_dir):  # this process trains the run
+        ...         try:
+        ...             RunLock(run_dir).__enter__()  # a second writer
+        ...         except RunError as e:
+        ...             print("refused, naming this process:", f"pid {os.getpid()}" in str(e))
+        refused, naming this process: True
     """
 
     def __init__(self, run_dir: str):

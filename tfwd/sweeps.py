@@ -257,7 +257,8 @@ def count(spec: dict[str, Any]) -> int:
     """How many runs a spec lists, without making them. Raises ValueError for an invalid spec."""
     validate(spec)
     where = f"Sweep spec {spec['name']}"
-    return sum(math.prod(len(_axis(k, v, f"{where}: grid[{g}]")) for k, v in grid.items()) for g, grid in enumerate(spec["grid"]))
+    sizes = ([len(_axis(k, v, f"{where}: grid[{g}]")) for k, v in grid.items()] for g, grid in enumerate(spec["grid"]))
+    return sum(math.prod(axes) for axes in sizes)
 
 
 def iter_runs(spec: dict[str, Any]) -> Iterator[SweepRun]:
