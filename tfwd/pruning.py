@@ -280,7 +280,8 @@ def recalibrate_bn(model: keras.Model, dataset: tf.data.Dataset) -> keras.Model:
     Example:
         >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
         >>> x = np.random.default_rng(0).random((64, 32, 32, 3), dtype="float32")
-        >>> fixed = recalibrate_bn(delete_blocks(model, ["stage1_block1"]), tf.data.Dataset.from_tensor_slices(x).batch(32))
+        >>> images = tf.data.Dataset.from_tensor_slices(x).batch(32)
+        >>> fixed = recalibrate_bn(delete_blocks(model, ["stage1_block1"]), images)
         >>> bn = fixed.get_layer("stem_bn")  # its moving mean is now the mean over the 64 images
         >>> bool(np.allclose(bn.moving_mean, fixed.get_layer("stem_conv")(x).numpy().mean(axis=(0, 1, 2)), atol=1e-5))
         True
