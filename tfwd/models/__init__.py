@@ -10,4 +10,5 @@ from tfwd.models.taps import (
     stage_of,
     tap_names,
 )
+from tfwd.models.saved import image_input, load_model
 from tfwd.models.imagenet_resnet import check_stages, imagenet_depth, imagenet_model_name, imagenet_resnet

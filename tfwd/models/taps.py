@@ -150,7 +150,7 @@ def _describe_unknown(model: keras.Model, names: list[str], unknown: list[str]) 
             parts.append(f"{name!r} (nearest: {near[0]!r})" if near else repr(name))
     which = "a layer" if len(unknown) == 1 else "layers"
     return (
-        f"{which} that model {model.name!r} does not have: {', '.join(parts)}; it has {len(names)} layers, "
+        f"{which} that model {model.name!r} does not have: {', '.join(parts)}; it has {len(names)} layer(s), "
         f"from {names[0]!r} to {names[-1]!r}"
     )
 
