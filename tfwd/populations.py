@@ -46,6 +46,7 @@ Example (finished runs: `analyze`; their correctness arrays: `compare_correctnes
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import warnings
@@ -133,8 +134,8 @@ def class_names(data_config, num_classes: int) -> list[str]:
     from tfwd.data import Data
 
     names: list[str] = []
-    try:
-        names = list(Data(data_config).class_names)
+    try:  # never fetch a dataset for its class names
+        names = list(Data(dataclasses.replace(data_config, download=False)).class_names)
     except Exception:  # noqa: BLE001 - names are a nicety; any failure falls back
         try:
             import tensorflow_datasets as tfds
