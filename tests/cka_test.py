@@ -205,6 +205,31 @@ def test_raw_pixels_are_the_unit_pixels_times_255(tmp_path):
     np.testing.assert_allclose(matrix_b, matrix_a, atol=1e-5)
 
 
+def test_analyze_models_on_an_image_folder(tmp_path):
+    from tfwd.data import Data, DataConfig
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("test", 4)):
+        for label in ("cats", "dogs"):
+            os.makedirs(tmp_path / "images" / split / label)
+            for i in range(n):
+                png = tf.io.encode_png(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8))
+                tf.io.write_file(str(tmp_path / "images" / split / label / f"{i}.png"), png)
+    model = _small_sequential(size=24)
+    model.save(tmp_path / "small.keras")
+    out = cka.analyze_models(
+        [str(tmp_path / "small.keras")], dataset="image_folder", data_dir=str(tmp_path / "images"),
+        batch_size=8, passes=1, taps="re:^(c1|r1|gap)$",
+    )
+    assert out == str(tmp_path / "small_cka_custom_test")
+    loaded = cka.load(os.path.join(out, "cka.npz"))
+    assert loaded["settings"]["examples"] == 8 and loaded["settings"]["dataset"] == "image_folder"
+    # The reference: the folder's 8 test images read at the model's 24 pixels, one minibatch.
+    images = next(iter(Data(DataConfig("image_folder", str(tmp_path / "images"), image_size=24)).eval_dataset("test", 8)))
+    reference = _joint_reference([model], images[0].numpy(), "re:^(c1|r1|gap)$")
+    np.testing.assert_allclose(loaded["blocks"][0, 0], reference, atol=2e-5)
+
+
 def test_default_models_out_dir():
     assert cka.default_models_out_dir(["/m/a.keras"], "all", "test") == "/m/a_cka_all_test"
     assert cka.default_models_out_dir(["/m/a.keras", "/n/b.h5"], "re:add$", "train") == "/m/a__b_cka_custom_train"
