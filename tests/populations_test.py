@@ -267,3 +267,12 @@ def test_bin_compare_predictions_smoke(population_dirs, tmp_path, root, bin_env)
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     empty = subprocess.run([*cmd[:2], f"--group_a={tmp_path}/none*", f"--group_b={runs_root}/*", f"--out_dir={out}"], env=bin_env, capture_output=True, text=True, timeout=300)
     assert empty.returncode == 1 and "error: No run directory" in empty.stderr and f"{tmp_path}/none*" in empty.stderr
+
+
+def test_class_names_never_fetch_a_dataset(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import constants
+
+    monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path))  # CIFAR-10 prepared nowhere
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: pytest.fail("downloaded"))
+    assert populations.class_names(DataConfig("cifar10"), 10) == list(populations.CIFAR10_NAMES)
