@@ -2,9 +2,9 @@
 
 Each example sees `tfwd` and `np` (as after `import tfwd` and `import numpy as np`) and
 prints NumPy scalars as a reader expects them (`1.0`, not `np.float64(1.0)`). Examples
-must be true, cheap (tiny models, a few examples) and leave no file behind; mark one
-`# doctest: +SKIP`, with a comment saying why, only when it would train a model or
-needs a finished run or the network.
+must be true, cheap (tiny models, a few examples) and leave no file behind. Usage that
+needs finished runs or minutes of compute is shown as a plain code block (`Example::`),
+not as a `>>>` example, and is run by the tests of its module instead.
 """
 
 import os

@@ -90,11 +90,15 @@ def test_default_out_dir(tmp_path):
 
 
 def test_bin_cka_smoke(tiny_runs, tmp_path, root, bin_env):
-    cmd = [sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"]
+    # 66 examples in batches of 32: a last batch of 2 has no pairs; it adds nothing and is reported
+    # once, instead of failing at the end of the pass.
+    cmd = [sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=66", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"CKA heatmaps: {tmp_path / 'o'}" in result.stdout and "CKA pass 1/1" in result.stderr
+    assert result.stderr.count("1 minibatch(es) of 3 or fewer examples had no pairs and added nothing") == 1
     loaded = cka.load(str(tmp_path / "o" / "cka.npz"))
+    assert loaded["settings"]["batches"] == 2
     assert len(loaded["names"][0]) == 21 * 1 + 7  # taps="all" of ResNet-8
     with open(tmp_path / "o" / f"within_{os.path.basename(tiny_runs[0])}.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -73,7 +73,8 @@ def cka_matrices(
     Returns:
         {"names": K lists of layer names, "blocks": {(i, j): (L_i, L_j) float64 arrays}
         for i <= j ((i, i) is model i's within-model CKA), "examples": examples seen
-        per pass, "batches": minibatches seen in all}.
+        per pass, "batches": minibatches counted in all, "skipped_batches": minibatches of n <= 3,
+        which have no pairs and add nothing}.
     """
     if not model_list:
         raise ValueError("`model_list` must hold at least one model.")
@@ -116,12 +117,19 @@ def cka_matrices(
         logging.info(
             "CKA pass %d/%d: %d examples, %.0f images/s.", p + 1, passes, examples, examples / (time.time() - start)
         )
+    skipped = int(cka.skipped.numpy())
+    if skipped:
+        logging.warning(
+            "%d minibatch(es) of 3 or fewer examples had no pairs and added nothing to CKA (a ragged last batch); "
+            "choose --examples or --batch_size so that the last batch has 4 or more.", skipped,
+        )
     joint = cka.result().numpy()
     return {
         "names": names,
         "blocks": metrics.split_blocks(joint, [len(n) for n in names]),
         "examples": examples,
         "batches": int(cka.batches.numpy()),
+        "skipped_batches": skipped,
     }
 
 

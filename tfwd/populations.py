@@ -496,10 +496,10 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
 def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutations: int = 1000, top_k: int = 5) -> str:
     """Compares the finished runs matching two glob patterns and writes the results (see `write_comparison`).
 
-    Example:
-        >>> # Needs two populations of finished runs (bin/train, or bin/sweep --spec=data/sweeps/figure7.json).
-        >>> analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")  # doctest: +SKIP
-        'out/62_vs_14'
+    Example (needs two populations of finished runs, e.g. from bin/sweep --spec=data/sweeps/figure7.json;
+    tests/populations_test.py runs it on small ones)::
+
+        analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")  # -> 'out/62_vs_14'
     """
     runs.check_output_dir(out_dir, "compare_predictions")
     result = compare_groups(find_runs(group_a), find_runs(group_b), seed, permutations, top_k)

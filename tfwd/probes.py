@@ -36,11 +36,10 @@ Protocol and defaults, and why:
   it has one, else 1000 class-balanced examples held out of the training split;
   for a run trained on a subset they lie outside it, so the base never saw them.
 
-Example:
-    >>> # Trains probes on a finished run (bin/train); minutes on a CPU.
-    >>> tfwd.probes.analyze_run("runs/cifar10-resnet26-w2-s0", epochs=10)  # doctest: +SKIP
-    'runs/cifar10-resnet26-w2-s0/probes'
-    >>> # probes.csv there: per tap, the chosen learning rate, validation and test accuracy
+Example (trains probes on a finished run, minutes on a CPU; tests/probes_test.py runs it on a tiny one)::
+
+    tfwd.probes.analyze_run("runs/cifar10-resnet26-w2-s0", epochs=10)  # -> 'runs/cifar10-resnet26-w2-s0/probes_residual'
+    # probes.csv there: per tap, the chosen learning rate, validation and test accuracy
 """
 
 from __future__ import annotations

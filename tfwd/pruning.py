@@ -432,10 +432,9 @@ def analyze_run(
         tfwd.runs.RunError: for a missing or unfinished run.
         ValueError: for a plain (residual=False) model or out-of-range arguments.
 
-    Example:
-        >>> # Needs a finished run (bin/train).
-        >>> analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)  # doctest: +SKIP
-        'runs/cifar10-resnet38-w10-s0/prune_blocks'
+    Example (needs a finished run; tests/pruning_test.py runs it on a tiny one)::
+
+        analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)  # -> 'runs/cifar10-resnet38-w10-s0/prune_blocks'
     """
     from tfwd.plots.common import save_figure  # matplotlib only when drawing
     from tfwd.plots.pruning import deletion_accuracy
