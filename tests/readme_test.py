@@ -2,6 +2,8 @@
 
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -36,9 +38,29 @@ def test_the_readme_has_the_examples_it_should():
     assert all(any(key in block for block in BLOCKS) for key in CHECKS)
 
 
+# Appended to a block that picks another Keras backend, which must run in a fresh process.
+BACKEND_CHECK = """
+import numpy as _np
+from tfwd.metrics import linear_cka as _reference
+_m = _np.asarray(matrix)
+for _i in range(len(acts)):
+    for _j in range(len(acts)):
+        _want = 1.0 if _i == _j else _reference(acts[_i], acts[_j], unbiased=True)
+        assert abs(_m[_i, _j] - _want) < 1e-6, (_i, _j, _m[_i, _j], _want)
+import keras as _keras
+print("checked under", _keras.backend.backend())
+"""
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_python_block(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything an example writes stays out of the checkout
+    if "KERAS_BACKEND" in BLOCKS[index]:
+        done = subprocess.run([sys.executable, "-c", BLOCKS[index] + BACKEND_CHECK], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        backend = re.search(r'KERAS_BACKEND"\] = "(\w+)"', BLOCKS[index]).group(1)
+        assert done.stdout.strip().endswith(f"checked under {backend}")
+        return
     namespace = {"__name__": "__readme__"}
     exec(compile(BLOCKS[index], "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
     assert "tfwd" in namespace
