@@ -27,7 +27,8 @@ setup_venv() {
   rm -f "$log"
 }
 
-# A prepared TFDS folder beside the checkout is used when no other is given.
+# A prepared TFDS folder beside the checkout is used when no other is given; with none anywhere,
+# the demo's trainings fetch CIFAR-10 into TFDS's default folder (tfwd.data, download="auto").
 if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d ../shared/tfds ]; then
   export TFDS_DATA_DIR="$(cd ../shared/tfds && pwd)"
 fi

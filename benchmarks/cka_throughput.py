@@ -10,7 +10,11 @@ Table 1, per model (taps="all", n=256), in images/s:
 - floor: (forward FLOPs + Gram FLOPs + pair-product FLOPs) / the FLOP rate of a
   large float32 matmul measured in the same run;
 - tfwd with bfloat16 Grams (CKA(gram_dtype="bfloat16")), and the largest change it
-  makes to any CKA value of the matrix (random inputs, untrained model).
+  makes to any CKA value of the matrix (random inputs, untrained model); on a CPU
+  without native bfloat16 the metric falls back to float32 (and says so).
+
+Run it once more with ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 machine to see what TF's
+kernels do without AVX-512 (the clock and caches stay those of the machine).
 
 Table 2: all within- and cross-model CKA matrices of K models, one pass with
 stacked taps against the K(K-1)/2 pairs done one at a time.
@@ -134,6 +138,8 @@ def main():
     print(f"machine: {machine()}")
     peak = matmul_flops_per_second()
     print(f"float32 2048^3 matmul: {peak / 1e9:.0f} GFLOP/s")
+    print(f"Gram formulation chosen by tfwd.metrics.gram_formulation(): {metrics.gram_formulation()}")
+    print(f"native bfloat16 (AVX512_BF16 or AMX): {metrics.native_bfloat16()}")
     configs = [(20, 1)] if args.quick else [(20, 1), (20, 4), (56, 1)]
     throughput_table(configs, peak, repeats=3)
     many_models_table([2, 4] if args.quick else [2, 4, 8], 14, repeats=2)

@@ -12,15 +12,35 @@ import tensorflow as tf
 import keras
 
 
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
 def machine() -> str:
-    """One line naming the machine, for the results tables."""
+    """One line naming the machine, its kind (AVX-512 or AVX2 only) and its vector flags, for the results tables."""
     cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, TF {tf.__version__}, Keras {keras.__version__}"
+    flags = cpu_flags()
+    kind = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    limited = f", oneDNN limited to {isa}" if isa else ""
+    present = " ".join(f for f in VECTOR_FLAGS if f in flags)
+    return (
+        f"{cpu} ({kind}{limited}; flags: {present}), {os.cpu_count()} cores, {platform.system()}, "
+        f"TF {tf.__version__}, Keras {keras.__version__}"
+    )
 
 
 def rate(fn, *args, items: int, repeats: int = 5, warmup: int = 1) -> float:

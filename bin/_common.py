@@ -36,7 +36,13 @@ def define_data_flags() -> None:
 
     flags.DEFINE_enum("dataset", "cifar10", list(DATASETS), "Dataset (TFDS name, or image_folder with --data_dir).")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
-    flags.DEFINE_bool("download", False, "Let TFDS download and prepare a missing dataset.")
+    flags.DEFINE_bool(
+        "download",
+        None,
+        "Fetch a missing dataset with TFDS. Unset: only CIFAR-10/100, into TFDS's default folder, when no "
+        "--data_dir is given. True: any dataset, into --data_dir too (ImageNet: TFDS's manual download). "
+        "False (--nodownload): never.",
+    )
     flags.DEFINE_integer("train_examples", None, "Class-balanced training subset size (default: all).", lower_bound=1)
     flags.DEFINE_integer("validation_examples", 0, "Class-balanced examples held out of training.", lower_bound=0)
     flags.DEFINE_integer("data_seed", 0, "Seed of the subset selection (not of the data order).")

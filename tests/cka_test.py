@@ -59,7 +59,8 @@ def test_analyze_runs_writes_everything(tiny_runs, tmp_path):
     out = cka.analyze_runs(tiny_runs, out_dir=str(tmp_path / "out"), taps="blocks", examples=64, batch_size=32, passes=2)
     names = [os.path.basename(r) for r in tiny_runs]
     assert sorted(os.listdir(out)) == sorted(
-        ["cka.npz", "grid.png", f"within_{names[0]}.png", f"within_{names[1]}.png", f"cross_{names[0]}__{names[1]}.png"]
+        [".tfwd_output", "cka.npz", "grid.png", f"within_{names[0]}.png", f"within_{names[1]}.png",
+         f"cross_{names[0]}__{names[1]}.png"]
     )
     loaded = cka.load(os.path.join(out, "cka.npz"))
     assert loaded["models"] == names and loaded["settings"]["passes"] == 2 and loaded["settings"]["examples"] == 64
@@ -89,13 +90,185 @@ def test_default_out_dir(tmp_path):
 
 
 def test_bin_cka_smoke(tiny_runs, tmp_path, root, bin_env):
-    cmd = [sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"]
+    # 66 examples in batches of 32: a last batch of 2 has no pairs; it adds nothing and is reported
+    # once, instead of failing at the end of the pass.
+    cmd = [sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=66", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"CKA heatmaps: {tmp_path / 'o'}" in result.stdout and "CKA pass 1/1" in result.stderr
+    assert result.stderr.count("1 minibatch(es) of 3 or fewer examples had no pairs and added nothing") == 1
     loaded = cka.load(str(tmp_path / "o" / "cka.npz"))
+    assert loaded["settings"]["batches"] == 2
     assert len(loaded["names"][0]) == 21 * 1 + 7  # taps="all" of ResNet-8
     with open(tmp_path / "o" / f"within_{os.path.basename(tiny_runs[0])}.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     missing = subprocess.run([*cmd[:2], f"--runs={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600)
     assert missing.returncode == 1 and missing.stderr.strip().endswith(f"error: Run directory {tmp_path / 'nope'} does not exist.")
+
+
+# --- models tfwd did not train ---------------------------------------------------------------
+
+
+def _joint_reference(model_list, images, taps):
+    """Unbiased CKA (float64 HSIC_1) between every pair of tapped layers on one minibatch."""
+    acts = []
+    for model in model_list:
+        size = models.image_input(model)[:2]
+        x = images if tuple(images.shape[1:3]) == size else tf.image.resize(images, size).numpy()
+        acts += [a.numpy() for a in models.activation_model(model, taps)(x, training=False)]
+    return np.array([[metrics.linear_cka(a, b, unbiased=True) for b in acts] for a in acts])
+
+
+def _small_sequential(size=16, channels=3, name="small"):
+    import keras
+
+    layers = [keras.layers.Conv2D(4, 3, name="c1"), keras.layers.ReLU(name="r1"), keras.layers.GlobalAveragePooling2D(name="gap")]
+    return keras.Sequential([keras.Input((size, size, channels)), *layers, keras.layers.Dense(10, name="logits")], name=name)
+
+
+@pytest.fixture(scope="module")
+def two_models():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return models.cifar_resnet(8, 0.25), _small_sequential()
+
+
+def test_compare_models_matches_float64_reference(two_models):
+    x = np.random.default_rng(0).random((32, 32, 32, 3), dtype="float32")
+    result = cka.compare_models(list(two_models), x, batch_size=32)  # one minibatch: the full-batch estimator
+    sizes = [len(n) for n in result["names"]]
+    assert sizes == [28, 4] and result["names"][1] == ["c1", "r1", "gap", "logits"]
+    reference = metrics.split_blocks(_joint_reference(two_models, x, "all"), sizes)
+    for key in [(0, 0), (0, 1), (1, 1)]:
+        np.testing.assert_allclose(result["blocks"][key], reference[key], atol=2e-5)
+
+
+def test_compare_models_takes_any_image_input(two_models):
+    x = np.random.default_rng(1).random((32, 32, 32, 3), dtype="float32")
+    model = two_models[1]  # a small model: five traces of it
+    expected = cka.compare_models(model, x, batch_size=32)["blocks"]
+    labels = np.zeros(32, np.int32)
+    inputs = {
+        "batched (images, labels)": tf.data.Dataset.from_tensor_slices((x, labels)).batch(32),
+        "unbatched dicts": tf.data.Dataset.from_tensor_slices({"image": x, "label": labels}),
+        "unbatched images": tf.data.Dataset.from_tensor_slices(x),
+    }
+    for what, images in inputs.items():
+        got = cka.compare_models([model], images, batch_size=32)["blocks"]
+        np.testing.assert_allclose(got[0, 0], expected[0, 0], atol=1e-5, err_msg=what)
+    two_passes = cka.compare_models(model, x, batch_size=16, passes=2)
+    assert list(two_passes["blocks"]) == [(0, 0)] and two_passes["examples"] == 32 and two_passes["batches"] == 4
+
+
+def test_compare_models_errors(two_models):
+    import keras
+
+    inputs = keras.Input((20,))
+    vector = keras.Model(inputs, keras.layers.Dense(3)(inputs), name="vector")
+    x = np.random.default_rng(0).random((8, 32, 32, 3), dtype="float32")
+    with pytest.raises(ValueError, match=r"^Model 'vector' takes inputs of shape \(None, 20\): CKA on images needs"):
+        cka.compare_models(vector, x)
+    with pytest.raises(ValueError, match="^Model 'gray' takes 1-channel images, but the images have 3 channels."):
+        cka.compare_models(_small_sequential(channels=1, name="gray"), x)
+    with pytest.raises(ValueError, match="batch_size"):
+        cka.compare_models(two_models[1], x, batch_size=3)
+
+
+def test_analyze_models_equals_analyze_runs_on_the_same_models(tiny_runs, tmp_path):
+    settings = dict(taps="blocks", examples=64, batch_size=32, passes=2, seed=3)
+    by_runs = cka.load(os.path.join(cka.analyze_runs(tiny_runs, out_dir=str(tmp_path / "runs"), **settings), "cka.npz"))
+    paths = [os.path.join(r, "model.keras") for r in tiny_runs]
+    out = cka.analyze_models(paths, out_dir=str(tmp_path / "models"), **settings)
+    by_models = cka.load(os.path.join(out, "cka.npz"))
+    labels = [f"{os.path.basename(r)}_model" for r in tiny_runs]  # both files are model.keras
+    assert by_models["models"] == labels and by_models["names"] == by_runs["names"]
+    for key, matrix in by_runs["blocks"].items():
+        np.testing.assert_allclose(by_models["blocks"][key], matrix, atol=1e-12)
+    assert by_models["settings"]["dataset"] == "cifar10" and by_models["settings"]["pixels"] == "unit"
+    assert by_models["settings"]["examples"] == 64 and by_models["settings"]["input_shapes"] == [[32, 32, 3]] * 2
+    assert sorted(os.listdir(out)) == sorted(
+        [".tfwd_output", "cka.npz", "grid.png", f"within_{labels[0]}.png", f"within_{labels[1]}.png",
+         f"cross_{labels[0]}__{labels[1]}.png"]
+    )
+
+
+def test_raw_pixels_are_the_unit_pixels_times_255(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    unit = _small_sequential(size=32, name="unit")
+    raw = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255, name="scale"), *unit.layers])
+    unit.save(tmp_path / "unit.keras")
+    raw.save(tmp_path / "raw.keras")
+    settings = dict(taps="re:^(c1|r1|gap)$", examples=32, batch_size=16, passes=1)
+    a = cka.analyze_models([str(tmp_path / "unit.keras")], out_dir=str(tmp_path / "a"), pixels="unit", **settings)
+    b = cka.analyze_models([str(tmp_path / "raw.keras")], out_dir=str(tmp_path / "b"), pixels="raw", **settings)
+    matrix_a, matrix_b = (cka.load(os.path.join(o, "cka.npz"))["blocks"][0, 0] for o in (a, b))
+    assert matrix_a.shape == (3, 3) and matrix_a[0, 2] < 0.999
+    np.testing.assert_allclose(matrix_b, matrix_a, atol=1e-5)
+
+
+def test_analyze_models_on_an_image_folder(tmp_path):
+    from tfwd.data import Data, DataConfig
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("test", 4)):
+        for label in ("cats", "dogs"):
+            os.makedirs(tmp_path / "images" / split / label)
+            for i in range(n):
+                png = tf.io.encode_png(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8))
+                tf.io.write_file(str(tmp_path / "images" / split / label / f"{i}.png"), png)
+    model = _small_sequential(size=24)
+    model.save(tmp_path / "small.keras")
+    out = cka.analyze_models(
+        [str(tmp_path / "small.keras")], dataset="image_folder", data_dir=str(tmp_path / "images"),
+        batch_size=8, passes=1, taps="re:^(c1|r1|gap)$",
+    )
+    assert out == str(tmp_path / "small_cka_custom_test")
+    loaded = cka.load(os.path.join(out, "cka.npz"))
+    assert loaded["settings"]["examples"] == 8 and loaded["settings"]["dataset"] == "image_folder"
+    # The reference: the folder's 8 test images read at the model's 24 pixels, one minibatch.
+    images = next(iter(Data(DataConfig("image_folder", str(tmp_path / "images"), image_size=24)).eval_dataset("test", 8)))
+    reference = _joint_reference([model], images[0].numpy(), "re:^(c1|r1|gap)$")
+    np.testing.assert_allclose(loaded["blocks"][0, 0], reference, atol=2e-5)
+
+
+def test_default_models_out_dir():
+    assert cka.default_models_out_dir(["/m/a.keras"], "all", "test") == "/m/a_cka_all_test"
+    assert cka.default_models_out_dir(["/m/a.keras", "/n/b.h5"], "re:add$", "train") == "/m/a__b_cka_custom_train"
+    same_stem = cka.default_models_out_dir(["/r/s0/model.keras", "/r/s1/model.keras"], ["x"], "test")
+    assert same_stem == "/r/s0/s0_model__s1_model_cka_custom_test"
+    assert cka.default_out_dir(["/r/a"], "re:_out$", "test") == "/r/a/cka_custom_test"  # no pattern in a folder name
+
+
+def test_bin_cka_models_on_keras_applications(tmp_path, root, bin_env, tfds_dir):
+    import keras
+
+    from tfwd.data import Data, DataConfig
+
+    keras.utils.set_random_seed(0)
+    mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(48, 48, 3), alpha=0.35, classes=10)
+    mobilenet.save(tmp_path / "mobilenet.keras")
+    _small_sequential().save(tmp_path / "small.keras")
+    taps = r"re:^(Conv1_relu|block_\d+_add|out_relu|r1|gap)$"
+    cmd = [
+        sys.executable, str(root / "bin" / "cka"), f"--models={tmp_path / 'mobilenet.keras'},{tmp_path / 'small.keras'}",
+        f"--taps={taps}", "--examples=32", "--batch_size=32", "--passes=1",
+    ]
+    result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "mobilenet__small_cka_custom_test"  # the default: beside the first model
+    assert f"CKA heatmaps: {out}" in result.stdout
+    assert sorted(os.listdir(out)) == sorted(
+        [".tfwd_output", "cka.npz", "grid.png", "within_mobilenet.png", "within_small.png", "cross_mobilenet__small.png"]
+    )
+    loaded = cka.load(str(out / "cka.npz"))
+    assert loaded["names"][1] == ["r1", "gap"] and loaded["names"][0][0] == "Conv1_relu" and len(loaded["names"][0]) == 12
+    assert loaded["settings"]["input_shapes"] == [[48, 48, 3], [16, 16, 3]] and loaded["settings"]["taps"] == taps
+    # The reference: the first 32 test images (one minibatch), resized to each model, float64 HSIC_1.
+    images = next(iter(Data(DataConfig(data_dir=tfds_dir)).eval_dataset("test", 32, 32)))[0].numpy()
+    small = keras.models.load_model(tmp_path / "small.keras")
+    reference = metrics.split_blocks(_joint_reference([mobilenet, small], images, taps), [12, 2])
+    for key, matrix in reference.items():
+        np.testing.assert_allclose(loaded["blocks"][key], matrix, atol=2e-5)

@@ -210,3 +210,105 @@ def test_imagenet_eval_preprocess_resizes_shorter_side_and_centre_crops():
     assert out.shape == (224, 224, 3)
     resized = tf.image.resize(tf.cast(image, tf.float32) / 255.0, [256, 341])
     np.testing.assert_allclose(out, resized[16:240, 58:282], atol=1e-6)
+
+
+# --- where the data comes from: prepared, fetched, or a one-line error -----------------------
+
+
+class FakeDownload:
+    """Stands in for TFDS's download_and_prepare (no network in tests): records the folder, or fails."""
+
+    def __init__(self, error=None):
+        self.folders, self.error = [], error
+
+    def __call__(self, builder, *args, **kwargs):
+        self.folders.append(str(builder.data_dir_root))
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture
+def tfds_default(tmp_path, monkeypatch):
+    """TFDS's default data folder, pointed at `folder` (an empty temporary one unless changed)."""
+    from tensorflow_datasets.core import constants
+
+    def point_at(folder):
+        monkeypatch.setattr(constants, "DATA_DIR", str(folder))
+        return str(folder)
+
+    point_at(tmp_path / "default_tfds")
+    return point_at
+
+
+@pytest.fixture
+def fake_download(monkeypatch):
+    def install(error=None):
+        fake = FakeDownload(error)
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda builder, *a, **k: fake(builder))
+        return fake
+
+    return install
+
+
+def test_a_prepared_dataset_is_used_and_never_downloaded(tfds_dir, tfds_default, fake_download):
+    fake = fake_download(AssertionError("must not download"))
+    assert Data(DataConfig(data_dir=tfds_dir)).num_examples("test") == 10000
+    tfds_default(tfds_dir)  # prepared in TFDS's default folder: found there with data_dir=None
+    assert tfwd_data.prepare(DataConfig()) == tfds_dir
+    assert fake.folders == []
+
+
+def test_missing_cifar_is_fetched_into_tfds_default_folder(tfds_default, fake_download, caplog):
+    fake = fake_download()
+    default = str(tfds.builder("cifar10").data_dir_root)
+    assert tfwd_data.prepare(DataConfig("cifar10")) == default
+    assert fake.folders == [default]
+    notices = [r.getMessage() for r in caplog.records if "not prepared" in r.getMessage()]
+    assert notices == [
+        f"Dataset 'cifar10' is not prepared in {default}: downloading and preparing it there with TFDS (once)."
+    ]
+    Data(DataConfig("cifar100"))  # Data fetches as well
+    assert fake.folders == [default, default]
+
+
+@pytest.mark.parametrize(
+    "config,advice",
+    [
+        (dict(dataset="cifar10", data_dir="{tmp}"), "or pass --download to let TFDS fetch it."),
+        (dict(dataset="cifar10", download=False), "or pass --download to let TFDS fetch it."),
+        (dict(dataset="imagenet2012"), "pass --download (TFDS manual download)."),
+    ],
+    ids=["explicit-data-dir", "nodownload", "imagenet-needs-manual-download"],
+)
+def test_no_download_unless_allowed(tmp_path, tfds_default, fake_download, config, advice):
+    fake = fake_download()
+    config = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in config.items()}
+    with pytest.raises(DataNotFoundError) as info:
+        Data(DataConfig(**config))
+    where = config.get("data_dir") or str(tfds.builder("cifar10").data_dir_root)
+    assert str(info.value).startswith(f"Dataset {config['dataset']!r} is not prepared in {where}. Point --data_dir")
+    assert str(info.value).endswith(advice)
+    assert fake.folders == []
+
+
+def test_offline_download_fails_in_one_line(tfds_default, fake_download):
+    error = ConnectionError("HTTPSConnectionPool(host='www.cs.toronto.edu', port=443):\nMax retries exceeded")
+    fake = fake_download(error)
+    with pytest.raises(DataNotFoundError) as info:
+        Data(DataConfig("cifar10"))
+    default = str(tfds.builder("cifar10").data_dir_root)
+    assert fake.folders == [default]
+    assert str(info.value) == (
+        f"Dataset 'cifar10' is not prepared in {default} and could not be downloaded (ConnectionError). Point "
+        "--data_dir (or TFDS_DATA_DIR) at a TFDS data directory that holds it, or rerun with network access to let "
+        "TFDS fetch it."
+    )
+
+
+def test_download_setting_is_auto_by_default_and_old_configs_read_unchanged():
+    assert DataConfig().download == "auto"
+    assert DataConfig.from_dict({"dataset": "cifar10", "download": False}).download is False
+    assert DataConfig.from_dict(DataConfig(download=True).to_dict()) == DataConfig(download=True)
+    message = r"`download` must be one of \('auto', True, False\). Received: download='yes'"
+    with pytest.raises(ValueError, match=message):
+        DataConfig(download="yes")

@@ -256,6 +256,47 @@ def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path
 
 
 @pytest.mark.parametrize(
+    "case", ["not-a-model", "not-an-image-model", "unknown-tap", "runs-and-models", "neither", "empty-runs"]
+)
+def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
+    notes = tmp_path / "notes.keras"
+    notes.write_text("not a model")
+    inputs = keras.Input((20,))
+    keras.Model(inputs, keras.layers.Dense(3)(inputs), name="vector").save(tmp_path / "vector.keras")
+    image = keras.Input((16, 16, 3))
+    keras.Model(image, keras.layers.Conv2D(4, 3, name="conv1")(image), name="convnet").save(tmp_path / "convnet.keras")
+    args, expected = {
+        "not-a-model": (
+            [f"--models={notes}"],
+            f"error: `models` must list saved Keras models (.keras zip archives written by model.save); {notes} is not "
+            f"one. Received: {notes}",
+        ),
+        "not-an-image-model": (
+            [f"--models={tmp_path / 'vector.keras'}"],
+            f"error: {tmp_path / 'vector.keras'}: Model 'vector' takes inputs of shape (None, 20): CKA on images needs a "
+            "model with one image input (batch, height, width, channels).",
+        ),
+        "unknown-tap": (
+            [f"--models={tmp_path / 'convnet.keras'}", "--taps=conv_1"],
+            f"error: {tmp_path / 'convnet.keras'}: `taps` lists a layer that model 'convnet' does not have: 'conv_1' "
+            "(nearest: 'conv1'); it has 1 layer(s), from 'conv1' to 'conv1'. Received: taps=['conv_1']",
+        ),
+        "runs-and-models": (
+            [f"--runs={tmp_path}", f"--models={tmp_path / 'convnet.keras'}"],
+            "error: bin/cka takes --runs=RUN[,RUN...] (tfwd run directories) or --models=A.keras[,B.keras...] (saved "
+            f"Keras models), exactly one. Received: --runs={tmp_path} --models={tmp_path / 'convnet.keras'}",
+        ),
+        "neither": ([], "error: bin/cka takes --runs=RUN[,RUN...] (tfwd run directories) or --models="),
+        "empty-runs": (["--runs="], "error: `runs` must list at least one path. Received: --runs="),
+    }[case]
+    before = _listing(tmp_path)
+    code, last = _run(root, bin_env, "cka", *args, "--examples=8", "--batch_size=4", "--passes=1")
+    assert code == 1
+    assert last.startswith(expected), last
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize(
     "analyses,message",
     [
         ({"cka": {"exampels": 128}}, "analyses.cka has no setting 'exampels'. tfwd.cka.analyze_runs takes: "

@@ -31,11 +31,16 @@ def grams(x):
     return x @ x.T
 
 
-def minibatch_cka_reference(xs, ys):
-    """sum_k HSIC_1(K_k, L_k) / sqrt(sum_k HSIC_1(K_k, K_k) sum_k HSIC_1(L_k, L_k)) over paired batches."""
-    kl = sum(song_hsic1(grams(x), grams(y)) for x, y in zip(xs, ys))
-    kk = sum(song_hsic1(grams(x), grams(x)) for x in xs)
-    ll = sum(song_hsic1(grams(y), grams(y)) for y in ys)
+def minibatch_cka_reference(xs, ys, weighting="pairs"):
+    """sum_k w_k HSIC_1(K_k, L_k) / sqrt(sum_k w_k HSIC_1(K_k, K_k) sum_k w_k HSIC_1(L_k, L_k)) over paired
+    batches, with w_k = n_k (n_k - 3) ("pairs", tfwd's pooling) or 1 ("equal")."""
+
+    def w(x):
+        return len(x) * (len(x) - 3) if weighting == "pairs" else 1.0
+
+    kl = sum(w(x) * song_hsic1(grams(x), grams(y)) for x, y in zip(xs, ys))
+    kk = sum(w(x) * song_hsic1(grams(x), grams(x)) for x in xs)
+    ll = sum(w(y) * song_hsic1(grams(y), grams(y)) for y in ys)
     return kl / np.sqrt(kk * ll)
 
 
@@ -96,7 +101,7 @@ class TestStreaming:
         expected = [[minibatch_cka_reference([x], [y]) for y in acts64] for x in acts64]
         np.testing.assert_allclose(cka.result().numpy(), expected, atol=1e-6)
 
-    def test_streamed_minibatches_equal_mean_of_estimates_including_ragged_last(self):
+    def test_streamed_minibatches_equal_pairs_weighted_estimates_including_ragged_last(self):
         acts = layers(n=250, seed=1)
         bounds = [(0, 64), (64, 128), (128, 192), (192, 250)]  # last batch is ragged (58)
         cka = CKA()
@@ -114,14 +119,43 @@ class TestStreaming:
             assert got[i, j] == pytest.approx(expected, abs=1e-10)
         assert float(cka.batches.numpy()) == 4
 
-    def test_ragged_batch_is_not_underweighted(self):
-        """Equal-sized batches: a 4-example last batch weighs 1/(n(n-3)) like the rest, not n^2."""
-        acts = layers(n=132, seed=2)
+    def test_equal_batches_are_the_papers_mean_of_estimates(self):
+        acts = layers(n=192, seed=2)
         cka = CKA()
-        cka.update_state([a[:128] for a in acts])
-        cka.update_state([a[128:] for a in acts])
-        reference = minibatch_cka_reference([acts[1][:128], acts[1][128:]], [acts[2][:128], acts[2][128:]])
-        assert cka.result().numpy()[1, 2] == pytest.approx(reference, abs=1e-10)
+        for lo in range(0, 192, 64):
+            cka.update_state([a[lo : lo + 64] for a in acts])
+        batches = [(lo, lo + 64) for lo in range(0, 192, 64)]
+        for weighting in ("pairs", "equal"):
+            reference = minibatch_cka_reference([acts[1][a:b] for a, b in batches], [acts[2][a:b] for a, b in batches], weighting)
+            assert cka.result().numpy()[1, 2] == pytest.approx(reference, abs=1e-10)
+
+    def test_ragged_last_batch_pooled_by_pairs_lands_closer_to_full_batch(self):
+        """Three batches of 64 and one of 7: pairs weighting is closer to full-batch CKA than equal weights."""
+        pairs_errors, equal_errors = [], []
+        for trial in range(40):
+            rng = np.random.default_rng(100 + trial)
+            x = rng.normal(size=(199, 12))
+            y = x @ rng.normal(size=(12, 6)) + rng.normal(size=(199, 6)) * rng.uniform(0.5, 3.0)
+            bounds = [(0, 64), (64, 128), (128, 192), (192, 199)]
+            cka = CKA()
+            for lo, hi in bounds:
+                cka.update_state([x[lo:hi], y[lo:hi]])
+            full = linear_cka(x, y, unbiased=True)
+            equal = minibatch_cka_reference([x[a:b] for a, b in bounds], [y[a:b] for a, b in bounds], "equal")
+            pairs_errors.append(abs(cka.result().numpy()[0, 1] - full))
+            equal_errors.append(abs(equal - full))
+        assert np.mean(pairs_errors) < 0.5 * np.mean(equal_errors)
+        assert max(pairs_errors) < max(equal_errors)
+
+    def test_batches_of_three_or_fewer_add_nothing_and_warn_once(self):
+        acts = layers(n=67, seed=3)
+        cka, reference = CKA(), CKA()
+        reference.update_state([a[:64] for a in acts])
+        cka.update_state([a[:64] for a in acts])
+        with pytest.warns(UserWarning, match="n=3 <= 3 examples has no pairs"):
+            cka.update_state([a[64:] for a in acts])
+        np.testing.assert_array_equal(cka.result().numpy(), reference.result().numpy())
+        assert float(cka.skipped.numpy()) == 1.0 and float(cka.batches.numpy()) == 1.0
 
     def test_symmetric_with_exact_unit_diagonal(self):
         cka = CKA()
@@ -224,12 +258,11 @@ class TestDegenerate:
     @pytest.mark.parametrize(
         "acts,match",
         [
-            (lambda: [np.ones((3, 2)), np.ones((3, 2))], "n >= 4"),
             (lambda: [np.ones((8, 2)), np.ones((9, 2))], "same batch size"),
             (lambda: [], "non-empty list"),
             (lambda: np.ones((8, 2)), "list"),
         ],
-        ids=["n<4", "batch-sizes", "empty", "not-a-list"],
+        ids=["batch-sizes", "empty", "not-a-list"],
     )
     def test_static_errors(self, acts, match):
         with pytest.raises(ValueError, match=match):
@@ -246,12 +279,14 @@ class TestDegenerate:
         with pytest.raises(tf.errors.InvalidArgumentError, match="layer 1 has NaN or Inf"):
             CKA().update_state([np.ones((16, 2)) * np.arange(16)[:, None], x])
 
-    def test_dynamic_batch_under_four_fails_at_run_time(self):
+    def test_dynamic_batch_under_four_adds_nothing_at_run_time(self):
         cka = CKA(num_layers=1)
         step = tf.function(lambda x: cka.update_state([x]), input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        step(tf.ones([8, 3]) * tf.range(8.0)[:, None])
-        with pytest.raises(tf.errors.InvalidArgumentError, match="n >= 4"):
-            step(tf.ones([3, 3]))
+        step(tf.ones([8, 3]) * tf.range(8.0)[:, None] ** 2)
+        before = cka.hsic_xy.numpy().copy()
+        step(tf.ones([3, 3]) * tf.range(3.0)[:, None])
+        np.testing.assert_array_equal(cka.hsic_xy.numpy(), before)
+        assert float(cka.skipped.numpy()) == 1.0
 
     def test_empty_minibatch_adds_nothing(self):
         acts = layers(n=40, seed=11)
@@ -294,15 +329,29 @@ class TestKerasContract:
             c64.update_state([a[lo : lo + 50] for a in acts])
         np.testing.assert_allclose(c32.result().numpy(), c64.result().numpy(), atol=1e-5)
 
-    def test_bfloat16_grams_are_close(self):
+    def test_bfloat16_grams_only_where_the_cpu_has_them(self, monkeypatch):
         acts = [a.astype(np.float32) for a in layers(n=256, seed=12)]
-        exact, fast = CKA(), CKA(gram_dtype="bfloat16")
+        exact = CKA()
         exact.update_state(acts)
+        monkeypatch.setattr(metrics, "native_bfloat16", lambda: True)
+        fast = CKA(gram_dtype="bfloat16")
+        assert fast.gram_dtype == "bfloat16"
         fast.update_state(acts)
         difference = np.abs(fast.result().numpy() - exact.result().numpy()).max()
         assert 0 < difference < 2e-2
+        monkeypatch.setattr(metrics, "native_bfloat16", lambda: False)
+        with pytest.warns(UserWarning, match="no native bfloat16"):
+            fallback = CKA(gram_dtype="bfloat16")
+        assert fallback.gram_dtype == "float32" and fallback.get_config()["gram_dtype"] == "bfloat16"
+        fallback.update_state(acts)
+        np.testing.assert_allclose(fallback.result().numpy(), exact.result().numpy(), atol=1e-6)
         with pytest.raises(ValueError, match="gram_dtype"):
             CKA(gram_dtype="int8")
+
+    def test_native_bfloat16_reads_the_cpu_flags(self):
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+        assert metrics.native_bfloat16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
     def test_tf_function_does_not_retrace_per_batch(self):
         acts = [tf.constant(a, tf.float32) for a in layers(n=160)]
@@ -365,3 +414,54 @@ def test_mirrored_strategy_equals_single_device_on_the_same_split(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["KERAS_BACKEND"] = "jax"
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    from tfwd.metrics import CKA
+
+    acts = [np.asarray(a, np.float32) for a in np.load(sys.argv[1]).values()]
+    cka = CKA(num_layers=len(acts))
+    state = [v.value for v in cka.variables]
+    step = jax.jit(lambda state, batch: cka.stateless_update_state(state, batch))
+    for lo, hi in [(0, 64), (64, 128), (128, 150)]:
+        state = step(state, [a[lo:hi] for a in acts])
+    cross = CKA(num_layers=(1, 2))
+    cross_state = jax.jit(lambda s, a, b: cross.stateless_update_state(s, a, b))(
+        [v.value for v in cross.variables], acts[:1], acts[1:3])
+    try:
+        CKA().stateless_update_state([], acts)
+        error = None
+    except ValueError as e:
+        error = str(e)
+    import keras
+    print(json.dumps({"backend": keras.backend.backend(),
+                      "result": np.asarray(cka.stateless_result(state)).tolist(),
+                      "cross": np.asarray(cross.stateless_result(cross_state)).tolist(),
+                      "error": error}))
+    """
+)
+
+
+def test_jax_backend_inside_jit_matches_the_float64_reference(tmp_path):
+    acts = layers(n=150, seed=21)
+    np.savez(tmp_path / "acts.npz", *acts)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "acts.npz")], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["backend"] == "jax"
+    bounds = [(0, 64), (64, 128), (128, 150)]
+    for i in range(4):
+        for j in range(4):
+            expected = 1.0 if i == j else minibatch_cka_reference([acts[i][a:b] for a, b in bounds], [acts[j][a:b] for a, b in bounds])
+            assert out["result"][i][j] == pytest.approx(expected, abs=1e-6)
+    for j in (1, 2):
+        assert out["cross"][0][j - 1] == pytest.approx(minibatch_cka_reference([acts[0][:150]], [acts[j][:150]]), abs=1e-6)
+    assert out["error"].startswith("CKA.stateless_update_state needs the layer count up front")

@@ -269,6 +269,15 @@ def test_bin_compare_predictions_smoke(population_dirs, tmp_path, root, bin_env)
     assert empty.returncode == 1 and "error: No run directory" in empty.stderr and f"{tmp_path}/none*" in empty.stderr
 
 
+def test_class_names_never_fetch_a_dataset(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import constants
+
+    monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path))  # CIFAR-10 prepared nowhere
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: pytest.fail("downloaded"))
+    assert populations.class_names(DataConfig("cifar10"), 10) == list(populations.CIFAR10_NAMES)
+
+
 @pytest.mark.parametrize("case", ["truncated", "empty", "keyless", "other-labels", "overlapping", "identical"])
 def test_bin_compare_predictions_bad_inputs(population_dirs, tmp_path, root, bin_env, case):
     runs_root, a, _, labels = population_dirs

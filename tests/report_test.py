@@ -147,3 +147,42 @@ def test_demo_report_end_to_end(tmp_path, root, bin_env):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cifar10-")) == [
         "cifar10-resnet14-w1-n782-s0", "cifar10-resnet14-w1-n782-s1", "cifar10-resnet26-w1-n782-s0"
     ]
+
+
+@pytest.mark.slow
+def test_science_spec_in_miniature(tmp_path, root, bin_env):
+    """data/reports/science.json shrunk: the same flags, grids, analyses and rules on tiny runs (a few minutes)."""
+    spec = json.load(open(root / "data" / "reports" / "science.json"))
+    spec["name"] = "science_mini"
+    spec["runs"]["flags"].update(epochs=3, validation_examples=200, validation_every=2)
+    spec["runs"]["grid"] = [
+        {"cases": [{"depth": 8, "train_examples": 256}, {"depth": 14, "train_examples": 256}], "seed": [0, 1]},
+        {"depth": [8], "train_examples": [512], "seed": [0, 1]},
+    ]
+    spec["runs"]["flags"]["width"] = 0.25
+    spec["analyses"] = {
+        "cka": {"examples": 256, "passes": 1, "batch_size": 128},
+        "pc": {"examples": 200, "batch_size": 100},
+        "probes": {"epochs": 1, "test_examples": 256, "cka_examples": 128},
+        "prune_blocks": {"examples": 256},
+        "cross_seed": {"examples": 256, "batch_size": 128},
+        "dominant": {"examples": 100, "top": 5},
+    }
+    spec["block_structure"] = {"min_contrast": 0.0, "threshold": 0.5, "fill": 0.5}  # force blocks, to exercise every rule
+    spec_file = tmp_path / "mini.json"
+    spec_file.write_text(json.dumps(spec))
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / "report"), f"--spec={spec_file}", f"--out_dir={tmp_path}"],
+        env=bin_env, capture_output=True, text=True, timeout=3600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.load(open(tmp_path / "report_science_mini" / "findings.json"))
+    assert len(saved["runs"]) == 6 and all("peak_contrast" in r["block"] for r in saved["runs"].values())
+    claims = {c["id"]: c for c in saved["claims"]}
+    assert set(claims) == set("abcdef")
+    assert {row["seed"] for row in claims["a"]["seeds"]} == {0, 1}  # the depth series on every seed
+    assert {row["seed"] for row in claims["b"]["seeds"]} == {0, 1}  # ResNet-8 on 256 and 512 images
+    for key in "cdef":
+        seeds = {row["run"] for row in claims[key]["seeds"]}
+        assert seeds, key  # every block run is measured
+    assert saved["dominant_datapoints"] and all(len(d["examples"]) == 5 for d in saved["dominant_datapoints"].values())

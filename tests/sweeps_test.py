@@ -321,3 +321,34 @@ def test_python_programs_run_under_this_interpreter(tmp_path):
     shell.write_text("#!/bin/sh\necho shell\n")
     shell.chmod(0o755)
     assert sweeps.subprocess_runner([str(shell)], str(log)) == 0 and "shell" in log.read_text()
+
+
+def test_run_fetches_each_missing_dataset_once_before_any_training(tmp_path, monkeypatch):
+    from tfwd import data
+
+    events = []
+    monkeypatch.setattr(data, "prepare", lambda config: events.append(("prepare", config.dataset)) or "folder")
+
+    def runner(argv, log_path):
+        events.append(("train", argv[2]))
+        return 0
+
+    spec = {"name": "two", "grid": [{"depth": [8], "seed": [0, 1]}, {"depth": [8], "dataset": ["cifar100"]}]}
+    assert len(sweeps.run(spec, str(tmp_path), runner=runner, prepare_data=True)["finished"]) == 3
+    assert events[:2] == [("prepare", "cifar10"), ("prepare", "cifar100")] and len(events) == 5
+    events.clear()
+    sweeps.run(spec, str(tmp_path / "other"), runner=runner)  # an injected runner trains nothing: no fetching
+    assert [e for e in events if e[0] == "prepare"] == []
+
+
+def test_run_stops_before_training_when_a_dataset_cannot_be_had(tmp_path, monkeypatch):
+    from tfwd import data
+
+    def missing(config):
+        raise data.DataNotFoundError(f"Dataset {config.dataset!r} is not prepared in X.")
+
+    monkeypatch.setattr(data, "prepare", missing)
+    runner = FakeRunner()
+    with pytest.raises(data.DataNotFoundError, match="'cifar10' is not prepared"):
+        sweeps.run({"name": "one", "grid": [{"depth": [8]}]}, str(tmp_path), runner=runner, prepare_data=True)
+    assert runner.calls == [] and os.listdir(tmp_path) == []

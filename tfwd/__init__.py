@@ -1,0 +1,66 @@
+"""tfwd: how the width and depth of neural networks shape what they learn.
+
+A Keras 3 / TensorFlow reproduction of Nguyen, Raghu & Kornblith, "Do Wide and Deep
+Networks Learn the Same Things?" (ICLR 2021): CIFAR and ImageNet ResNets, a streaming
+minibatch CKA metric, and the block-structure analyses.
+
+`import tfwd` alone gives every public module as an attribute:
+
+- tfwd.models: `cifar_resnet`, `imagenet_resnet`, taps and `activation_model`.
+- tfwd.metrics: the streaming `CKA` metric and full-batch references (`linear_cka`).
+- tfwd.data: TFDS input pipelines (`Data`, `DataConfig`).
+- tfwd.cka: CKA of several models in one pass over the data (`compare_models`, `analyze_runs`).
+- tfwd.blocks, tfwd.findings, tfwd.dominant, tfwd.pca, tfwd.probes, tfwd.pruning,
+  tfwd.populations: the paper's analyses.
+- tfwd.report, tfwd.runs, tfwd.sweeps, tfwd.training: run directories, training, sweeps, reports.
+- tfwd.plots: matplotlib figures of the analyses' results.
+
+Lazy imports (the rule for this file): importing the package imports nothing but the
+standard library, so `import tfwd` is instant and a tool that only needs one module
+does not pay for TensorFlow, matplotlib or scipy. A public module is imported on its
+first use as an attribute (a module `__getattr__`, PEP 562) and is then an ordinary
+attribute of the package; `import tfwd.models` and `from tfwd import cka` work as
+always. Never import a submodule at the top of this file; a new public module goes into
+`PUBLIC_MODULES` (and the README), nowhere else.
+
+Example:
+    >>> import tfwd
+    >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
+    >>> tfwd.models.tap_names(model, "blocks")
+    ['stem_relu', 'stage1_block1_out', 'stage2_block1_out', 'stage3_block1_out', 'logits']
+    >>> "cka" in dir(tfwd)
+    True
+"""
+
+import importlib as _importlib
+
+PUBLIC_MODULES = (
+    "models",
+    "metrics",
+    "data",
+    "cka",
+    "blocks",
+    "findings",
+    "dominant",
+    "pca",
+    "probes",
+    "pruning",
+    "populations",
+    "report",
+    "runs",
+    "sweeps",
+    "training",
+    "plots",
+)
+__all__ = list(PUBLIC_MODULES)
+
+
+def __getattr__(name: str):
+    """Imports a public module on first use (PEP 562); anything else is an AttributeError."""
+    if name in PUBLIC_MODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'tfwd' has no attribute {name!r}. Available: {', '.join(PUBLIC_MODULES)}.")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(PUBLIC_MODULES))

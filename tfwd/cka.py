@@ -4,6 +4,16 @@ The paper's Figure 1 (within a model) and Figures 6 / E.1 (across seeds and
 architectures). The settings of the paper's reference code are the defaults of
 bin/cka: the test split, minibatches of 256, 10 passes reshuffled with a seed, no
 augmentation, BN in inference mode, and every layer's output (taps="all").
+
+Three entry points, one computation (`cka_matrices`):
+
+- `analyze_runs`: tfwd run directories (bin/cka --runs), on the data they were trained on.
+- `analyze_models`: saved Keras models that tfwd did not train (bin/cka --models), on a
+  dataset named by the caller.
+- `compare_models`: Keras models in memory, on a NumPy array or a tf.data pipeline.
+
+Models need one image input (batch, height, width, channels); a model whose input
+size is fixed and differs from the images' sees them resized (bilinear).
 """
 
 from __future__ import annotations
@@ -22,6 +32,12 @@ import tensorflow as tf
 from absl import logging
 
 from tfwd import distribute, metrics, models, plots, runs
+from tfwd.data import Data, DataConfig
+
+PIXELS = ("unit", "raw")  # images in [0, 1] (tfwd's models) or [0, 255] (models that scale their own input)
+MODEL_DATASETS = ("cifar10", "cifar100", "image_folder")
+MODEL_SPLITS = ("test", "train")
+_SEED_STRIDE = 1_000_003  # pass p of seed s shuffles with s * _SEED_STRIDE + p (distinct for p < stride)
 
 
 def cka_matrices(
@@ -31,6 +47,7 @@ def cka_matrices(
     taps: str | Sequence[str] = "all",
     strategy: tf.distribute.Strategy | None = None,
     dtype: str = "float64",
+    resize: bool = False,
 ) -> dict[str, Any]:
     """Minibatch CKA between all tapped layers of several models, in one pass per epoch of data.
 
@@ -49,11 +66,15 @@ def cka_matrices(
         taps: tap kind or layer names, as `tfwd.models.tap_names`.
         strategy: optional tf.distribute strategy.
         dtype: accumulator dtype of the metric.
+        resize: resize each minibatch (bilinear) to each model's input height and
+            width where that size is fixed and differs from the images' (else the
+            models must share the images' size).
 
     Returns:
         {"names": K lists of layer names, "blocks": {(i, j): (L_i, L_j) float64 arrays}
         for i <= j ((i, i) is model i's within-model CKA), "examples": examples seen
-        per pass, "batches": minibatches seen in all}.
+        per pass, "batches": minibatches counted in all, "skipped_batches": minibatches of n <= 3,
+        which have no pairs and add nothing}.
     """
     if not model_list:
         raise ValueError("`model_list` must hold at least one model.")
@@ -61,14 +82,15 @@ def cka_matrices(
         raise ValueError(f"`passes` must be >= 1. Received: passes={passes!r}")
     strategy = strategy or tf.distribute.get_strategy()
     names = [models.tap_names(m, taps) for m in model_list]
+    sizes = [models.image_input(m)[:2] if resize else (None, None) for m in model_list]
     with strategy.scope():
         tapped = [models.activation_model(m, taps) for m in model_list]
         cka = metrics.CKA(num_layers=sum(map(len, names)), dtype=dtype)
 
     def update(images):
         acts = []
-        for model in tapped:
-            acts += model(images, training=False)
+        for model, size in zip(tapped, sizes):
+            acts += model(_resized(images, size), training=False)
         cka.update_state(acts)
         return tf.constant(True)
 
@@ -95,13 +117,26 @@ def cka_matrices(
         logging.info(
             "CKA pass %d/%d: %d examples, %.0f images/s.", p + 1, passes, examples, examples / (time.time() - start)
         )
+    skipped = int(cka.skipped.numpy())
+    if skipped:
+        logging.warning(
+            "%d minibatch(es) of 3 or fewer examples had no pairs and added nothing to CKA (a ragged last batch); "
+            "choose --examples or --batch_size so that the last batch has 4 or more.", skipped,
+        )
     joint = cka.result().numpy()
     return {
         "names": names,
         "blocks": metrics.split_blocks(joint, [len(n) for n in names]),
         "examples": examples,
         "batches": int(cka.batches.numpy()),
+        "skipped_batches": skipped,
     }
+
+
+def _resized(images: tf.Tensor, size: tuple[int | None, int | None]) -> tf.Tensor:
+    if None in size or tuple(images.shape[1:3]) == tuple(size):
+        return images
+    return tf.image.resize(images, size)
 
 
 def _distribute(strategy: tf.distribute.Strategy, batches: tf.data.Dataset):
@@ -157,15 +192,62 @@ def load(path: str) -> dict[str, Any]:
         }
 
 
-def default_out_dir(run_dirs: Sequence[str], taps: str, split: str) -> str:
+def _taps_tag(taps: str | Sequence[str]) -> str:
+    return taps if isinstance(taps, str) and taps in models.TAP_KINDS else "custom"
+
+
+def _joined(names: Sequence[str], what: str) -> str:
+    """Names joined by "__", or a count and a hash when that makes too long a folder name."""
+    joined = "__".join(names)
+    if len(joined) > 120:
+        joined = f"{len(names)}{what}-{hashlib.sha1(joined.encode()).hexdigest()[:10]}"
+    return joined
+
+
+def default_out_dir(run_dirs: Sequence[str], taps: str | Sequence[str], split: str) -> str:
     """RUN/cka_{taps}_{split} for one run; beside the runs, named after them, for several."""
-    tag = f"cka_{taps if isinstance(taps, str) else 'custom'}_{split}"
+    tag = f"cka_{_taps_tag(taps)}_{split}"
     if len(run_dirs) == 1:
         return os.path.join(run_dirs[0], tag)
-    names = "__".join(os.path.basename(os.path.normpath(r)) for r in run_dirs)
-    if len(names) > 120:
-        names = f"{len(run_dirs)}runs-{hashlib.sha1(names.encode()).hexdigest()[:10]}"
+    names = _joined([os.path.basename(os.path.normpath(r)) for r in run_dirs], "runs")
     return os.path.join(os.path.dirname(os.path.normpath(run_dirs[0])), f"{tag}_{names}")
+
+
+def model_labels(model_paths: Sequence[str]) -> list[str]:
+    """Short, distinct names of saved models: file stems, with their folder's name where stems repeat."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in model_paths]
+    if len(set(stems)) < len(stems):
+        stems = [f"{os.path.basename(os.path.dirname(os.path.abspath(p)))}_{s}" for p, s in zip(model_paths, stems)]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i}_{s}" for i, s in enumerate(stems)]
+    return stems
+
+
+def default_models_out_dir(model_paths: Sequence[str], taps: str | Sequence[str], split: str) -> str:
+    """<first model's folder>/<stem>[__<stem>...]_cka_{taps}_{split}: beside the models, named after them."""
+    folder = os.path.dirname(os.path.abspath(model_paths[0]))
+    return os.path.join(folder, f"{_joined(model_labels(model_paths), 'models')}_cka_{_taps_tag(taps)}_{split}")
+
+
+def _write(out_dir: str, result: dict[str, Any], names: Sequence[str], labels: Sequence[str], settings: dict) -> None:
+    """cka.npz, within_<name>.png, cross_<a>__<b>.png and (several models) grid.png, as a whole."""
+    with runs.atomic_dir(out_dir, "cka") as tmp:
+        save(os.path.join(tmp, "cka.npz"), result, names, settings)
+        for (i, j), matrix in result["blocks"].items():
+            file = f"within_{names[i]}.png" if i == j else f"cross_{names[i]}__{names[j]}.png"
+            ax = plots.heatmap(
+                matrix, title=labels[i] if i == j else f"{labels[i]} vs {labels[j]}",
+                rows=result["names"][i], cols=result["names"][j],
+                xlabel=f"{labels[j]} layer", ylabel=f"{labels[i]} layer",
+            )
+            plots.save_figure(ax.figure, os.path.join(tmp, file))
+        if len(names) > 1:
+            plots.save_figure(plots.cka_grid(result["blocks"], result["names"], labels), os.path.join(tmp, "grid.png"))
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 4:
+        raise ValueError(f"`batch_size` must be >= 4 for the unbiased CKA estimator. Received: batch_size={batch_size}")
 
 
 def analyze_runs(
@@ -190,7 +272,7 @@ def analyze_runs(
     Args:
         run_dirs: finished run directories on the same dataset.
         out_dir: output folder.
-        taps: "all", "blocks", "residual" or layer names.
+        taps: "all", "blocks", "residual", "re:PATTERN" or layer names.
         split: "test" (the paper), "validation" or "train" (the first run's subset).
         examples: use the first `examples` examples of the split (None: all).
         batch_size: minibatch size n (>= 4; the paper uses 256).
@@ -207,8 +289,7 @@ def analyze_runs(
         tfwd.runs.RunError: for a missing or unfinished run.
         ValueError: for runs on different datasets or a batch size under 4.
     """
-    if batch_size < 4:
-        raise ValueError(f"`batch_size` must be >= 4 for the unbiased CKA estimator. Received: batch_size={batch_size}")
+    _check_batch_size(batch_size)
     opened = [runs.Run(r) for r in run_dirs]
     datasets = {(r.config.data.dataset, r.config.data.image_size) for r in opened}
     if len(datasets) > 1:
@@ -216,14 +297,13 @@ def analyze_runs(
     out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
     runs.check_output_dir(out_dir, "cka")
     data = opened[0].data(data_dir)
-    if examples is not None and not 4 <= examples <= data.num_examples(split):
-        raise ValueError(f"`examples` must be in [4, {data.num_examples(split)}] for split {split!r}. Received: {examples}")
+    _check_examples(data, split, examples)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         loaded = [r.model() for r in opened]
     result = cka_matrices(
         loaded,
-        lambda p: data.eval_dataset(split, batch_size, examples, shuffle_seed=seed * 1_000_003 + p),
+        lambda p: data.eval_dataset(split, batch_size, examples, shuffle_seed=seed * _SEED_STRIDE + p),
         passes=passes,
         taps=taps,
         strategy=strategy,
@@ -232,18 +312,206 @@ def analyze_runs(
         return out_dir
     names = [r.name for r in opened]
     labels = [n.split("-", 1)[1] for n in names]  # titles drop the shared dataset prefix
-    settings = dict(runs=[r.path for r in opened], taps=taps, split=split, batch_size=batch_size, passes=passes, seed=seed)
-    with runs.atomic_dir(out_dir, "cka") as tmp:
-        save(os.path.join(tmp, "cka.npz"), result, names, settings)
-        for (i, j), matrix in result["blocks"].items():
-            file = f"within_{names[i]}.png" if i == j else f"cross_{names[i]}__{names[j]}.png"
-            ax = plots.heatmap(
-                matrix, title=labels[i] if i == j else f"{labels[i]} vs {labels[j]}",
-                rows=result["names"][i], cols=result["names"][j],
-                xlabel=f"{labels[j]} layer", ylabel=f"{labels[i]} layer",
-            )
-            plots.save_figure(ax.figure, os.path.join(tmp, file))
-        if len(opened) > 1:
-            plots.save_figure(plots.cka_grid(result["blocks"], result["names"], labels), os.path.join(tmp, "grid.png"))
+    settings = dict(
+        runs=[r.path for r in opened], taps=taps, split=split, batch_size=batch_size, passes=passes, seed=seed
+    )
+    _write(out_dir, result, names, labels, settings)
     logging.info("CKA of %d run(s) written to %s.", len(opened), out_dir)
+    return out_dir
+
+
+def _check_examples(data: Data, split: str, examples: int | None) -> None:
+    if examples is not None and not 4 <= examples <= data.num_examples(split):
+        raise ValueError(
+            f"`examples` must be in [4, {data.num_examples(split)}] for split {split!r}. Received: {examples}"
+        )
+
+
+def _check_channels(model_list: Sequence[keras.Model], channels: int | None, source: str) -> None:
+    for model in model_list:
+        wanted = models.image_input(model)[2]
+        if None not in (wanted, channels) and wanted != channels:
+            raise ValueError(
+                f"Model {model.name!r} takes {wanted}-channel images, but {source} have {channels} channels."
+            )
+
+
+def _image_batches(images: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """A dataset of images, (images, ...) tuples or {"image": ...} dicts as float32 minibatches of images."""
+    spec = images.element_spec
+    if isinstance(spec, dict):
+        if "image" not in spec:
+            raise ValueError(f"`images` yields dicts without an 'image' key. Received keys: {sorted(spec)}")
+        images = images.map(lambda e: e["image"])
+    elif isinstance(spec, tuple):
+        images = images.map(lambda *e: e[0])
+    rank = images.element_spec.shape.rank
+    if rank == 3:
+        images = images.batch(batch_size)
+    elif rank != 4:
+        raise ValueError(
+            "`images` must yield images (height, width, channels) or minibatches of them (n, height, width, "
+            f"channels). Received elements of shape {images.element_spec.shape}."
+        )
+    return images.map(lambda x: tf.cast(x, tf.float32))
+
+
+def compare_models(
+    model_list: keras.Model | Sequence[keras.Model],
+    images: np.ndarray | tf.data.Dataset,
+    taps: str | Sequence[str] = "all",
+    batch_size: int = 256,
+    passes: int = 1,
+    seed: int = 0,
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict[str, Any]:
+    """Minibatch CKA between the layers of any Keras models in memory, on the same images.
+
+    The library form of `bin/cka --models`: every within- and cross-model matrix
+    from one pass per epoch of data (`cka_matrices`), BN in inference mode. A model
+    whose input size is fixed and differs from the images' sees them resized
+    (bilinear). Pixels go in as float32 as given: scale them as the models expect.
+
+    Args:
+        model_list: a functional or Sequential keras.Model, or a list of K of them,
+            each with one image input (batch, height, width, channels).
+        images: an (N, H, W, C) array, cut into minibatches of `batch_size` after a
+            shuffle seeded per pass (as bin/cka); or a tf.data.Dataset of images,
+            (images, ...) tuples or {"image": ...} dicts, either batched (each element
+            is one minibatch, taken as it is on every pass: shuffle it yourself) or
+            unbatched (batched here by `batch_size`).
+        taps: "all", "re:PATTERN" or layer names found in every model (see
+            `tfwd.models.tap_names`; "blocks" and "residual" need tfwd's layer names).
+        batch_size: minibatch size n (>= 4; the paper uses 256).
+        passes: passes over the data (the paper: 10 reshuffled passes).
+        seed: seed of the per-pass shuffles of an array.
+        strategy: optional tf.distribute strategy (build the models in its scope).
+
+    Returns:
+        As `cka_matrices`: {"names": K lists of layer names, "blocks": {(i, j):
+        (L_i, L_j) float64 CKA} for i <= j, "examples": per pass, "batches": in all}.
+
+    Raises:
+        ValueError: for a model without one image input, images with another number
+            of channels, bad taps, a batch under 4 examples, or NaN/Inf activations.
+
+    Example:
+        >>> import keras
+        >>> resnet = tfwd.models.cifar_resnet(depth=8, width=0.25)
+        >>> conv = keras.layers.Conv2D(4, 3, name="conv")
+        >>> small = keras.Sequential([keras.Input((16, 16, 3)), conv, keras.layers.GlobalAveragePooling2D(name="gap")])
+        >>> x = np.random.default_rng(0).random((64, 32, 32, 3), dtype="float32")
+        >>> result = compare_models([resnet, small], x, batch_size=32)  # `small` sees 16x16 images
+        >>> result["names"][1], result["blocks"][0, 1].shape, result["examples"]
+        (['conv', 'gap'], (28, 2), 64)
+    """
+    model_list = [model_list] if isinstance(model_list, keras.Model) else list(model_list)
+    _check_batch_size(batch_size)
+    if isinstance(images, tf.data.Dataset):
+        batches = _image_batches(images, batch_size)
+        channels = batches.element_spec.shape[-1]
+
+        def dataset_for_pass(p):
+            return batches
+
+    else:
+        images = np.asarray(images)
+        if images.ndim != 4 or len(images) < 4:
+            raise ValueError(
+                f"`images` must be an (N, height, width, channels) array with N >= 4. Received shape {images.shape}."
+            )
+        examples = tf.data.Dataset.from_tensor_slices(images).map(lambda x: tf.cast(x, tf.float32))
+        channels = images.shape[-1]
+
+        def dataset_for_pass(p):
+            order = examples.shuffle(len(images), seed=seed * _SEED_STRIDE + p, reshuffle_each_iteration=False)
+            return order.batch(batch_size)
+
+    _check_channels(model_list, channels, "the images")
+    return cka_matrices(model_list, dataset_for_pass, passes=passes, taps=taps, strategy=strategy, resize=True)
+
+
+def analyze_models(
+    model_paths: Sequence[str],
+    out_dir: str | None = None,
+    dataset: str = "cifar10",
+    data_dir: str | None = None,
+    split: str = "test",
+    examples: int | None = None,
+    batch_size: int = 256,
+    passes: int = 10,
+    seed: int = 0,
+    taps: str | Sequence[str] = "all",
+    pixels: str = "unit",
+    strategy: tf.distribute.Strategy | None = None,
+) -> str:
+    """CKA of saved Keras models that tfwd did not train, written as `analyze_runs` writes it.
+
+    The same computation, files and defaults as `analyze_runs`, on a dataset named
+    here: the first `examples` examples of `split` in stored order, reshuffled on
+    every pass with `seed` (the same minibatches as `analyze_runs` with the same
+    settings), without augmentation, resized to each model's input size.
+
+    Args:
+        model_paths: saved models (.keras), each with one image input.
+        out_dir: output folder (default: `default_models_out_dir`, beside the first model).
+        dataset: "cifar10", "cifar100" or "image_folder" (with `data_dir`, the folder
+            holding train/ and test/; images are read at the largest model input size).
+        data_dir: TFDS data directory (image_folder: the folder's root).
+        split: "test" or "train" (the whole training split).
+        examples: the first N examples of the split (None: all).
+        batch_size, passes, seed, strategy: as `analyze_runs`.
+        taps: "all", "re:PATTERN" or layer names found in every model.
+        pixels: "unit" feeds float32 pixels in [0, 1] (tfwd's models); "raw" in
+            [0, 255] (models that scale their own input, e.g. Keras Applications'
+            EfficientNet and ResNet-RS).
+
+    Returns:
+        The output folder.
+
+    Raises:
+        ValueError: for a file that is not a saved Keras model, a model without one
+            image input, bad taps or settings.
+        tfwd.data.DataNotFoundError: when the dataset is not on disk (and not fetched).
+    """
+    _check_batch_size(batch_size)
+    choices = (("pixels", pixels, PIXELS), ("dataset", dataset, MODEL_DATASETS), ("split", split, MODEL_SPLITS))
+    for arg, value, allowed in choices:
+        if value not in allowed:
+            raise ValueError(f"`{arg}` must be one of {allowed} for saved models. Received: {arg}={value!r}")
+    if not model_paths:
+        raise ValueError("`models` must list at least one saved Keras model. Received: []")
+    out_dir = out_dir or default_models_out_dir(model_paths, taps, split)
+    runs.check_output_dir(out_dir, "cka")
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        loaded = [models.load_model(p) for p in model_paths]
+    for path, model in zip(model_paths, loaded):  # bad models and taps fail before the data loads
+        try:
+            models.image_input(model)
+            models.tap_names(model, taps)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    sides = [side for m in loaded for side in models.image_input(m)[:2] if side]
+    image_size = max(sides) if dataset == "image_folder" and sides else None  # CIFAR: its own 32 pixels
+    data = Data(DataConfig(dataset, data_dir=data_dir, image_size=image_size))
+    _check_examples(data, split, examples)
+    _check_channels(loaded, 3, f"the {dataset} images")
+    scale = 255.0 if pixels == "raw" else 1.0
+
+    def dataset_for_pass(p):
+        batches = data.eval_dataset(split, batch_size, examples, shuffle_seed=seed * _SEED_STRIDE + p)
+        return batches.map(lambda x, y: (x * scale, y))
+
+    result = cka_matrices(loaded, dataset_for_pass, passes=passes, taps=taps, strategy=strategy, resize=True)
+    if not distribute.is_chief(strategy):
+        return out_dir
+    labels = model_labels(model_paths)
+    settings = dict(
+        models=[os.path.abspath(p) for p in model_paths], dataset=dataset, data_dir=data_dir, split=split,
+        taps=taps, pixels=pixels, batch_size=batch_size, passes=passes, seed=seed,
+        input_shapes=[list(models.image_input(m)) for m in loaded],
+    )
+    _write(out_dir, result, labels, labels, settings)
+    logging.info("CKA of %d model(s) written to %s.", len(loaded), out_dir)
     return out_dir

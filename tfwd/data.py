@@ -1,6 +1,6 @@
 """Input pipelines: TFDS sources, the paper's augmentation, balanced nested subsets.
 
-Sources (all through TensorFlow Datasets, never downloaded unless asked):
+Sources (all through TensorFlow Datasets):
 
 - "cifar10", "cifar100": held in memory (uint8), 32x32 pixels.
 - "imagenet2012": TFDS's manual-download builder, streamed, 224x224 pixels with
@@ -24,6 +24,14 @@ class's order, so a 1/16 subset lies inside the 1/4 subset and neither ever
 meets the validation set.
 
 Pixels are float32 in [0, 1] with no mean/std normalization (as the reference code).
+
+Where the data comes from (`DataConfig.download`): a prepared TFDS folder is always
+used first (`data_dir`, else TFDS's default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).
+When CIFAR-10 or CIFAR-100 is prepared nowhere and no `data_dir` is given, TFDS fetches
+and prepares it into its default folder, as `tfds.load` would (download="auto", the
+default; one log line says so first, then TFDS shows its progress). ImageNet needs
+TFDS's manual download and is only prepared when asked (download=True); nothing is
+fetched with download=False. Offline, a failed download is one DataNotFoundError line.
 """
 
 from __future__ import annotations
@@ -59,6 +67,10 @@ _SOURCES = {
     "image_folder": _Source(None, "test", 32, False, "auto"),
 }
 DATASETS = tuple(_SOURCES)
+DOWNLOADS = ("auto", True, False)
+# Fetched without being asked (small, public, as tfds.load does). Never ImageNet: its
+# archives must be downloaded by hand (TFDS's manual download) and preparing takes hours.
+AUTO_DOWNLOAD = ("cifar10", "cifar100")
 
 
 class DataNotFoundError(RuntimeError):
@@ -78,7 +90,12 @@ class DataConfig:
         validation_examples: class-balanced examples held out of the training split.
         data_seed: seed of the subset selection (not of the data order).
         image_size: side of the square input images; None for the dataset's default.
-        download: let TFDS download and prepare the dataset if it is missing.
+        download: what to do when the dataset is not prepared. "auto" (default):
+            fetch CIFAR-10/100 with TFDS into TFDS's default folder when no
+            `data_dir` is given, else stop with DataNotFoundError; True: let TFDS
+            download and prepare any dataset into `data_dir` (ImageNet: from the
+            manually downloaded archives); False: never download. Runs written
+            before "auto" existed hold False or True, read unchanged.
     """
 
     dataset: str = "cifar10"
@@ -87,9 +104,11 @@ class DataConfig:
     validation_examples: int = 0
     data_seed: int = 0
     image_size: int | None = None
-    download: bool = False
+    download: bool | str = "auto"
 
     def __post_init__(self):
+        if not (isinstance(self.download, bool) or self.download == "auto"):
+            raise ValueError(f"`download` must be one of {DOWNLOADS}. Received: download={self.download!r}")
         if self.dataset not in _SOURCES:
             raise ValueError(f"`dataset` must be one of {DATASETS}. Received: dataset={self.dataset!r}")
         if self.dataset == "image_folder" and not self.data_dir:
@@ -112,17 +131,59 @@ class DataConfig:
         return cls(**{k: v for k, v in d.items() if k in fields})
 
 
-def _not_found(dataset: str, data_dir: str | None, detail: str = "") -> DataNotFoundError:
-    where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    how = (
-        "or put the ILSVRC2012 tars in <data_dir>/downloads/manual and pass --download (TFDS manual download)"
-        if dataset == "imagenet2012"
-        else "or pass --download to let TFDS fetch it"
-    )
+def _not_found(dataset: str, where: str, detail: str = "", failed: bool = False) -> DataNotFoundError:
+    if dataset == "imagenet2012":
+        how = "or put the ILSVRC2012 tars in <data_dir>/downloads/manual and pass --download (TFDS manual download)"
+    elif failed:
+        how = "or rerun with network access to let TFDS fetch it"
+    else:
+        how = "or pass --download to let TFDS fetch it"
     return DataNotFoundError(
         f"Dataset {dataset!r} is not prepared in {where}{detail}. Point --data_dir (or TFDS_DATA_DIR) at a "
         f"TFDS data directory that holds it, {how}."
     )
+
+
+def _may_download(config: DataConfig) -> bool:
+    if config.download == "auto":
+        return config.dataset in AUTO_DOWNLOAD and config.data_dir is None
+    return bool(config.download)
+
+
+def _tfds_builder(config: DataConfig):
+    """The TFDS builder of `config`'s dataset, prepared first if it is missing and `config.download` allows."""
+    builder = tfds.builder(_SOURCES[config.dataset].tfds_name, data_dir=config.data_dir)
+    if builder.is_prepared():
+        return builder
+    where = str(builder.data_dir_root)
+    if not _may_download(config):
+        raise _not_found(config.dataset, where)
+    logging.warning("Dataset %r is not prepared in %s: downloading and preparing it there with TFDS (once).",
+                    config.dataset, where)
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+        detail = f" and could not be downloaded ({type(e).__name__})"
+        raise _not_found(config.dataset, where, detail, failed=True) from e
+    return builder
+
+
+def prepare(config: DataConfig) -> str:
+    """Makes sure the dataset of `config` is on disk, fetching it as `config.download` allows.
+
+    `Data` does this itself; call it first to fetch a dataset once before starting
+    several processes that read it (tfwd.sweeps does).
+
+    Returns:
+        The TFDS data folder that holds the dataset (image_folder: its root).
+
+    Raises:
+        DataNotFoundError: when the dataset is missing and not fetched (not allowed,
+            or the download failed).
+    """
+    if config.dataset == "image_folder":
+        return config.data_dir
+    return str(_tfds_builder(config).data_dir_root)
 
 
 def balanced_subset(
@@ -272,15 +333,7 @@ class Data:
             if not os.path.isdir(os.path.join(cfg.data_dir, "train")):
                 raise _not_found("image_folder", cfg.data_dir, " (no train/ subfolder)")
             return tfds.folder_dataset.ImageFolder(cfg.data_dir)
-        builder = tfds.builder(self.source.tfds_name, data_dir=cfg.data_dir)
-        if not builder.is_prepared():
-            if not cfg.download:
-                raise _not_found(cfg.dataset, cfg.data_dir)
-            try:
-                builder.download_and_prepare()
-            except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
-                raise _not_found(cfg.dataset, cfg.data_dir, f" and could not be downloaded ({type(e).__name__})") from e
-        return builder
+        return _tfds_builder(cfg)
 
     def _tfds_split(self, split: str) -> str:
         if split == "test":
@@ -290,7 +343,8 @@ class Data:
             for name in (self.source.test_split, "test", "validation", "val"):
                 if name in available:
                     return name
-            raise _not_found(self.config.dataset, self.config.data_dir, " (no test split)")
+            where = self.config.data_dir or str(self._builder.data_dir_root)
+            raise _not_found(self.config.dataset, where, " (no test split)")
         return "train"
 
     def _raw(self, split: str) -> tf.data.Dataset:

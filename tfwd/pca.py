@@ -208,7 +208,10 @@ def layer_grams(
         with x_l the first example's flattened features.
 
     Example:
-        >>> grams = layer_grams(model, [x[:100], x[100:200]], taps="blocks")   # (L, 200, 200)
+        >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
+        >>> x = np.random.default_rng(0).random((200, 32, 32, 3), dtype="float32")
+        >>> layer_grams(model, [x[:100], x[100:]], taps="blocks").shape  # 5 taps, 200 examples
+        (5, 200, 200)
     """
     if dtype not in ("float32", "float64"):
         raise ValueError(f"`dtype` must be 'float32' or 'float64'. Received: dtype={dtype!r}")

@@ -34,13 +34,19 @@ Choices made here, where the paper is silent:
 
 Accuracies are fractions in [0, 1] in every array, CSV and JSON (plots use %).
 
-Example:
-    >>> from tfwd import populations
-    >>> populations.analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")
+Example (finished runs: `analyze`; their correctness arrays: `compare_correctness`):
+    >>> rng = np.random.default_rng(0)
+    >>> labels = np.repeat([0, 1], 100)  # 200 test examples of 2 classes
+    >>> right_a = rng.random((20, 200)) < 0.7  # 20 models of A, right 70% of the time
+    >>> right_b = rng.random((20, 200)) < np.where(labels == 0, 0.9, 0.7)  # B: better on class 0
+    >>> out = compare_correctness(right_a, right_b, labels, permutations=100)
+    >>> out["classes"]["p"] < 0.05  # Welch's t-test per class: B differs from A on class 0 only
+    array([ True, False])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import warnings
@@ -128,8 +134,8 @@ def class_names(data_config, num_classes: int) -> list[str]:
     from tfwd.data import Data
 
     names: list[str] = []
-    try:
-        names = list(Data(data_config).class_names)
+    try:  # never fetch a dataset for its class names
+        names = list(Data(dataclasses.replace(data_config, download=False)).class_names)
     except Exception:  # noqa: BLE001 - names are a nicety; any failure falls back
         try:
             import tensorflow_datasets as tfds
@@ -195,7 +201,7 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 
     Example:
         >>> benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.2]))
-        array([0.04      , 0.04      , 0.04      , 0.2       ])
+        array([0.04      , 0.05333333, 0.05333333, 0.2       ])
     """
     p = np.asarray(p, np.float64)
     flat, out = p.ravel(), np.full(p.size, np.nan)
@@ -297,8 +303,11 @@ def compare_correctness(
         (B-sub - A-half1), "control_diff" (A-half2 - A-half1), "examples"}: (C,) arrays}.
 
     Example:
+        >>> rng = np.random.default_rng(0)
+        >>> labels = np.arange(500) % 10
         >>> out = compare_correctness(rng.random((30, 500)) < 0.9, rng.random((30, 500)) < 0.9, labels)
-        >>> out["summary"]["classes_significant_p05"]
+        >>> out["examples"]["acc_a"].shape, out["classes"]["p"].shape  # same accuracy: few classes differ
+        ((500,), (10,))
     """
     correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     labels = np.asarray(labels).astype(np.int64)
@@ -495,8 +504,10 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
 def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutations: int = 1000, top_k: int = 5) -> str:
     """Compares the finished runs matching two glob patterns and writes the results (see `write_comparison`).
 
-    Example:
-        >>> analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")
+    Example (needs two populations of finished runs, e.g. from bin/sweep --spec=data/sweeps/figure7.json;
+    tests/populations_test.py runs it on small ones)::
+
+        analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")  # -> 'out/62_vs_14'
     """
     runs.check_output_dir(out_dir, "compare_predictions")
     result = compare_groups(find_runs(group_a), find_runs(group_b), seed, permutations, top_k)

@@ -36,9 +36,10 @@ Protocol and defaults, and why:
   it has one, else 1000 class-balanced examples held out of the training split;
   for a run trained on a subset they lie outside it, so the base never saw them.
 
-Example:
-    >>> out_dir = tfwd.probes.analyze_run("runs/cifar10-resnet26-w2-s0", epochs=10)
-    >>> # out_dir/probes.csv: per tap, the chosen learning rate, validation and test accuracy
+Example (trains probes on a finished run, minutes on a CPU; tests/probes_test.py runs it on a tiny one)::
+
+    tfwd.probes.analyze_run("runs/cifar10-resnet26-w2-s0", epochs=10)  # -> 'runs/cifar10-resnet26-w2-s0/probes_residual'
+    # probes.csv there: per tap, the chosen learning rate, validation and test accuracy
 """
 
 from __future__ import annotations
@@ -172,8 +173,12 @@ def train_probes(
             non-positive learning rate, a negative l2, or an empty validation set.
 
     Example:
-        >>> result = train_probes(model, ["dense_1", "dense_2"], train_ds, val_ds, test_ds, epochs=5)
-        >>> result["test_accuracy"]   # array([0.31, 0.97])
+        >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
+        >>> x = np.random.default_rng(0).random((64, 32, 32, 3), dtype="float32")
+        >>> data = tf.data.Dataset.from_tensor_slices((x, np.arange(64) % 10)).batch(32)
+        >>> result = train_probes(model, ["stem_relu", "pool"], data, data, data, epochs=1, learning_rates=[1e-3])
+        >>> result["taps"], result["features"], result["test_accuracy"].shape
+        (['stem_relu', 'pool'], [4096, 16], (2,))
     """
     settings = _grid(optimizer, learning_rates, l2)
     _check_choice("pooling", pooling, POOLINGS)

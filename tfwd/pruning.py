@@ -230,7 +230,12 @@ def accuracy(model: keras.Model, dataset: tf.data.Dataset) -> tuple[float, int]:
         ValueError: for an empty dataset.
 
     Example:
-        >>> acc, n = accuracy(delete_blocks(model, ["stage3_block3"]), data.eval_dataset("test", 500))
+        >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
+        >>> x = np.random.default_rng(0).random((64, 32, 32, 3), dtype="float32")
+        >>> dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(64) % 10)).batch(32)
+        >>> acc, n = accuracy(delete_blocks(model, ["stage1_block1"]), dataset)
+        >>> n, 0 <= acc <= 1
+        (64, True)
     """
     # One trace per model. A partial (no __code__) keeps TensorFlow from counting the
     # traces of different models as retracing of one function and warning about it.
@@ -273,7 +278,13 @@ def recalibrate_bn(model: keras.Model, dataset: tf.data.Dataset) -> keras.Model:
         ValueError: for an empty dataset.
 
     Example:
-        >>> fixed = recalibrate_bn(delete_blocks(model, ["stage3_block3"]), data.eval_dataset("train", 128, 2048))
+        >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
+        >>> x = np.random.default_rng(0).random((64, 32, 32, 3), dtype="float32")
+        >>> images = tf.data.Dataset.from_tensor_slices(x).batch(32)
+        >>> fixed = recalibrate_bn(delete_blocks(model, ["stage1_block1"]), images)
+        >>> bn = fixed.get_layer("stem_bn")  # its moving mean is now the mean over the 64 images
+        >>> bool(np.allclose(bn.moving_mean, fixed.get_layer("stem_conv")(x).numpy().mean(axis=(0, 1, 2)), atol=1e-5))
+        True
     """
     copy = _copy(model)
     bns = [layer for layer in copy.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -346,9 +357,11 @@ def stagewise_deletion(
         ValueError: for a plain model or an empty dataset.
 
     Example:
-        >>> result = stagewise_deletion(run.model(), run.data().eval_dataset("test", 500))
-        >>> [(s["stage"], s["blocks_deleted"]) for s in result["steps"]][:2]
-        [(1, 1), (1, 2)]
+        >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
+        >>> x = np.random.default_rng(0).random((32, 32, 32, 3), dtype="float32")
+        >>> result = stagewise_deletion(model, tf.data.Dataset.from_tensor_slices((x, np.arange(32) % 10)).batch(32))
+        >>> [(s["stage"], s["deleted"]) for s in result["steps"]], result["skipped"]
+        ([(1, ['stage1_block1'])], ['stage2_block1', 'stage3_block1'])
     """
     steps, skipped = deletion_schedule(model)
     if skipped:
@@ -419,9 +432,9 @@ def analyze_run(
         tfwd.runs.RunError: for a missing or unfinished run.
         ValueError: for a plain (residual=False) model or out-of-range arguments.
 
-    Example:
-        >>> analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)
-        'runs/cifar10-resnet38-w10-s0/prune_blocks'
+    Example (needs a finished run; tests/pruning_test.py runs it on a tiny one)::
+
+        analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)  # -> 'runs/cifar10-resnet38-w10-s0/prune_blocks'
     """
     from tfwd.plots.common import save_figure  # matplotlib only when drawing
     from tfwd.plots.pruning import deletion_accuracy

@@ -216,8 +216,12 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path beside `path` (same suffix); renames it over `path` on success.
 
     Example:
-        >>> with atomic_path("run/model.keras") as tmp:
-        ...     model.save(tmp)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "numbers.npy")
+        ...     with atomic_path(path) as tmp:  # tmp: folder/.numbers.npy.XXXX.tmp.npy
+        ...         np.save(tmp, np.arange(3))
+        ...     np.load(path).tolist(), os.listdir(folder)
+        ([0, 1, 2], ['numbers.npy'])
     """
     folder, base = os.path.split(os.path.abspath(path))
     suffix = "".join(os.path.splitext(base)[1:])

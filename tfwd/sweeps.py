@@ -59,7 +59,7 @@ from typing import Any
 
 from absl import logging
 
-from tfwd import runs
+from tfwd import data, runs
 from tfwd.data import DATASETS, DataConfig
 
 # bin/train's flags and their kinds, in the order commands list them (tests check the
@@ -369,6 +369,16 @@ def _with_interpreter(argv: Sequence[str]) -> list[str]:
     return [sys.executable, *argv] if first.startswith(b"#!") and b"python" in first else list(argv)
 
 
+def prepare_datasets(planned: Sequence[SweepRun]) -> list[str]:
+    """Fetches each dataset these runs need that is not on disk, once, as their configs allow.
+
+    Returns the data folders (see `tfwd.data.prepare`); raises DataNotFoundError, in
+    one line, for a dataset that is missing and not fetched, before any run starts.
+    """
+    configs = {(r.config.data.dataset, r.config.data.data_dir, r.config.data.download): r.config.data for r in planned}
+    return [data.prepare(config) for config in configs.values()]
+
+
 def subprocess_runner(argv: Sequence[str], log_path: str) -> int:
     """Runs a command with stdout and stderr appended to `log_path`; returns its exit code.
 
@@ -394,13 +404,16 @@ def run(
     program: str = "bin/train",
     runner: Runner = subprocess_runner,
     dry_run: bool = False,
+    prepare_data: bool | None = None,
 ) -> dict[str, list]:
     """Runs the unfinished runs of a spec on this machine, `parallel` at a time.
 
     Each run's output goes to out_dir/logs/<run name>.log (appended: a resumed
     run keeps the log of earlier attempts). TensorFlow already spreads one
     training over every core, so parallel=1 suits a small machine; raise it
-    only when cores (or accelerators) are plentiful.
+    only when cores (or accelerators) are plentiful. A dataset the runs need that
+    is not on disk is fetched here first, once (`prepare_datasets`), where TFDS's
+    progress shows, rather than in every run's log at once.
 
     Args:
         spec: a sweep spec.
@@ -410,6 +423,8 @@ def run(
         program: the bin/train executable.
         runner: (argv, log_path) -> exit code; inject a fake one in tests.
         dry_run: plan only: launch nothing, everything to run is "not_started".
+        prepare_data: fetch missing datasets before launching; None: only with the
+            real `subprocess_runner` (an injected runner trains nothing).
 
     Returns:
         {"finished": names run to exit code 0, "skipped": names already finished,
@@ -443,6 +458,8 @@ def run(
     )
     if not launch:
         return result
+    if prepare_data or (prepare_data is None and runner is subprocess_runner):
+        prepare_datasets(launch)
     os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
     lock, counter = threading.Lock(), itertools.count(1)
 

@@ -39,7 +39,11 @@ def per_example_scatter(
         The Axes; axes in %, with the diagonal.
 
     Example:
-        >>> ax = per_example_scatter(ex["acc_a_half1"], ex["acc_b_sub"], ex["acc_a_half2"], models=50)
+        >>> rng = np.random.default_rng(0)
+        >>> acc_a1, acc_b, acc_a2 = (rng.integers(0, 51, 1000) / 50 for _ in range(3))  # 50 models, 1000 examples
+        >>> ax = per_example_scatter(acc_a1, acc_b, acc_a2, models=50)
+        >>> len(ax.collections)  # the baseline (orange) and the comparison (blue)
+        2
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.2))
