@@ -157,8 +157,8 @@ def _time_formulations() -> str:
 
     x = tf.random.stateless_normal([256, 16384], seed=[0, 0])
     kinds = {
-        "einsum": tf.function(lambda a: tf.einsum("ip,jp->ij", a, a)),
-        "matmul": tf.function(lambda a: tf.matmul(a, a, transpose_b=True)),
+        "einsum": tf.function(lambda a: tf.einsum("ip,jp->ij", a, a), autograph=False),
+        "matmul": tf.function(lambda a: tf.matmul(a, a, transpose_b=True), autograph=False),
     }
     best = {}
     for kind, fn in kinds.items():
