@@ -229,7 +229,7 @@ def test_analyze_run_matches_in_memory_reference(tiny_runs, tmp_path):
     from tfwd import runs
 
     out = pca.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "pc"), taps="blocks", examples=64, batch_size=24)
-    assert sorted(os.listdir(out)) == ["first_pc.png", "pc.npz", "variance_explained.png"]
+    assert sorted(os.listdir(out)) == [".tfwd_output", "first_pc.png", "pc.npz", "variance_explained.png"]
     for png in ("first_pc.png", "variance_explained.png"):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"

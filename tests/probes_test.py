@@ -239,7 +239,7 @@ def test_analyze_run_writes_one_row_per_residual_tap(tiny_runs, tmp_path):
         tiny_runs[0], out_dir=str(tmp_path / "p"), epochs=1, validation_examples=100, train_examples=128,
         test_examples=200, learning_rates=(1e-4, 1e-3), cka_examples=64,
     )
-    assert sorted(os.listdir(out)) == ["cka.npz", "probes.csv", "probes.json", "probes.png", "probes_cka.png", "probes_grid.csv"]
+    assert sorted(os.listdir(out)) == [".tfwd_output", "cka.npz", "probes.csv", "probes.json", "probes.png", "probes_cka.png", "probes_grid.csv"]
     rows = _read_csv(os.path.join(out, "probes.csv"))
     names = models.tap_names(runs.Run(tiny_runs[0]).model(), "residual")
     assert [r["tap"] for r in rows] == names and len(rows) == 6

@@ -257,7 +257,7 @@ def plain_run(resnet14_run, tmp_path_factory):
 
 def test_analyze_run_writes_consistent_results(resnet14_run, tmp_path):
     out = pruning.analyze_run(resnet14_run, out_dir=str(tmp_path / "p"), examples=200, batch_size=64)
-    assert sorted(os.listdir(out)) == ["prune_blocks.csv", "prune_blocks.json", "prune_blocks.png"]
+    assert sorted(os.listdir(out)) == [".tfwd_output", "prune_blocks.csv", "prune_blocks.json", "prune_blocks.png"]
     with open(os.path.join(out, "prune_blocks.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [(r["stage"], r["blocks_deleted"], r["deleted"]) for r in rows] == [
