@@ -1,10 +1,22 @@
 """tfwd.plots: heatmaps draw the given matrix on a fixed 0..1 scale with stage boundaries."""
 
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 
 from tfwd import plots
 
 NAMES = ["stem_relu", "stage1_block1_out", "stage1_block2_out", "stage2_block1_out", "stage3_block1_out", "logits"]
+
+
+@pytest.mark.parametrize("module", ["tfwd.plots", "tfwd.atomic", "tfwd.errors", "tfwd.layer_names"])
+def test_light_modules_do_not_import_tensorflow(module, root):
+    # Plotting saved results, and an app's error handling, must not pay for TensorFlow or Keras.
+    code = f"import sys, {module}; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_heatmap_draws_the_matrix_on_0_1_with_stage_lines(tmp_path):

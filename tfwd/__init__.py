@@ -15,13 +15,22 @@ minibatch CKA metric, and the block-structure analyses.
 - tfwd.report, tfwd.runs, tfwd.sweeps, tfwd.training: run directories, training, sweeps, reports.
 - tfwd.plots: matplotlib figures of the analyses' results.
 
-Lazy imports (the rule for this file): importing the package imports nothing but the
-standard library, so `import tfwd` is instant and a tool that only needs one module
-does not pay for TensorFlow, matplotlib or scipy. A public module is imported on its
-first use as an attribute (a module `__getattr__`, PEP 562) and is then an ordinary
-attribute of the package; `import tfwd.models` and `from tfwd import cka` work as
-always. Never import a submodule at the top of this file; a new public module goes into
-`PUBLIC_MODULES` (and the README), nowhere else.
+Lazy imports, one rule for the whole package: a module imports what it needs at its top,
+except two kinds of import, which sit inside the one function that needs them, with a
+comment saying which kind:
+
+1. matplotlib (`tfwd.plots`, `tfwd.html`), in the function that draws, so computing an
+   analysis never loads it;
+2. TensorFlow in backend-neutral Keras code (`tfwd.metrics`, `tfwd.models.layers`), on its
+   TensorFlow-only path, so the code also runs under JAX and PyTorch.
+
+`tfwd.errors`, `tfwd.atomic`, `tfwd.layer_names`, `tfwd.faults` and `tfwd.plots` import neither
+TensorFlow nor Keras, so plotting and the binaries' error handling never load them. The
+package root imports nothing but the standard library, so `import tfwd` is instant: a public
+module is imported on its first use as an attribute (a module `__getattr__`, PEP 562) and is
+then an ordinary attribute of the package; `import tfwd.models` and `from tfwd import cka`
+work as always. Never import a submodule at the top of this file; a new public module goes
+into `PUBLIC_MODULES` (and the README), nowhere else.
 
 Example:
     >>> import tfwd

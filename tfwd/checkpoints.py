@@ -19,13 +19,10 @@ import re
 
 import tensorflow as tf
 
-from tfwd import faults, runs
+from tfwd import atomic, faults
+from tfwd.errors import CheckpointError
 
 LATEST = "latest.json"
-
-
-class CheckpointError(runs.RunError):
-    """A checkpoint exists but cannot be read into this model."""
 
 
 class Checkpoints:
@@ -60,7 +57,7 @@ class Checkpoints:
         prefix = self.checkpoint.write(os.path.join(self.folder, f"ckpt-{step}"))
         faults.crash_point("torn_checkpoint", step, before=lambda: _tear(prefix))
         faults.crash_point("during_checkpoint", step)
-        runs.write_json(os.path.join(self.folder, LATEST), {"prefix": os.path.basename(prefix), "step": step})
+        atomic.write_json(os.path.join(self.folder, LATEST), {"prefix": os.path.basename(prefix), "step": step})
         self._prune(step)
         return prefix
 

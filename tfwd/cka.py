@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import distribute, metrics, models, plots, runs
+from tfwd import distribute, metrics, models, runs
 from tfwd.data import Data, DataConfig
 
 PIXELS = ("unit", "raw")  # images in [0, 1] (tfwd's models) or [0, 255] (models that scale their own input)
@@ -231,6 +231,8 @@ def default_models_out_dir(model_paths: Sequence[str], taps: str | Sequence[str]
 
 def _write(out_dir: str, result: dict[str, Any], names: Sequence[str], labels: Sequence[str], settings: dict) -> None:
     """cka.npz, within_<name>.png, cross_<a>__<b>.png and (several models) grid.png, as a whole."""
+    from tfwd import plots  # matplotlib only when figures are drawn
+
     with runs.atomic_dir(out_dir, "cka") as tmp:
         save(os.path.join(tmp, "cka.npz"), result, names, settings)
         for (i, j), matrix in result["blocks"].items():

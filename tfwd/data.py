@@ -45,6 +45,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from tfwd.errors import DataNotFoundError
+
 SPLITS = ("train", "validation", "test")
 # Decoded in-memory splits, shared by every Data of this process (decoding
 # CIFAR-10's training split takes seconds; analyses open several runs).
@@ -71,10 +73,6 @@ DOWNLOADS = ("auto", True, False)
 # Fetched without being asked (small, public, as tfds.load does). Never ImageNet: its
 # archives must be downloaded by hand (TFDS's manual download) and preparing takes hours.
 AUTO_DOWNLOAD = ("cifar10", "cifar100")
-
-
-class DataNotFoundError(RuntimeError):
-    """A dataset is not on disk (and was not, or could not be, downloaded)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,14 +26,16 @@ block structure, or the middle block output of the last stage when there is none
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
-from tfwd import blocks, runs
+from tfwd import blocks, cka, models, runs
 
 JSON = "dominant_datapoints.json"
 
@@ -89,8 +91,6 @@ def first_pc_scores(activations: np.ndarray, top: int) -> dict[str, Any]:
 
 def default_layer(names: Sequence[str], block: blocks.BlockStructure) -> str:
     """The block output (`_out`) nearest the middle of the block, or of the last stage without one."""
-    from tfwd import models
-
     outs = [i for i, n in enumerate(names) if n.endswith("_out")]
     if not outs:
         middle = (block.start + block.end) // 2 if block.found else len(names) // 2
@@ -112,10 +112,6 @@ def check_layer(layer: str, names: Sequence[str]) -> None:
 
 
 def _cka(model, images: np.ndarray, batch_size: int) -> tuple[list[str], np.ndarray]:
-    import tensorflow as tf
-
-    from tfwd import cka
-
     # Equal minibatches of about batch_size: no ragged last batch.
     batches = max(1, round(len(images) / batch_size))
     size = -(-len(images) // batches)
@@ -142,8 +138,6 @@ def analyze_model(
         "cka_without_top" ((L, L) within-model CKA with and without the top K), and
         "block", "block_without_top" (BlockStructure of each).
     """
-    from tfwd import models
-
     names = models.tap_names(model, "all")
     if layer is not None:
         check_layer(layer, names)
@@ -196,8 +190,6 @@ def summary(result: dict[str, Any], labels: np.ndarray, class_names: Sequence[st
 
 def load(out_dir: str) -> dict[str, Any]:
     """Reads dominant_datapoints.json of an output folder."""
-    import json
-
     with open(os.path.join(out_dir, JSON)) as f:
         return json.load(f)
 
@@ -227,7 +219,7 @@ def analyze_run(
         tfwd.runs.RunError: for a missing or unfinished run, or an out_dir tfwd did not write.
         ValueError: for an unknown layer (naming the nearest) or `top` >= `examples`.
     """
-    from tfwd.plots import common, dominant as plots
+    from tfwd.plots import common, dominant as plots  # matplotlib only when figures are drawn
 
     if not 1 <= top < examples:
         raise ValueError(f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}")
@@ -236,8 +228,6 @@ def analyze_run(
     runs.check_output_dir(out_dir, "dominant_datapoints")
     model = run.model()
     if layer is not None:
-        from tfwd import models
-
         check_layer(layer, models.tap_names(model, "all"))
     data = run.data(data_dir)
     if not top + 4 <= examples <= data.num_examples("test"):

@@ -1,8 +1,27 @@
-"""The errors tfwd expects users to meet; apps print them as one line and exit 1."""
+"""Every error tfwd expects users to meet, defined in one place; apps print them as one line and exit 1.
 
-from tfwd.data import DataNotFoundError
-from tfwd.runs import RunError
-from tfwd.training import TrainingDivergedError
+This module imports only the standard library, so any module (and bin/_common, before
+TensorFlow loads) can name these types. Each is re-exported where it was first defined
+(`tfwd.runs.RunError`, `tfwd.data.DataNotFoundError`, `tfwd.training.TrainingDivergedError`,
+`tfwd.checkpoints.CheckpointError`), so `except tfwd.runs.RunError` keeps working.
+"""
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete, corrupt, or holds a different run."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint exists but cannot be read into this model."""
+
+
+class DataNotFoundError(RuntimeError):
+    """A dataset is not on disk (and was not, or could not be, downloaded)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
 
 EXPECTED = (ValueError, DataNotFoundError, RunError, TrainingDivergedError, OSError)
 

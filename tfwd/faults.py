@@ -9,7 +9,7 @@ Points:
   (step: epochs trained); "analysis_write" (step: 0).
 - "torn_checkpoint" (step: the epoch): the checkpoint's files are cut short and a
   temporary folder is left, as a kill inside `tf.train.Checkpoint.write` leaves them.
-- "write:<file name>" (e.g. "write:latest.json:2"): inside `tfwd.runs.atomic_path`,
+- "write:<file name>" (e.g. "write:latest.json:2"): inside `tfwd.atomic.atomic_path`,
   after the temporary file is written and before it replaces the file; the step
   counts this process's writes of that file name (1: the first).
 - "diverge" (step: the epoch): that epoch's training loss is reported as NaN.

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfwd import findings as findings_lib
 from tfwd import plots
 from tfwd.plots.report import block_heatmaps
 
@@ -119,8 +120,6 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
 
 def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timings: dict, seconds: float) -> None:
     """Writes report.html, findings.json and the report's own figures into `folder`."""
-    from tfwd import findings as findings_lib
-
     panels = [
         {"matrix": r.cka, "names": r.names, "title": r.name.split("-", 1)[1], "block": analyses.blocks[r.name]}
         for r in analyses.runs

@@ -26,6 +26,7 @@ the same products (it never applies 1/(n(n-3))), but divides by zero for n <= 2.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -124,7 +125,7 @@ def native_bfloat16() -> bool:
 def _gram(x):
     """X X^T. Under TensorFlow the faster of einsum and matmul(transpose_b) on this CPU (`gram_formulation`)."""
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
         if gram_formulation() == "einsum":
             return tf.einsum("ip,jp->ij", x, x)
@@ -143,7 +144,7 @@ def gram_formulation() -> str:
     (benchmarks/cka_throughput.py prints the choice).
     """
     if not _FORMULATION:
-        import tensorflow as tf
+        import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
         with tf.init_scope():  # time eagerly even when first called while tracing a tf.function
             _FORMULATION.append(_time_formulations())
@@ -151,9 +152,7 @@ def gram_formulation() -> str:
 
 
 def _time_formulations() -> str:
-    import time
-
-    import tensorflow as tf
+    import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
     x = tf.random.stateless_normal([256, 16384], seed=[0, 0])
     kinds = {
@@ -187,7 +186,7 @@ def _centered_grams(acts, dtype, gram_dtype, check_finite):
             x = ops.cast(x, gram_dtype)
         k = _gram(x)
         if check_finite and keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
             k = tf.debugging.assert_all_finite(k, f"CKA: layer {i} has NaN or Inf activations (or its Gram matrix overflows).")
         grams.append(ops.reshape(_u_center(ops.cast(k, dtype), n), (-1,)))
@@ -354,7 +353,7 @@ class CKA(keras.metrics.Metric):
         else:
             gb, n_b = _centered_grams(acts_b, self.dtype, self.gram_dtype, self.check_finite)
             if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
+                import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
                 tf.debugging.assert_equal(n, n_b, message="acts_a and acts_b have different batch sizes.")
             self.hsic_xy.assign_add(ops.matmul(ga, ops.transpose(gb)) * valid)

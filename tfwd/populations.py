@@ -55,9 +55,11 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+import tensorflow_datasets as tfds
 from scipy import stats
 
 from tfwd import runs
+from tfwd.data import Data
 
 ALPHA = 0.05  # the paper's significance level (Figure 7c)
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -131,15 +133,11 @@ def class_names(data_config, num_classes: int) -> list[str]:
     Tries the prepared dataset (tfwd.data.Data), then TFDS's builder info, then
     the built-in CIFAR-10 names, else "class_<i>".
     """
-    from tfwd.data import Data
-
     names: list[str] = []
     try:  # never fetch a dataset for its class names
         names = list(Data(dataclasses.replace(data_config, download=False)).class_names)
     except Exception:  # noqa: BLE001 - names are a nicety; any failure falls back
         try:
-            import tensorflow_datasets as tfds
-
             names = list(tfds.builder(data_config.dataset).info.features["label"].names)
         except Exception:  # noqa: BLE001
             names = []
@@ -477,7 +475,7 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
     Returns:
         `out_dir`.
     """
-    from tfwd.plots import populations as plots
+    from tfwd.plots import populations as plots  # matplotlib only when figures are drawn
     from tfwd.plots.common import save_figure
 
     summary, ex, cl = result["summary"], result["examples"], result["classes"]

@@ -44,6 +44,7 @@ Example (trains probes on a finished run, minutes on a CPU; tests/probes_test.py
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import os
@@ -56,7 +57,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import models
+from tfwd import cka, models, runs
+from tfwd.data import Data
 
 POOLINGS = ("flatten", "gap", "maxpool2")
 OPTIMIZERS = ("adam", "sgd")
@@ -386,8 +388,6 @@ _COLUMN_TYPES = {"position": int, "stage": int, "layer_index": int, "features": 
 
 def load(out_dir: str) -> list[dict[str, Any]]:
     """The rows of probes.csv in an `analyze_run` output folder (`probe_table`'s keys, typed)."""
-    import csv
-
     with open(os.path.join(out_dir, "probes.csv")) as f:
         return [
             {k: (_COLUMN_TYPES[k](v) if v != "" else None) if k in _COLUMN_TYPES else v for k, v in row.items()}
@@ -418,8 +418,6 @@ def _check_examples(arg: str, value: int | None, available: int, what: str) -> N
 
 def _probe_data(run, data_dir, train_examples, validation_examples, test_examples):
     """The run's data with the probes' training subset and validation split."""
-    from tfwd.data import Data
-
     base = run.data(data_dir)
     cfg = base.config
     _check_examples("train_examples", train_examples, base.num_examples("train"), "the run's training examples")
@@ -492,8 +490,6 @@ def analyze_run(
         ValueError: for taps the model lacks (taps="residual" on a plain network),
             bad settings, or more examples than the run has.
     """
-    from tfwd import cka, runs
-
     run = runs.Run(run_dir)
     out_dir = out_dir or default_out_dir(run.path, taps)
     runs.check_output_dir(out_dir, "probes")
@@ -536,7 +532,7 @@ def analyze_run(
 
 def _write(out_dir, result, settings, run_name, chance, within) -> None:
     """Writes the tables, settings and plots of `analyze_run` into `out_dir` at once."""
-    from tfwd import cka, plots, runs
+    from tfwd import plots  # matplotlib only when figures are drawn
     from tfwd.plots import probes as probe_plots
 
     table = probe_table(result)

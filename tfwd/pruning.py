@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -385,8 +386,6 @@ def load(out_dir: str) -> dict[str, Any]:
     """prune_blocks.json of an `analyze_run` output folder: "full_accuracy", "steps" (each with
     "stage", "blocks_deleted", "deleted" (a list, last block first) and "accuracy"), "rows" (the
     same steps), "skipped", "settings"."""
-    import json
-
     with open(os.path.join(out_dir, "prune_blocks.json")) as f:
         result = json.load(f)
     result["rows"] = result["steps"]
@@ -437,7 +436,7 @@ def analyze_run(
         analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)  # -> 'runs/cifar10-resnet38-w10-s0/prune_blocks'
     """
     from tfwd.plots.common import save_figure  # matplotlib only when drawing
-    from tfwd.plots.pruning import deletion_accuracy
+    from tfwd.plots.pruning import deletion_accuracy  # matplotlib only when drawing
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")

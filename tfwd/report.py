@@ -294,7 +294,7 @@ def build(
         ValueError: for an invalid spec (runs or analysis settings), before anything runs.
         runs.RunError: if a training fails, or a run is missing with train=False.
     """
-    from tfwd import html
+    from tfwd import html  # matplotlib only when a report is drawn
 
     started = time.time()
     validate(spec)  # every setting, before hours of training

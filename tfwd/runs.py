@@ -12,35 +12,39 @@ and holds
     results.json           final accuracies; written last, so its presence means "finished"
     .lock                  bin/train holds an flock on it while it trains (tfwd.runlock)
 
-Every file is written atomically (a temporary file in the same folder, then a
-rename): a killed process never leaves a half-written file behind. One process at
+Every file is written atomically (tfwd.atomic: a temporary file in the same folder,
+then a rename): a killed process never leaves a half-written file behind. One process at
 a time writes a run directory: training holds `tfwd.runlock.RunLock`, and clears the
 temporary files a killed writer of the run left.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
-import glob
-import io
 import json
 import os
-import re
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 import numpy as np
 
-from tfwd import faults, models
+from tfwd import models
+from tfwd.atomic import (  # noqa: F401 - re-exported: tfwd.runs has always offered them
+    OUTPUT_MARKER,
+    RUN_CONFIG,
+    atomic_dir,
+    atomic_path,
+    atomic_write,
+    check_output_dir,
+    write_csv,
+    write_json,
+    write_npz,
+)
 from tfwd.data import Data, DataConfig
+from tfwd.errors import RunError
 
-CONFIG = "config.json"
+CONFIG = RUN_CONFIG
 MODEL = "model.keras"
 PREDICTIONS = "test_predictions.npz"
 RESULTS = "results.json"
@@ -50,14 +54,6 @@ LOCK = ".lock"
 # The files training writes with `atomic_path`: a temporary copy of one of them in a run
 # directory that training has locked was left by a killed writer.
 RUN_FILES = (CONFIG, HISTORY, MODEL, PREDICTIONS, RESULTS)
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class RunError(RuntimeError):
-    """A run directory is missing, incomplete, corrupt, or holds a different run."""
 
 
 ARCHS = ("cifar_resnet", "imagenet_resnet")
@@ -206,154 +202,6 @@ class RunConfig:
             for key in a[section]
             if a[section][key] != b[section].get(key)
         ]
-
-
-# --- atomic files ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path beside `path` (same suffix); renames it over `path` on success.
-
-    Example:
-        >>> with tempfile.TemporaryDirectory() as folder:
-        ...     path = os.path.join(folder, "numbers.npy")
-        ...     with atomic_path(path) as tmp:  # tmp: folder/.numbers.npy.XXXX.tmp.npy
-        ...         np.save(tmp, np.arange(3))
-        ...     np.load(path).tolist(), os.listdir(folder)
-        ([0, 1, 2], ['numbers.npy'])
-    """
-    folder, base = os.path.split(os.path.abspath(path))
-    suffix = "".join(os.path.splitext(base)[1:])
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + suffix, dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing
-    try:
-        yield tmp
-        faults.crash_point(f"write:{base}", faults.count(f"write:{base}"))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-# An analysis' output folder holds this file, naming the analysis that wrote it. A folder is
-# only ever replaced when it holds the marker of the same analysis: tfwd never deletes what
-# it did not create (a run directory, a folder of runs, the current directory, a user's file).
-OUTPUT_MARKER = ".tfwd_output"
-
-
-def check_output_dir(path: str, kind: str) -> None:
-    """Raises RunError unless `path` is free for an analysis of `kind` to write.
-
-    Free: `path` does not exist, is an empty folder, or is a folder holding the marker
-    of an earlier `kind` output (which the new output replaces as a whole). Analyses call this
-    before they compute, so a wrong --out_dir fails at once.
-    """
-    if not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
-        return
-    marker = os.path.join(path, OUTPUT_MARKER)
-    if os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(marker):
-        with open(marker) as f:
-            written_by = f.read().strip()
-        if written_by == kind:
-            return
-        raise RunError(
-            f"{path} holds the output of tfwd {written_by!r}, not {kind!r}; choose another --out_dir "
-            f"(an analysis only replaces its own earlier output)."
-        )
-    what = "a file" if not os.path.isdir(path) else (
-        "a run directory" if os.path.exists(os.path.join(path, CONFIG)) else "a folder tfwd did not write"
-    )
-    raise RunError(
-        f"--out_dir {path} is {what}; tfwd writes an analysis only into a new folder or over its own "
-        f"earlier output. Choose another --out_dir."
-    )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale(parent: str, base: str) -> None:
-    """Removes temporary folders of `base` left by processes that no longer run."""
-    for stale in glob.glob(os.path.join(parent, f".{glob.escape(base)}.*.tmp")):
-        match = re.match(r"\.(.+)\.p(\d+)\.[^.]+(\.old)?\.tmp$", os.path.basename(stale))
-        if match and match.group(1) == base and not _alive(int(match.group(2))):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str, kind: str) -> Iterator[str]:
-    """Yields a temporary folder beside `path`; on success it replaces `path` as a whole.
-
-    `path` must be free for an output of `kind` (`check_output_dir`): it does not exist
-    or holds an earlier `kind` output. The new folder gets the marker. A process killed
-    inside the block leaves `path` as it was; its temporary folder (named after its
-    process id) is removed by a later call once that process is gone, never while it runs.
-    """
-    check_output_dir(path, kind)
-    parent, base = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale(parent, base)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.p{os.getpid()}.", suffix=".tmp", dir=parent)
-    os.chmod(tmp, 0o777 & ~_UMASK)
-    try:
-        yield tmp
-        with open(os.path.join(tmp, OUTPUT_MARKER), "w") as f:
-            f.write(kind + "\n")
-        faults.crash_point("analysis_write")
-        check_output_dir(path, kind)  # again: another process may have written there meanwhile
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{base}.p{os.getpid()}.", suffix=".old.tmp", dir=parent)
-            os.replace(path, os.path.join(old, base))
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write(path: str, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
-    """Calls write(file) on a temporary file, then renames it over `path`."""
-    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w") as f:
-        write(f)
-
-
-def write_json(path: str, obj: Any) -> None:
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable))
-
-
-def write_npz(path: str, **arrays: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
-
-
-def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    def write(f):
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    atomic_write(path, write)
-
-
-def _jsonable(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 # --- reading runs -----------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from typing import Any
 
 from absl import logging
 
-from tfwd import data, runs
+from tfwd import data, runs, training
 from tfwd.data import DATASETS, DataConfig
 
 # bin/train's flags and their kinds, in the order commands list them (tests check the
@@ -305,8 +305,6 @@ def run_config(flags: dict[str, Any], where: str = "run") -> runs.RunConfig:
     Raises:
         ValueError: for flags bin/train would refuse (e.g. depth not 6n + 2), prefixed by `where`.
     """
-    from tfwd import training
-
     try:
         return training.config_from_flags(flags)
     except ValueError as e:

@@ -19,6 +19,7 @@ from absl import logging
 from tfwd import distribute, faults, runlock, runs
 from tfwd.checkpoints import Checkpoints
 from tfwd.data import Data, DataConfig
+from tfwd.errors import TrainingDivergedError
 
 # The paper's recipes (reference code): CIFAR (cifar_train.py, He et al. 2016) and
 # ImageNet (large_scale_training/imagenet_train.py: batch 256, lr 0.1, 120 epochs,
@@ -90,10 +91,6 @@ def config_from_flags(flags: dict[str, Any]) -> runs.RunConfig:
     train.validate()
     data = DataConfig(**{k: flags[k] for k in _DATA_FLAGS if k in flags})
     return runs.RunConfig(model, data, train)
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
 def make_optimizer(config: runs.TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

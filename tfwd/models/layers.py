@@ -52,7 +52,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf
+        import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
         if training and self.trainable:
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(

@@ -26,9 +26,8 @@ from collections.abc import Sequence
 
 import keras
 
-TAP_KINDS = ("all", "blocks", "residual")
-PATTERN_PREFIX = "re:"
-_STAGE = re.compile(r"^stage(\d+)_block(\d+)_")
+from tfwd.layer_names import PATTERN_PREFIX, TAP_KINDS
+from tfwd.layer_names import STAGE_PATTERN as _STAGE
 
 
 def _layer_names(model: keras.Model) -> list[str]:
@@ -239,17 +238,3 @@ def parse_taps(text: str) -> str | list[str]:
     if not names:
         raise ValueError(f"`taps` must be one of {TAP_KINDS}, 're:PATTERN' or layer names. Received: taps={text!r}")
     return names
-
-
-def stage_of(name: str) -> int:
-    """The stage a layer belongs to: 0 for the stem (and input), s for stage{s}_*, -1 for the head."""
-    match = _STAGE.match(name)
-    if match:
-        return int(match.group(1))
-    return 0 if name.startswith("stem") or name == "images" else -1
-
-
-def stage_boundaries(names: Sequence[str]) -> list[int]:
-    """Indices i where names[i] starts a new stage (for marking heatmaps and plots)."""
-    stages = [stage_of(n) for n in names]
-    return [i for i in range(1, len(stages)) if stages[i] != stages[i - 1]]

@@ -8,12 +8,12 @@ matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tfwd import runs  # noqa: E402
+from tfwd import atomic  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: str, dpi: int = 120) -> str:
     """Saves `fig` to `path` atomically (format from the suffix), closes it, returns the path."""
-    with runs.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.rsplit(".", 1)[-1])
     plt.close(fig)
     return path

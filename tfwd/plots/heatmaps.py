@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tfwd.models.taps import stage_boundaries
+from tfwd.layer_names import stage_boundaries
 from tfwd.plots.common import mark_stages
 
 
