@@ -30,22 +30,50 @@ from absl import app, flags, logging  # noqa: E402
 FLAGS = flags.FLAGS
 
 
-def define_data_flags() -> None:
-    """The data flags of bin/train (they select the dataset and the subset)."""
-    from tfwd.data import DATASETS
+def define_setting(name: str, **overrides) -> None:
+    """Defines the flag of one training setting from its entry in tfwd.run_settings.SETTINGS.
 
-    flags.DEFINE_enum("dataset", "cifar10", list(DATASETS), "Dataset (TFDS name, or image_folder with --data_dir).")
-    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
-    flags.DEFINE_bool(
-        "download",
-        None,
-        "Fetch a missing dataset with TFDS. Unset: only CIFAR-10/100, into TFDS's default folder, when no "
-        "--data_dir is given. True: any dataset, into --data_dir too (ImageNet: TFDS's manual download). "
-        "False (--nodownload): never.",
-    )
-    flags.DEFINE_integer("train_examples", None, "Class-balanced training subset size (default: all).", lower_bound=1)
-    flags.DEFINE_integer("validation_examples", 0, "Class-balanced examples held out of training.", lower_bound=0)
-    flags.DEFINE_integer("data_seed", 0, "Seed of the subset selection (not of the data order).")
+    `overrides` replace fields of the entry (e.g. help=, default=) where an app uses the
+    setting differently.
+    """
+    import dataclasses
+
+    from tfwd import run_settings
+
+    setting = dataclasses.replace(run_settings.BY_NAME[name], **overrides)
+    # Listed by the app's --help as its own flags (absl names the main module after argv[0]).
+    extra = {"module_name": sys.argv[0]}
+    if setting.lower_bound is not None:
+        extra["lower_bound"] = setting.lower_bound
+    kind = setting.kind
+    if isinstance(kind, tuple):
+        flags.DEFINE_enum(name, setting.default, list(kind), setting.help, **extra)
+    elif kind in ("ints", "floats"):
+        flags.DEFINE_list(name, setting.default, setting.help, **extra)
+    else:
+        define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "bool": flags.DEFINE_bool,
+                  "str": flags.DEFINE_string}[kind]
+        define(name, setting.default, setting.help, **extra)
+
+
+def define_settings(section: str | None = None) -> None:
+    """Defines the flags of every training setting (of one tfwd.run_settings section), in SETTINGS order."""
+    from tfwd import run_settings
+
+    for setting in run_settings.SETTINGS:
+        if section is None or setting.section == section:
+            define_setting(setting.name)
+
+
+def define_data_dir_flag() -> None:
+    """--data_dir, with one help text in every app (tfwd.run_settings.DATA_DIR_HELP)."""
+    define_setting("data_dir")
+
+
+def define_strategy_flags() -> None:
+    """--strategy and --tpu, as bin/train has them."""
+    define_setting("strategy")
+    define_setting("tpu")
 
 
 def run(main) -> None:

@@ -1,6 +1,7 @@
 """tfwd.training and bin/train: run directories, resume after a kill, finished runs, divergence."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfwd import runs, training
+from tfwd import run_settings, runs, training
 from tfwd.data import DataConfig
 
 TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32"]
@@ -345,6 +346,28 @@ def test_recipes_set_the_learning_rate_schedule_and_flags_override_them(flags, e
     assert (train.learning_rate, train.warmup_epochs, train.decay_every) == expected
     with pytest.raises(ValueError, match="recipe"):
         training.config_from_flags({"recipe": "fast"})
+
+
+@pytest.mark.parametrize(
+    "as_flags,message",
+    [
+        (True, "--depth, --width: only for --arch=cifar_resnet; with imagenet_resnet use --blocks and --widths."),
+        (False, "`depth`, `width`: only for arch='cifar_resnet'; with imagenet_resnet use `blocks` and `widths`."),
+    ],
+    ids=["flags", "keywords"],
+)
+def test_config_errors_name_settings_as_the_caller_spells_them(as_flags, message):
+    with pytest.raises(ValueError) as info:
+        training.config_from_flags({"arch": "imagenet_resnet", "depth": 20, "width": 2.0}, as_flags=as_flags)
+    assert str(info.value) == message
+
+
+def test_config_sections_come_from_the_one_settings_table():
+    config = training.config_from_flags({"seed": 3, "data_seed": 2, "epochs": 4, "momentum": 0.5})
+    assert (config.train.seed, config.data.data_seed, config.train.epochs, config.train.momentum) == (3, 2, 4, 0.5)
+    assert set(run_settings.names("train")) <= {f.name for f in dataclasses.fields(runs.TrainConfig)}
+    assert set(run_settings.names("data")) <= {f.name for f in dataclasses.fields(DataConfig)}
+    assert set(run_settings.names("model")) <= {f.name for f in dataclasses.fields(runs.ModelConfig)}
 
 
 def test_validation_every_k_epochs_and_after_the_last(tmp_path, tfds_dir):

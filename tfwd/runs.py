@@ -43,6 +43,7 @@ from tfwd.atomic import (  # noqa: F401 - re-exported: tfwd.runs has always offe
 )
 from tfwd.data import Data, DataConfig
 from tfwd.errors import RunError
+from tfwd.run_settings import ARCHS, DECAY_EVERY
 
 CONFIG = RUN_CONFIG
 MODEL = "model.keras"
@@ -56,8 +57,6 @@ LOCK = ".lock"
 RUN_FILES = (CONFIG, HISTORY, MODEL, PREDICTIONS, RESULTS)
 
 
-ARCHS = ("cifar_resnet", "imagenet_resnet")
-DECAY_EVERY = ("step", "epoch")
 
 
 @dataclasses.dataclass(frozen=True)

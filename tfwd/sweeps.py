@@ -59,39 +59,12 @@ from typing import Any
 
 from absl import logging
 
-from tfwd import data, runs, training
-from tfwd.data import DATASETS, DataConfig
+from tfwd import data, run_settings, runs, training
+from tfwd.data import DataConfig
 
-# bin/train's flags and their kinds, in the order commands list them (tests check the
-# names against bin/train --helpfull). out_dir is the caller's; overwrite is refused.
-TRAIN_FLAGS: dict[str, Any] = {
-    "arch": ("cifar_resnet", "imagenet_resnet"),
-    "depth": "int",
-    "width": "float",
-    "residual": "bool",
-    "blocks": "ints",
-    "widths": "floats",
-    "seed": "int",
-    "dataset": DATASETS,
-    "data_dir": "str",
-    "download": "bool",
-    "train_examples": "int",
-    "validation_examples": "int",
-    "data_seed": "int",
-    "image_size": "int",
-    "epochs": "int",
-    "batch_size": "int",
-    "learning_rate": "float",
-    "momentum": "float",
-    "weight_decay": "float",
-    "strategy": ("default", "mirrored", "multi_worker", "tpu"),
-    "tpu": "str",
-    "deterministic": "bool",
-    "warmup_epochs": "int",
-    "decay_every": ("step", "epoch"),
-    "recipe": ("warmup", "reference"),
-    "validation_every": "int",
-}
+# bin/train's flags and their kinds (tfwd.run_settings), in the order commands list them (tests
+# check the names against bin/train --helpfull). out_dir is the caller's; overwrite is refused.
+TRAIN_FLAGS: dict[str, Any] = run_settings.KINDS
 SPEC_KEYS = ("name", "description", "flags", "grid")
 # A spec of up to this many runs is checked whole when it is loaded; the runs of a larger
 # one (a range of millions of seeds) are checked as they are listed, so --limit stays cheap.

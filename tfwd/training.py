@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import distribute, faults, runlock, runs
+from tfwd import distribute, faults, run_settings, runlock, runs
 from tfwd.checkpoints import Checkpoints
 from tfwd.data import Data, DataConfig
 from tfwd.errors import TrainingDivergedError
@@ -28,45 +28,44 @@ RECIPES = {
     "cifar_resnet": runs.TrainConfig(epochs=300, batch_size=128, learning_rate=0.1, weight_decay=1e-4),
     "imagenet_resnet": runs.TrainConfig(epochs=120, batch_size=256, learning_rate=0.1, weight_decay=5e-5),
 }
-# Learning-rate recipes (`--recipe`): "reference" is the reference code's cifar_train.py
-# (lr 0.01, cosine stepped per epoch, no warmup); "warmup" is He et al.'s lr 0.1 with a
-# 2-epoch linear warmup and a per-step cosine. README ("Learning rate") has the comparison.
-LR_RECIPES = {
-    "warmup": {"learning_rate": 0.1, "warmup_epochs": 2, "decay_every": "step"},
-    "reference": {"learning_rate": 0.01, "warmup_epochs": 0, "decay_every": "epoch"},
-}
+LR_RECIPES = run_settings.LR_RECIPES  # re-exported: the `recipe` setting's values
 
 
-_MODEL_FLAGS = {"cifar_resnet": ("depth", "width", "residual"), "imagenet_resnet": ("blocks", "widths")}
-_TRAIN_FLAGS = (
-    "epochs", "batch_size", "learning_rate", "weight_decay", "momentum", "deterministic", "warmup_epochs", "decay_every"
-)
-_DATA_FLAGS = ("dataset", "data_dir", "train_examples", "validation_examples", "data_seed", "image_size", "download")
+def _describe(names, as_flags: bool = True) -> str:
+    """`names` as bin/train flags ("--depth, --width") or as keyword names ("`depth`, `width`")."""
+    return ", ".join(f"--{n}" if as_flags else f"`{n}`" for n in names)
 
 
-def config_from_flags(flags: dict[str, Any]) -> runs.RunConfig:
+def config_from_flags(flags: dict[str, Any], as_flags: bool = True) -> runs.RunConfig:
     """The RunConfig of bin/train given these flags (name -> value; absent flags take their defaults).
 
     Defaults: --arch=cifar_resnet --depth=56 --width=1 --residual --seed=0, the
     dataset defaults of tfwd.data.DataConfig, and the arch's recipe (RECIPES) for
     epochs, batch size, learning rate and weight decay. `recipe` (a key of
-    LR_RECIPES) sets the learning rate, warmup and decay together; the flags
-    given one by one override it. bin/train and
-    tfwd.sweeps both build configs here, so a sweep names the runs bin/train makes.
+    LR_RECIPES) sets the learning rate, warmup and decay together; the settings
+    given one by one override it. bin/train and tfwd.sweeps both build configs
+    here, so a sweep names the runs bin/train makes. The names are those of
+    tfwd.run_settings.SETTINGS.
+
+    Args:
+        flags: setting name -> value.
+        as_flags: True, errors name settings as bin/train's flags (`--depth`); False
+            (library callers), as keyword names (`depth`) and values (arch='cifar_resnet').
 
     Raises:
-        ValueError: for flags of the other architecture (--depth with
-            imagenet_resnet, --blocks with cifar_resnet) or invalid values.
+        ValueError: for settings of the other architecture (depth with
+            imagenet_resnet, blocks with cifar_resnet) or invalid values.
     """
     arch = flags.get("arch", "cifar_resnet")
     if arch not in RECIPES:
         raise ValueError(f"`arch` must be one of {tuple(RECIPES)}. Received: arch={arch!r}")
     other = next(a for a in RECIPES if a != arch)
-    wrong = [f"--{k}" for k in _MODEL_FLAGS[other] if k in flags]
+    wrong = [k for k in run_settings.names("model", other) if k in flags]
     if wrong:
+        only = f"--arch={other}" if as_flags else f"arch={other!r}"
         raise ValueError(
-            f"{', '.join(wrong)}: only for --arch={other}; with {arch} use "
-            f"{' and '.join('--' + k for k in _MODEL_FLAGS[arch][:2])}."
+            f"{_describe(wrong, as_flags=as_flags)}: only for {only}; with {arch} use "
+            f"{' and '.join(_describe([k], as_flags=as_flags) for k in run_settings.names('model', arch)[:2])}."
         )
     try:
         if arch == "imagenet_resnet":
@@ -79,17 +78,18 @@ def config_from_flags(flags: dict[str, Any]) -> runs.RunConfig:
                 depth=flags.get("depth", 56), width=float(flags.get("width", 1.0)), residual=flags.get("residual", True)
             )
     except (TypeError, ValueError):
+        blocks, widths = _describe(["blocks"], as_flags=as_flags), _describe(["widths"], as_flags=as_flags)
         raise ValueError(
-            f"--blocks must be integers and --widths numbers. Received: {flags.get('blocks')}, {flags.get('widths')}"
+            f"{blocks} must be integers and {widths} numbers. Received: {flags.get('blocks')}, {flags.get('widths')}"
         ) from None
     model.validate()
     recipe = flags.get("recipe") or "warmup"
     if recipe not in LR_RECIPES:
         raise ValueError(f"`recipe` must be one of {tuple(LR_RECIPES)}. Received: recipe={recipe!r}")
-    chosen = {k: flags[k] for k in _TRAIN_FLAGS if flags.get(k) is not None}
-    train = dataclasses.replace(RECIPES[arch], seed=flags.get("seed", 0), **{**LR_RECIPES[recipe], **chosen})
+    chosen = {k: flags[k] for k in run_settings.names("train") if flags.get(k) is not None}
+    train = dataclasses.replace(RECIPES[arch], **{**LR_RECIPES[recipe], **chosen})
     train.validate()
-    data = DataConfig(**{k: flags[k] for k in _DATA_FLAGS if k in flags})
+    data = DataConfig(**{k: flags[k] for k in run_settings.names("data") if k in flags})
     return runs.RunConfig(model, data, train)
 
 
