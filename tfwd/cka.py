@@ -32,12 +32,11 @@ import tensorflow as tf
 from absl import logging
 
 from tfwd import distribute, metrics, models, runs
-from tfwd.data import Data, DataConfig
+from tfwd.data import Data, DataConfig, shuffle_seed
 
 PIXELS = ("unit", "raw")  # images in [0, 1] (tfwd's models) or [0, 255] (models that scale their own input)
 MODEL_DATASETS = ("cifar10", "cifar100", "image_folder")
 MODEL_SPLITS = ("test", "train")
-_SEED_STRIDE = 1_000_003  # pass p of seed s shuffles with s * _SEED_STRIDE + p (distinct for p < stride)
 
 
 def cka_matrices(
@@ -192,10 +191,6 @@ def load(path: str) -> dict[str, Any]:
         }
 
 
-def _taps_tag(taps: str | Sequence[str]) -> str:
-    return taps if isinstance(taps, str) and taps in models.TAP_KINDS else "custom"
-
-
 def _joined(names: Sequence[str], what: str) -> str:
     """Names joined by "__", or a count and a hash when that makes too long a folder name."""
     joined = "__".join(names)
@@ -206,9 +201,9 @@ def _joined(names: Sequence[str], what: str) -> str:
 
 def default_out_dir(run_dirs: Sequence[str], taps: str | Sequence[str], split: str) -> str:
     """RUN/cka_{taps}_{split} for one run; beside the runs, named after them, for several."""
-    tag = f"cka_{_taps_tag(taps)}_{split}"
     if len(run_dirs) == 1:
-        return os.path.join(run_dirs[0], tag)
+        return runs.analysis_dir(run_dirs[0], taps, split, kind="cka")
+    tag = f"cka_{runs.taps_tag(taps)}_{split}"
     names = _joined([os.path.basename(os.path.normpath(r)) for r in run_dirs], "runs")
     return os.path.join(os.path.dirname(os.path.normpath(run_dirs[0])), f"{tag}_{names}")
 
@@ -226,14 +221,16 @@ def model_labels(model_paths: Sequence[str]) -> list[str]:
 def default_models_out_dir(model_paths: Sequence[str], taps: str | Sequence[str], split: str) -> str:
     """<first model's folder>/<stem>[__<stem>...]_cka_{taps}_{split}: beside the models, named after them."""
     folder = os.path.dirname(os.path.abspath(model_paths[0]))
-    return os.path.join(folder, f"{_joined(model_labels(model_paths), 'models')}_cka_{_taps_tag(taps)}_{split}")
+    return os.path.join(folder, f"{_joined(model_labels(model_paths), 'models')}_cka_{runs.taps_tag(taps)}_{split}")
 
 
-def _write(out_dir: str, result: dict[str, Any], names: Sequence[str], labels: Sequence[str], settings: dict) -> None:
+def _write(
+    out_dir: str, result: dict[str, Any], names: Sequence[str], labels: Sequence[str], settings: dict, what: str
+) -> None:
     """cka.npz, within_<name>.png, cross_<a>__<b>.png and (several models) grid.png, as a whole."""
     from tfwd import plots  # matplotlib only when figures are drawn
 
-    with runs.atomic_dir(out_dir, "cka") as tmp:
+    with runs.writing_output(out_dir, "cka", what) as tmp:
         save(os.path.join(tmp, "cka.npz"), result, names, settings)
         for (i, j), matrix in result["blocks"].items():
             file = f"within_{names[i]}.png" if i == j else f"cross_{names[i]}__{names[j]}.png"
@@ -305,7 +302,7 @@ def analyze_runs(
         loaded = [r.model() for r in opened]
     result = cka_matrices(
         loaded,
-        lambda p: data.eval_dataset(split, batch_size, examples, shuffle_seed=seed * _SEED_STRIDE + p),
+        lambda p: data.eval_dataset(split, batch_size, examples, shuffle_seed=shuffle_seed(seed, p)),
         passes=passes,
         taps=taps,
         strategy=strategy,
@@ -313,12 +310,11 @@ def analyze_runs(
     if not distribute.is_chief(strategy):
         return out_dir
     names = [r.name for r in opened]
-    labels = [n.split("-", 1)[1] for n in names]  # titles drop the shared dataset prefix
+    labels = [runs.run_label(n) for n in names]  # titles drop the shared dataset prefix
     settings = dict(
         runs=[r.path for r in opened], taps=taps, split=split, batch_size=batch_size, passes=passes, seed=seed
     )
-    _write(out_dir, result, names, labels, settings)
-    logging.info("CKA of %d run(s) written to %s.", len(opened), out_dir)
+    _write(out_dir, result, names, labels, settings, f"CKA of {len(opened)} run(s)")
     return out_dir
 
 
@@ -426,7 +422,7 @@ def compare_models(
         channels = images.shape[-1]
 
         def dataset_for_pass(p):
-            order = examples.shuffle(len(images), seed=seed * _SEED_STRIDE + p, reshuffle_each_iteration=False)
+            order = examples.shuffle(len(images), seed=shuffle_seed(seed, p), reshuffle_each_iteration=False)
             return order.batch(batch_size)
 
     _check_channels(model_list, channels, "the images")
@@ -502,7 +498,7 @@ def analyze_models(
     scale = 255.0 if pixels == "raw" else 1.0
 
     def dataset_for_pass(p):
-        batches = data.eval_dataset(split, batch_size, examples, shuffle_seed=seed * _SEED_STRIDE + p)
+        batches = data.eval_dataset(split, batch_size, examples, shuffle_seed=shuffle_seed(seed, p))
         return batches.map(lambda x, y: (x * scale, y))
 
     result = cka_matrices(loaded, dataset_for_pass, passes=passes, taps=taps, strategy=strategy, resize=True)
@@ -514,6 +510,5 @@ def analyze_models(
         taps=taps, pixels=pixels, batch_size=batch_size, passes=passes, seed=seed,
         input_shapes=[list(models.image_input(m)) for m in loaded],
     )
-    _write(out_dir, result, labels, labels, settings)
-    logging.info("CKA of %d model(s) written to %s.", len(loaded), out_dir)
+    _write(out_dir, result, labels, labels, settings, f"CKA of {len(loaded)} model(s)")
     return out_dir

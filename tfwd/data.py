@@ -75,6 +75,21 @@ DOWNLOADS = ("auto", True, False)
 AUTO_DOWNLOAD = ("cifar10", "cifar100")
 
 
+# Pass p of seed s shuffles with seed s * SEED_STRIDE + p: distinct for every (s, p) with p < SEED_STRIDE
+# (a prime, so no two seeds share a pass's order by accident).
+SEED_STRIDE = 1_000_003
+
+
+def shuffle_seed(seed: int, index: int) -> int:
+    """The shuffle seed of pass (or epoch) `index` under `seed`: seed * SEED_STRIDE + index.
+
+    Example:
+        >>> shuffle_seed(0, 3), shuffle_seed(2, 0)
+        (3, 2000006)
+    """
+    return seed * SEED_STRIDE + index
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Everything that fixes which examples a run sees.
@@ -503,7 +518,7 @@ class Data:
                 )
             # A streamed source is shuffled through a buffer, whose seed must be a
             # Python int: one dataset per epoch, concatenated below.
-            return examples.shuffle(min(n, 16384), seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+            return examples.shuffle(min(n, 16384), seed=shuffle_seed(seed, epoch), reshuffle_each_iteration=False)
 
         num_shards, index = shard
 

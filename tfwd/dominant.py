@@ -26,6 +26,7 @@ block structure, or the middle block output of the last stage when there is none
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -194,8 +195,8 @@ def load(out_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def default_out_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "dominant_datapoints")
+# RUN_DIR/dominant_datapoints.
+default_out_dir = functools.partial(runs.analysis_dir, kind="dominant_datapoints")
 
 
 def analyze_run(
@@ -223,9 +224,7 @@ def analyze_run(
 
     if not 1 <= top < examples:
         raise ValueError(f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}")
-    run = runs.Run(run_dir)
-    out_dir = out_dir or default_out_dir(run.path)
-    runs.check_output_dir(out_dir, "dominant_datapoints")
+    run, out_dir = runs.open_analysis(run_dir, "dominant_datapoints", out_dir)
     model = run.model()
     if layer is not None:
         check_layer(layer, models.tap_names(model, "all"))
@@ -240,7 +239,7 @@ def analyze_run(
     result = analyze_model(model, images, layer, top, batch_size)
     settings = {"run": run.path, "split": "test", "examples": examples, "top": top, "batch_size": batch_size}
     info = summary(result, labels, data.class_names, settings)
-    label = run.name.split("-", 1)[-1]
+    label = runs.run_label(run.name)
     with runs.atomic_dir(out_dir, "dominant_datapoints") as tmp:
         runs.write_json(os.path.join(tmp, JSON), info)
         runs.write_npz(

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfwd import findings as findings_lib
-from tfwd import plots
+from tfwd import plots, runs
 from tfwd.plots.report import block_heatmaps
 
 STYLE = """
@@ -121,7 +121,7 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
 def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timings: dict, seconds: float) -> None:
     """Writes report.html, findings.json and the report's own figures into `folder`."""
     panels = [
-        {"matrix": r.cka, "names": r.names, "title": r.name.split("-", 1)[1], "block": analyses.blocks[r.name]}
+        {"matrix": r.cka, "names": r.names, "title": runs.run_label(r.name), "block": analyses.blocks[r.name]}
         for r in analyses.runs
     ]
     figures = []

@@ -39,6 +39,7 @@ Lanczos iterations (O(n^2) each), and the CKA matrices cost 2 L^2 n^2, in float6
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -430,9 +431,8 @@ def load(path: str) -> dict[str, Any]:
     return result
 
 
-def default_out_dir(run_dir: str, taps: str | Sequence[str], split: str) -> str:
-    """RUN_DIR/pc_{taps}_{split} ("custom" for a list of layer names)."""
-    return os.path.join(run_dir, f"pc_{taps if isinstance(taps, str) else 'custom'}_{split}")
+# RUN_DIR/pc_{taps}_{split} ("custom" for a pattern or a list of layer names).
+default_out_dir = functools.partial(runs.analysis_dir, kind="pc")
 
 
 def analyze_run(
@@ -474,9 +474,7 @@ def analyze_run(
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
-    run = runs.Run(run_dir)
-    out_dir = out_dir or default_out_dir(run.path, taps, split)
-    runs.check_output_dir(out_dir, "pc")
+    run, out_dir = runs.open_analysis(run_dir, "pc", out_dir, taps=taps, split=split)
     data = run.data(data_dir)
     available = data.num_examples(split)
     if examples is not None and not 4 <= examples <= available:
@@ -489,9 +487,9 @@ def analyze_run(
         run=run.path, taps=taps, split=split, examples=n, batch_size=batch_size, dtype=dtype,
         estimator="full-batch unbiased HSIC_1 over the analysis set",
     )
-    title = f"{run.name.split('-', 1)[-1]} ({split}, n={n})"
+    title = f"{runs.run_label(run.name)} ({split}, n={n})"
     pooled = dict(last_stages_fraction=result["last_stages_fraction"], last_stages=result["last_stages"])
-    with runs.atomic_dir(out_dir, "pc") as tmp:
+    with runs.writing_output(out_dir, "pc", f"First-PC analyses of {run.name}") as tmp:
         save(os.path.join(tmp, "pc.npz"), result, settings)
         figure = pc_plots.first_pc_figure(
             result["cka"], result["pc_cosine"], result["fraction"], result["cka_without_pc"], result["names"],
@@ -500,5 +498,4 @@ def analyze_run(
         common.save_figure(figure, os.path.join(tmp, "first_pc.png"))
         ax = pc_plots.variance_explained(result["fraction"], result["names"], title=title, **pooled)
         common.save_figure(ax.figure, os.path.join(tmp, "variance_explained.png"))
-    logging.info("First-PC analyses of %s written to %s.", run.name, out_dir)
     return out_dir

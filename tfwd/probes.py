@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -58,7 +59,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfwd import cka, models, runs
-from tfwd.data import Data
+from tfwd.data import Data, shuffle_seed
 
 POOLINGS = ("flatten", "gap", "maxpool2")
 OPTIMIZERS = ("adam", "sgd")
@@ -357,9 +358,8 @@ def _train_step(tapped, pooling, heads, settings, optimizers):
 # --- run directories --------------------------------------------------------------------------
 
 
-def default_out_dir(run_dir: str, taps: str | Sequence[str]) -> str:
-    """RUN_DIR/probes_<taps> ("custom" for a list of layer names)."""
-    return os.path.join(run_dir, f"probes_{taps if isinstance(taps, str) else 'custom'}")
+# RUN_DIR/probes_<taps> ("custom" for a pattern or a list of layer names).
+default_out_dir = functools.partial(runs.analysis_dir, kind="probes")
 
 
 def probe_table(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -490,9 +490,7 @@ def analyze_run(
         ValueError: for taps the model lacks (taps="residual" on a plain network),
             bad settings, or more examples than the run has.
     """
-    run = runs.Run(run_dir)
-    out_dir = out_dir or default_out_dir(run.path, taps)
-    runs.check_output_dir(out_dir, "probes")
+    run, out_dir = runs.open_analysis(run_dir, "probes", out_dir, taps=taps)
     model = run.model()
     names = models.tap_names(model, taps)  # fails fast, before any data is read
     _grid(optimizer, learning_rates, l2)
@@ -503,7 +501,7 @@ def analyze_run(
     if augment:
         train = lambda e: data.train_dataset(batch_size, seed, start_epoch=e, epochs=e + 1)  # noqa: E731
     else:
-        train = lambda e: data.eval_dataset("train", batch_size, shuffle_seed=seed * 1_000_003 + e)  # noqa: E731
+        train = lambda e: data.eval_dataset("train", batch_size, shuffle_seed=shuffle_seed(seed, e))  # noqa: E731
     n_validation = data.num_examples("validation")
     logging.info("Probing %d taps of %s: %d training, %d validation examples.", len(names), run.name, n_train, n_validation)
     result = train_probes(
@@ -526,7 +524,6 @@ def analyze_run(
             [model], lambda _: data.eval_dataset("test", cka_batch, cka_examples), passes=1, taps=names
         )
     _write(out_dir, result, settings, run.name, 1 / data.num_classes, within)
-    logging.info("Probes of %s written to %s.", run.name, out_dir)
     return out_dir
 
 
@@ -536,8 +533,8 @@ def _write(out_dir, result, settings, run_name, chance, within) -> None:
     from tfwd.plots import probes as probe_plots
 
     table = probe_table(result)
-    title = f"{run_name.split('-', 1)[-1]}: linear probes"
-    with runs.atomic_dir(out_dir, "probes") as tmp:
+    title = f"{runs.run_label(run_name)}: linear probes"
+    with runs.writing_output(out_dir, "probes", f"Probes of {run_name}") as tmp:
         runs.write_csv(os.path.join(tmp, "probes.csv"), table)
         runs.write_csv(os.path.join(tmp, "probes_grid.csv"), grid_table(result))
         runs.write_json(os.path.join(tmp, "probes.json"), settings)

@@ -442,9 +442,7 @@ def analyze_run(
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     if recalibrate_bn and recalibration_examples < 1:
         raise ValueError(f"`recalibration_examples` must be >= 1. Received: recalibration_examples={recalibration_examples!r}")
-    run = runs.Run(run_dir)
-    out_dir = out_dir or os.path.join(run.path, "prune_blocks")
-    runs.check_output_dir(out_dir, "prune_blocks")
+    run, out_dir = runs.open_analysis(run_dir, "prune_blocks", out_dir)
     model = run.model()
     deletion_schedule(model)  # a plain model fails here, before any data is read
     data = run.data(data_dir)
@@ -461,7 +459,7 @@ def analyze_run(
         recalibration = data.eval_dataset("train", batch, n)
     result = stagewise_deletion(model, data.eval_dataset("test", batch_size, examples), recalibration)
     rows = [{**step, "deleted": " ".join(step["deleted"])} for step in result["steps"]]
-    with runs.atomic_dir(out_dir, "prune_blocks") as tmp:
+    with runs.writing_output(out_dir, "prune_blocks", f"Block deletion of {run.name}") as tmp:
         runs.write_csv(os.path.join(tmp, "prune_blocks.csv"), rows)
         runs.write_json(os.path.join(tmp, "prune_blocks.json"), {**result, "model": model.name, "settings": settings})
         ax = deletion_accuracy(
@@ -469,5 +467,4 @@ def analyze_run(
             result["full_accuracy"], title=run.name + (" (BN recalibrated)" if recalibrate_bn else ""),
         )
         save_figure(ax.figure, os.path.join(tmp, "prune_blocks.png"))
-    logging.info("Block deletion of %s written to %s.", run.name, out_dir)
     return out_dir

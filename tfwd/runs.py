@@ -20,16 +20,19 @@ temporary files a killed writer of the run left.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import zipfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
 import numpy as np
+from absl import logging
 
-from tfwd import models
+from tfwd import layer_names, models
 from tfwd.atomic import (  # noqa: F401 - re-exported: tfwd.runs has always offered them
     OUTPUT_MARKER,
     RUN_CONFIG,
@@ -299,3 +302,59 @@ def read_config(path: str) -> RunConfig:
         raise RunError(f"{path} is not a tfwd run directory: it has no {CONFIG}.") from None
     except (ValueError, KeyError, TypeError) as e:
         raise RunError(f"{file} is corrupt or from an incompatible version ({type(e).__name__}: {e}).") from e
+
+
+def run_label(name: str) -> str:
+    """A run's name without its dataset prefix, for titles: "cifar10-resnet20-w1-s0" -> "resnet20-w1-s0"."""
+    return name.split("-", 1)[-1]
+
+
+# --- the skeleton of an analysis of one run -----------------------------------------------------
+
+
+def taps_tag(taps: str | Sequence[str]) -> str:
+    """The taps part of an output folder's name: a tap kind, else "custom" (no pattern or layer list in a name)."""
+    return taps if isinstance(taps, str) and taps in layer_names.TAP_KINDS else "custom"
+
+
+def analysis_dir(run_dir: str, taps: str | Sequence[str] | None = None, split: str | None = None, *, kind: str) -> str:
+    """RUN_DIR/{kind}[_{taps}][_{split}]: where an analysis of one run writes by default.
+
+    Example:
+        >>> analysis_dir("/r/a", "all", "test", kind="pc")
+        '/r/a/pc_all_test'
+        >>> analysis_dir("/r/a", ["stage1_block1_add"], kind="probes")
+        '/r/a/probes_custom'
+    """
+    parts = [kind] + ([taps_tag(taps)] if taps is not None else []) + ([split] if split is not None else [])
+    return os.path.join(run_dir, "_".join(parts))
+
+
+def open_analysis(run_dir: str, kind: str, out_dir: str | None, **name_parts) -> tuple[Run, str]:
+    """Opens a finished run for an analysis of `kind` and reserves its output folder.
+
+    Args:
+        run_dir: the run directory.
+        kind: the analysis ("pc", "probes", ...): the folder's marker and default name.
+        out_dir: the output folder; None: `analysis_dir(run_dir, **name_parts, kind=kind)`.
+        **name_parts: `taps` and `split` of the default folder's name.
+
+    Returns:
+        The opened Run and the output folder, which `check_output_dir` found free, so a
+        wrong folder fails before anything is computed.
+    """
+    run = Run(run_dir)
+    out_dir = out_dir or analysis_dir(run.path, **name_parts, kind=kind)
+    check_output_dir(out_dir, kind)
+    return run, out_dir
+
+
+@contextlib.contextmanager
+def writing_output(out_dir: str, kind: str, what: str) -> Iterator[str]:
+    """Yields a temporary folder that replaces `out_dir` as a whole (`atomic_dir`), then logs "<what> written to".
+
+    Example (`what` names the result): with writing_output(out, "pc", f"First-PC analyses of {run.name}") as tmp: ...
+    """
+    with atomic_dir(out_dir, kind) as tmp:
+        yield tmp
+    logging.info("%s written to %s.", what, out_dir)
