@@ -298,6 +298,15 @@ def test_analyze_run_errors(resnet14_run, tmp_path, kwargs, match):
     assert not os.path.exists(tmp_path / "x")
 
 
+@pytest.mark.parametrize("flag", ["run", "ckpt"])
+def test_bin_prune_blocks_takes_run_like_the_other_apps_and_keeps_ckpt(flag, tmp_path, root, bin_env):
+    missing = tmp_path / "nope"
+    cmd = [sys.executable, str(root / "bin" / "prune_blocks"), f"--{flag}={missing}"]
+    failed = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1] == f"error: Run directory {missing} does not exist."
+
+
 def test_bin_prune_blocks_smoke(resnet14_run, plain_run, tmp_path, root, bin_env):
     run_dir = str(tmp_path / os.path.basename(resnet14_run))
     shutil.copytree(resnet14_run, run_dir)  # the default output goes inside the run directory

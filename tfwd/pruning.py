@@ -416,7 +416,10 @@ def analyze_run(
         run_dir: a finished run directory (from bin/train) of a residual model.
         out_dir: output folder; default `run_dir/prune_blocks`.
         recalibrate_bn: re-estimate BN statistics of every pruned model (off by
-            default: the paper does not; see `recalibrate_bn`).
+            default: the paper does not). The keyword is public (bin/prune_blocks'
+            flag, report specs, the "recalibrate_bn" key of the settings), so it keeps
+            the name of the function `recalibrate_bn`, which `stagewise_deletion` calls;
+            this function never calls it, so the shadowing is harmless here.
         recalibration_examples: the first N examples of the run's training subset,
             without augmentation, in batches of the run's training batch size; capped
             at the subset's size.

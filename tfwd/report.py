@@ -214,29 +214,38 @@ def analyze(
     for run_dir in run_dirs:
         run = runs.Run(run_dir)
         dirs = out.dirs.setdefault(run.name, {})
-        s = {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256, **settings.get("cka", {})}
-        dirs["cka"] = _cached("cka", run_dir, s, lambda o: cka.analyze_runs([run_dir], out_dir=o, data_dir=data_dir, **s), timings)
+        cka_settings = {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256, **settings.get("cka", {})}
+        dirs["cka"] = _cached(
+            "cka", run_dir, cka_settings,
+            lambda o: cka.analyze_runs([run_dir], out_dir=o, data_dir=data_dir, **cka_settings), timings,
+        )
         loaded = cka.load(os.path.join(dirs["cka"], "cka.npz"))
         analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
-        s = {"taps": "all", "examples": 1000, "batch_size": 250, **settings.get("pc", {})}
-        dirs["pc"] = _cached("pc", run_dir, s, lambda o: pca.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings)
+        pc_settings = {"taps": "all", "examples": 1000, "batch_size": 250, **settings.get("pc", {})}
+        dirs["pc"] = _cached(
+            "pc", run_dir, pc_settings,
+            lambda o: pca.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **pc_settings), timings,
+        )
         analysed.pc = pca.load(os.path.join(dirs["pc"], "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
-            s = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024, **settings.get("probes", {})}
+            probe_settings = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024, **settings.get("probes", {})}
             dirs["probes"] = _cached(
-                "probes", run_dir, s, lambda o: probes.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings
+                "probes", run_dir, probe_settings,
+                lambda o: probes.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **probe_settings), timings,
             )
             analysed.probes = probes.load(dirs["probes"])
-            s = {"examples": 2000, **settings.get("prune_blocks", {})}
+            prune_settings = {"examples": 2000, **settings.get("prune_blocks", {})}
             dirs["prune_blocks"] = _cached(
-                "prune_blocks", run_dir, s, lambda o: pruning.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings
+                "prune_blocks", run_dir, prune_settings,
+                lambda o: pruning.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **prune_settings), timings,
             )
             analysed.prune_blocks = pruning.load(dirs["prune_blocks"])
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
         if block.found and "dominant" in settings:
-            s = {"examples": 1000, "top": 10, **settings["dominant"]}
+            dominant_settings = {"examples": 1000, "top": 10, **settings["dominant"]}
             dirs["dominant"] = _cached(
-                "dominant", run_dir, s, lambda o: dominant.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **s), timings
+                "dominant", run_dir, dominant_settings,
+                lambda o: dominant.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **dominant_settings), timings,
             )
             out.dominant[run.name] = dominant.load(dirs["dominant"])
         out.runs.append(analysed)
@@ -257,13 +266,14 @@ def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
     for run_dir in run_dirs:
         config = runs.read_config(run_dir)
         by_config.setdefault(cell_label(config), {})[config.train.seed] = run_dir
-    s = {"taps": "all", "examples": 2048, "passes": 1, "batch_size": 256, **settings}
+    cross_settings = {"taps": "all", "examples": 2048, "passes": 1, "batch_size": 256, **settings}
     for key, seeds in by_config.items():
         if 0 in seeds and 1 in seeds:
             pair = [seeds[0], seeds[1]]
             folder = _cached(
-                "cross_seed", seeds[0], {**s, "other": os.path.basename(seeds[1])},
-                lambda o, pair=pair: cka.analyze_runs(pair, out_dir=o, data_dir=data_dir, **s), timings, [seeds[1]],
+                "cross_seed", seeds[0], {**cross_settings, "other": os.path.basename(seeds[1])},
+                lambda o, pair=pair: cka.analyze_runs(pair, out_dir=o, data_dir=data_dir, **cross_settings),
+                timings, [seeds[1]],
             )
             loaded = cka.load(os.path.join(folder, "cka.npz"))
             names = tuple(os.path.basename(p) for p in pair)

@@ -60,7 +60,6 @@ from typing import Any
 from absl import logging
 
 from tfwd import data, run_settings, runs, training
-from tfwd.data import DataConfig
 
 # bin/train's flags and their kinds (tfwd.run_settings), in the order commands list them (tests
 # check the names against bin/train --helpfull). out_dir is the caller's; overwrite is refused.
@@ -113,11 +112,11 @@ def _flag(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return f"--{name}" if value else f"--no{name}"
     if isinstance(value, list):
-        return f"--{name}=" + ",".join(_number(v) for v in value)
-    return f"--{name}={_number(value) if isinstance(value, float) else value}"
+        return f"--{name}=" + ",".join(_flag_number(v) for v in value)
+    return f"--{name}={_flag_number(value) if isinstance(value, float) else value}"
 
 
-def _number(v) -> str:
+def _flag_number(v) -> str:
     """1.0 -> "1", 2.8 -> "2.8", 1e-05 -> "1e-05": exact, and short for integral values."""
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
 

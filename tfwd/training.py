@@ -325,18 +325,18 @@ def _finished(run_dir: str, config: runs.RunConfig, overwrite: bool) -> bool:
 
 def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, validation_every) -> str:
     """The training loop of `train`, on a prepared (and, for the chief, locked) run directory."""
-    tc = config.train
-    steps = data.steps_per_epoch(tc.batch_size)
-    keras.utils.set_random_seed(tc.seed)
-    if tc.deterministic:
+    train_config = config.train
+    steps = data.steps_per_epoch(train_config.batch_size)
+    keras.utils.set_random_seed(train_config.seed)
+    if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         # Several replicas normalize with global-batch statistics, as one device would.
-        model = config.model.build(data.num_classes, data.image_size, tc.weight_decay, synchronized_bn=replicas > 1)
-        optimizer = make_optimizer(tc, steps)
+        model = config.model.build(data.num_classes, data.image_size, train_config.weight_decay, synchronized_bn=replicas > 1)
+        optimizer = make_optimizer(train_config, steps)
         optimizer.build(model.trainable_variables)
-    loop = _Loop(model, optimizer, strategy, tc.batch_size)
+    loop = _Loop(model, optimizer, strategy, train_config.batch_size)
     # Bookkeeping lives outside the strategy: a string cannot be mirrored across workers.
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     history_var = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
@@ -348,34 +348,34 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
     start = int(epoch_var.numpy())
     history: list[dict[str, Any]] = json.loads(history_var.numpy().decode())[:start]
 
-    if start < tc.epochs:
+    if start < train_config.epochs:
         logging.info(
             "Training %s: %d examples, %d steps/epoch, epochs %d-%d.",
-            config.name, data.num_examples("train"), steps, start + 1, tc.epochs,
+            config.name, data.num_examples("train"), steps, start + 1, train_config.epochs,
         )
-        per_replica = tc.batch_size // replicas
+        per_replica = train_config.batch_size // replicas
 
         def pipeline(context):
             # Input pipeline i takes examples i, i+k, ... of each epoch's order, so the
             # replicas' batches together are exactly the one-device global batch.
             shard = (context.num_input_pipelines, context.input_pipeline_id)
-            return data.train_dataset(tc.batch_size, tc.seed, start, tc.epochs, shard, replica_batch_size=per_replica)
+            return data.train_dataset(train_config.batch_size, train_config.seed, start, train_config.epochs, shard, replica_batch_size=per_replica)
 
         iterator = iter(strategy.distribute_datasets_from_function(pipeline))
         validation = data.eval_dataset("validation", 500) if data.num_examples("validation") else None
         writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if tensorboard and is_chief else None
         verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
-        for epoch in range(start, tc.epochs):
+        for epoch in range(start, train_config.epochs):
             began = time.time()
             progbar = keras.utils.Progbar(steps) if verbose == 1 else None
             row = {"epoch": epoch + 1, **loop.train_epoch(iterator, steps, progbar)}
-            if validation is not None and ((epoch + 1) % validation_every == 0 or epoch + 1 == tc.epochs):
+            if validation is not None and ((epoch + 1) % validation_every == 0 or epoch + 1 == train_config.epochs):
                 row.update(loop.evaluate(validation))
             row["learning_rate"] = float(optimizer.learning_rate.numpy())
             row["seconds"] = round(time.time() - began, 2)
             _end_epoch(row, history, epoch_var, history_var, checkpoints, run_dir, is_chief)
             if verbose:
-                logging.info("Epoch %d/%d: %s", epoch + 1, tc.epochs, _format(row))
+                logging.info("Epoch %d/%d: %s", epoch + 1, train_config.epochs, _format(row))
             if writer is not None:
                 with writer.as_default(step=epoch + 1):
                     for key, value in row.items():
