@@ -3,6 +3,7 @@
 #   ./run.sh demo [flags]   a shortened cpu report: trains 3 small ResNets, runs every analysis,
 #                           writes runs/demo/report_demo/report.html (flags go to bin/report)
 #   ./run.sh test [args]    runs the test suite (extra args go to pytest)
+#   ./run.sh lint [args]    runs `ruff check .` (pyproject.toml [tool.ruff]; extra args go to ruff)
 # Both create (or reuse) the virtualenv .venv and install tfwd into it, editable, first.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,8 +46,12 @@ case "$cmd" in
     setup_venv
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
+  lint)
+    setup_venv
+    exec "$VENV/bin/python" -m ruff check . "$@"
+    ;;
   *)
-    echo "usage: ./run.sh demo [flags] | ./run.sh test [pytest args]" >&2
+    echo "usage: ./run.sh demo [flags] | ./run.sh test [pytest args] | ./run.sh lint [ruff args]" >&2
     exit 2
     ;;
 esac

@@ -94,7 +94,7 @@ def throughput_table(configs, peak, repeats):
         keras.utils.set_random_seed(0)
         model = models.cifar_resnet(depth, width)
         names = models.tap_names(model, "all")
-        infer = tf.function(lambda x: model(x, training=False))
+        infer = tf.function(lambda x, model=model: model(x, training=False))
         r_inf = rate(infer, x, items=N, repeats=repeats)
         r_ref = rate(step_fn([model], "all", ReferenceMinibatchCKA), x, items=N, repeats=repeats)
         exact = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L))

@@ -6,11 +6,9 @@ import os
 import platform
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
-
-import keras
-
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 

@@ -122,7 +122,7 @@ class TestCifar:
         resumed = list(cifar.train_dataset(64, seed=3, start_epoch=2, epochs=3))
         for a, b in zip(full, again):
             np.testing.assert_array_equal(a, b)
-        for a, (x, b) in zip(full[2 * steps :], resumed):
+        for a, (_, b) in zip(full[2 * steps :], resumed):
             np.testing.assert_array_equal(a, b)
         other = [y.numpy() for _, y in cifar.train_dataset(64, seed=4, start_epoch=0, epochs=1)]
         assert not all(np.array_equal(a, b) for a, b in zip(full, other))

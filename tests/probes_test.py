@@ -13,8 +13,7 @@ import tensorflow as tf
 
 from tfwd import models, probes, runs
 from tfwd.data import DataConfig
-from tfwd.plots import probes as probe_plots
-from tfwd.plots import save_figure
+from tfwd.plots import probes as probe_plots, save_figure
 
 CLASSES = 4
 TAPS = ["noise_a", "bn", "signal", "noise_b"]

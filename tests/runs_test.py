@@ -163,6 +163,6 @@ def test_temporary_folders_of_live_processes_are_kept_and_of_dead_ones_removed(t
     other = tmp_path / f".output.p{dead.pid}.ghi789.tmp"  # another output's name
     for folder in (live, gone, other):
         folder.mkdir()
-    with runs.atomic_dir(str(tmp_path / "out"), "pc") as tmp:
+    with runs.atomic_dir(str(tmp_path / "out"), "pc"):
         assert os.path.isdir(live) and not os.path.exists(gone)
     assert os.path.isdir(live) and os.path.isdir(other)

@@ -220,7 +220,8 @@ def analyze_run(
         tfwd.runs.RunError: for a missing or unfinished run, or an out_dir tfwd did not write.
         ValueError: for an unknown layer (naming the nearest) or `top` >= `examples`.
     """
-    from tfwd.plots import common, dominant as plots  # matplotlib only when figures are drawn
+    # matplotlib only when figures are drawn
+    from tfwd.plots import common, dominant as plots
 
     if not 1 <= top < examples:
         raise ValueError(f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}")

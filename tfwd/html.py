@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfwd import findings as findings_lib
-from tfwd import plots, runs
+from tfwd import findings as findings_lib, plots, runs
 from tfwd.plots.report import block_heatmaps
 
 STYLE = """

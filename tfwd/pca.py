@@ -470,7 +470,8 @@ def analyze_run(
         tfwd.runs.RunError: for a missing or unfinished run.
         ValueError: for `examples` outside [4, size of the split] or a batch size under 1.
     """
-    from tfwd.plots import common, pca as pc_plots  # matplotlib only when figures are drawn
+    # matplotlib only when figures are drawn
+    from tfwd.plots import common, pca as pc_plots
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")

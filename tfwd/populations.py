@@ -54,8 +54,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import logging
 import tensorflow_datasets as tfds
+from absl import logging
 from scipy import stats
 
 from tfwd import runs

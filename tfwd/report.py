@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -40,7 +41,6 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 from absl import logging
 
 from tfwd import blocks, cka, dominant, findings, pca, probes, pruning, runs, sweeps
@@ -161,7 +161,7 @@ def _cached(
     timings: dict,
     inputs: Sequence[str] = (),
 ) -> str:
-    """compute(out_dir) unless a folder for exactly these settings and runs exists; records the seconds spent.
+    """compute(out_dir), out_dir as its one positional argument, unless a folder for exactly these settings and runs exists; records the seconds spent.
 
     The folder is keyed on the settings and on the content of `run_dir` and of the other
     runs the analysis reads (`inputs`), see `_content`.
@@ -217,27 +217,27 @@ def analyze(
         cka_settings = {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256, **settings.get("cka", {})}
         dirs["cka"] = _cached(
             "cka", run_dir, cka_settings,
-            lambda o: cka.analyze_runs([run_dir], out_dir=o, data_dir=data_dir, **cka_settings), timings,
+            functools.partial(cka.analyze_runs, [run_dir], data_dir=data_dir, **cka_settings), timings,
         )
         loaded = cka.load(os.path.join(dirs["cka"], "cka.npz"))
         analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
         pc_settings = {"taps": "all", "examples": 1000, "batch_size": 250, **settings.get("pc", {})}
         dirs["pc"] = _cached(
             "pc", run_dir, pc_settings,
-            lambda o: pca.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **pc_settings), timings,
+            functools.partial(pca.analyze_run, run_dir, data_dir=data_dir, **pc_settings), timings,
         )
         analysed.pc = pca.load(os.path.join(dirs["pc"], "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
             probe_settings = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024, **settings.get("probes", {})}
             dirs["probes"] = _cached(
                 "probes", run_dir, probe_settings,
-                lambda o: probes.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **probe_settings), timings,
+                functools.partial(probes.analyze_run, run_dir, data_dir=data_dir, **probe_settings), timings,
             )
             analysed.probes = probes.load(dirs["probes"])
             prune_settings = {"examples": 2000, **settings.get("prune_blocks", {})}
             dirs["prune_blocks"] = _cached(
                 "prune_blocks", run_dir, prune_settings,
-                lambda o: pruning.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **prune_settings), timings,
+                functools.partial(pruning.analyze_run, run_dir, data_dir=data_dir, **prune_settings), timings,
             )
             analysed.prune_blocks = pruning.load(dirs["prune_blocks"])
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
@@ -245,7 +245,7 @@ def analyze(
             dominant_settings = {"examples": 1000, "top": 10, **settings["dominant"]}
             dirs["dominant"] = _cached(
                 "dominant", run_dir, dominant_settings,
-                lambda o: dominant.analyze_run(run_dir, out_dir=o, data_dir=data_dir, **dominant_settings), timings,
+                functools.partial(dominant.analyze_run, run_dir, data_dir=data_dir, **dominant_settings), timings,
             )
             out.dominant[run.name] = dominant.load(dirs["dominant"])
         out.runs.append(analysed)
@@ -272,7 +272,7 @@ def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
             pair = [seeds[0], seeds[1]]
             folder = _cached(
                 "cross_seed", seeds[0], {**cross_settings, "other": os.path.basename(seeds[1])},
-                lambda o, pair=pair: cka.analyze_runs(pair, out_dir=o, data_dir=data_dir, **cross_settings),
+                functools.partial(cka.analyze_runs, pair, data_dir=data_dir, **cross_settings),
                 timings, [seeds[1]],
             )
             loaded = cka.load(os.path.join(folder, "cka.npz"))

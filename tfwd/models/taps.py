@@ -26,8 +26,7 @@ from collections.abc import Sequence
 
 import keras
 
-from tfwd.layer_names import PATTERN_PREFIX, TAP_KINDS
-from tfwd.layer_names import STAGE_PATTERN as _STAGE
+from tfwd.layer_names import PATTERN_PREFIX, STAGE_PATTERN as _STAGE, TAP_KINDS
 
 
 def _layer_names(model: keras.Model) -> list[str]:
