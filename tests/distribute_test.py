@@ -39,6 +39,7 @@ def _free_ports(k):
     return ports
 
 
+@pytest.mark.slow  # two worker processes train and compute CKA (1.5 min)
 def test_two_workers_on_loopback_match_one_process(tmp_path, tfds_dir, root, bin_env):
     ports = ",".join(map(str, _free_ports(2)))
     worker = str(root / "tests" / "_multiworker.py")

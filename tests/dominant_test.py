@@ -115,7 +115,7 @@ def test_binary_writes_the_json_and_figures(root, bin_env, tmp_path, tiny_runs):
     [
         (["--layer=stage1_blok1_out"], "error: `layer` 'stage1_blok1_out' is not a layer of this model; nearest: stage1_block1_out"),
         (["--examples=20", "--top=20"], "error: `top` must be in [1, examples - 1] = [1, 19]. Received: top=20, examples=20"),
-        (["unfinished"], "error: Run {run} has no model.keras: it has not finished training"),
+        pytest.param(["unfinished"], "error: Run {run} has no model.keras: it has not finished training", marks=pytest.mark.slow),
     ],
     ids=["unknown-layer", "top-not-below-examples", "unfinished-run"],
 )

@@ -14,6 +14,10 @@ import pytest
 
 from tfwd import errors, runs
 
+# Each case below runs a binary in a fresh process (5-40 s each). The default tier keeps one or two
+# cases per binary and kind of failure; the rest run in the slow tier (`./run.sh test -m slow`).
+SLOW = pytest.mark.slow
+
 TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32", "--epochs=1"]
 
 
@@ -36,11 +40,11 @@ def _listing(path):
     "args,message",
     [
         (["--depth=21"], "error: `depth` must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, 38, 44, 56, 110, ...); nearest valid depths: 20, 26. Received: depth=21"),
-        (["--width=-1"], "error: `width` must be a positive number (1, 2, 0.5, ...). Received: width=-1.0"),
+        pytest.param(["--width=-1"], "error: `width` must be a positive number (1, 2, 0.5, ...). Received: width=-1.0", marks=SLOW),
         (["--dataset=cifar100", "--data_dir={empty}"], "error: Dataset 'cifar100' is not prepared in {empty}."),
-        (["--arch=imagenet_resnet", "--depth=20"], "error: --depth, --width: only for --arch=cifar_resnet; with imagenet_resnet use --blocks and --widths."),
-        (["--tpu=grpc://10.0.0.2:8470"], "error: `tpu`='grpc://10.0.0.2:8470' is only used with strategy='tpu'. Received: strategy='default'"),
-        (["--batch_size=512"], "error: `batch_size`=512 is larger than the 256 training examples."),
+        pytest.param(["--arch=imagenet_resnet", "--depth=20"], "error: --depth, --width: only for --arch=cifar_resnet; with imagenet_resnet use --blocks and --widths.", marks=SLOW),
+        pytest.param(["--tpu=grpc://10.0.0.2:8470"], "error: `tpu`='grpc://10.0.0.2:8470' is only used with strategy='tpu'. Received: strategy='default'", marks=SLOW),
+        pytest.param(["--batch_size=512"], "error: `batch_size`=512 is larger than the 256 training examples.", marks=SLOW),
     ],
     ids=["depth", "width", "dataset-missing", "conflicting-arch-flags", "conflicting-tpu-flags", "batch-too-large"],
 )
@@ -94,9 +98,9 @@ def _one_error(stderr):
         (["--learning_rate=1e30", "--epochs=2"], None,
          "error: The training loss is {loss} at epoch 1: training diverged. No checkpoint was written yet in {run}; "
          "lower --learning_rate and rerun with --overwrite."),
-        (["--epochs=3"], "diverge:2",
+        pytest.param(["--epochs=3"], "diverge:2",
          "error: The training loss is nan at epoch 2: training diverged. The last good checkpoint (epoch 1) is kept in "
-         "{run}; lower --learning_rate and rerun with --overwrite."),
+         "{run}; lower --learning_rate and rerun with --overwrite.", marks=SLOW),
     ],
     ids=["first-epoch", "after-a-checkpoint"],
 )
@@ -119,6 +123,7 @@ def test_diverging_loss_names_the_checkpoint_it_keeps(root, bin_env, tmp_path, a
         assert not latest.exists()
 
 
+@SLOW
 def test_ctrl_c_exits_130_with_one_line(root, bin_env, tmp_path):
     run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
     proc = subprocess.Popen(
@@ -137,7 +142,10 @@ def test_ctrl_c_exits_130_with_one_line(root, bin_env, tmp_path):
     assert not [f for f in os.listdir(run_dir) if f.startswith(".") and f != runs.LOCK]
 
 
-@pytest.mark.parametrize("case", ["missing", "not-a-run", "corrupt-config", "unfinished", "corrupt-model", "other-model", "nan-weights"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "corrupt-model", *[pytest.param(c, marks=SLOW) for c in ("not-a-run", "corrupt-config", "unfinished", "other-model", "nan-weights")]],
+)
 def test_cka_bad_run_directories(root, bin_env, tmp_path, tiny_runs, case):
     run = tmp_path / "nope"
     if case == "not-a-run":
@@ -180,7 +188,7 @@ def test_cka_bad_run_directories(root, bin_env, tmp_path, tiny_runs, case):
     "args,message",
     [
         (["--batch_size=3"], "FATAL Flags parsing error: flag --batch_size=3: 3 is not integer >= 4"),
-        (["--examples=20000"], "error: `examples` must be in [4, 10000] for split 'test'. Received: 20000"),
+        pytest.param(["--examples=20000"], "error: `examples` must be in [4, 10000] for split 'test'. Received: 20000", marks=SLOW),
     ],
     ids=["batch-under-4", "too-many-examples"],
 )
@@ -190,6 +198,7 @@ def test_cka_bad_settings(root, bin_env, tmp_path, tiny_runs, args, message):
     assert not (tmp_path / "o").exists()
 
 
+@SLOW
 def test_cka_runs_on_different_datasets(root, bin_env, tmp_path, tiny_runs):
     other = _copy(tiny_runs[1], tmp_path)
     config = runs.read_config(str(other)).to_dict()
@@ -201,6 +210,7 @@ def test_cka_runs_on_different_datasets(root, bin_env, tmp_path, tiny_runs):
     assert not (tmp_path / "o").exists()
 
 
+@SLOW
 def test_killed_cka_leaves_no_partial_output(root, bin_env, tmp_path, tiny_runs):
     env = dict(bin_env, TFWD_FAULT="analysis_write:0")
     result = subprocess.run([sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"], env=env, capture_output=True, text=True, timeout=600)
@@ -221,12 +231,12 @@ def _tree(path):
     "app,target",
     [
         ("pc", "run"),
-        ("probe", "run"),
-        ("prune_blocks", "run"),
+        pytest.param("probe", "run", marks=SLOW),
+        pytest.param("prune_blocks", "run", marks=SLOW),
         ("cka", "holder"),
-        ("compare_predictions", "holder"),
+        pytest.param("compare_predictions", "holder", marks=SLOW),
         ("cka", "file"),
-        ("cka", "cwd"),
+        pytest.param("cka", "cwd", marks=SLOW),
     ],
     ids=["pc-into-its-run", "probe-into-its-run", "prune-into-its-run", "cka-into-the-runs-folder",
          "compare-into-the-runs-folder", "cka-onto-a-file", "cka-into-the-current-folder"],
@@ -256,7 +266,9 @@ def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path
 
 
 @pytest.mark.parametrize(
-    "case", ["not-a-model", "not-an-image-model", "unknown-tap", "runs-and-models", "neither", "empty-runs"]
+    "case",
+    ["not-a-model", "runs-and-models",
+     *[pytest.param(c, marks=SLOW) for c in ("not-an-image-model", "unknown-tap", "neither", "empty-runs")]],
 )
 def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
     notes = tmp_path / "notes.keras"
@@ -301,10 +313,11 @@ def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
     [
         ({"cka": {"exampels": 128}}, "analyses.cka has no setting 'exampels'. tfwd.cka.analyze_runs takes: "
          "['taps', 'split', 'examples', 'batch_size', 'passes', 'seed']."),
-        ({"cka": {"examples": "2048"}}, "analyses.cka.examples must be int | None. Received: '2048'"),
-        ({"probes": {"out_dir": "x"}}, "analyses.probes has no setting 'out_dir' (the report sets it). "
+        pytest.param({"cka": {"examples": "2048"}}, "analyses.cka.examples must be int | None. Received: '2048'", marks=SLOW),
+        pytest.param({"probes": {"out_dir": "x"}}, "analyses.probes has no setting 'out_dir' (the report sets it). "
          "tfwd.probes.analyze_run takes: ['taps', 'epochs', 'batch_size', 'validation_examples', 'pooling', "
-         "'optimizer', 'learning_rates', 'l2', 'train_examples', 'test_examples', 'augment', 'cka_examples', 'seed']."),
+         "'optimizer', 'learning_rates', 'l2', 'train_examples', 'test_examples', 'augment', 'cka_examples', 'seed'].",
+         marks=SLOW),
         (None, "Cannot read report spec {spec}: No such file or directory."),
     ],
     ids=["unknown-setting", "mistyped-setting", "setting-the-report-sets", "missing-spec-file"],

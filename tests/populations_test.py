@@ -278,7 +278,9 @@ def test_class_names_never_fetch_a_dataset(tmp_path, monkeypatch):
     assert populations.class_names(DataConfig("cifar10"), 10) == list(populations.CIFAR10_NAMES)
 
 
-@pytest.mark.parametrize("case", ["truncated", "empty", "keyless", "other-labels", "overlapping", "identical"])
+@pytest.mark.parametrize(
+    "case", ["truncated", "empty", *[pytest.param(c, marks=pytest.mark.slow) for c in ("keyless", "other-labels", "overlapping", "identical")]]
+)
 def test_bin_compare_predictions_bad_inputs(population_dirs, tmp_path, root, bin_env, case):
     runs_root, a, _, labels = population_dirs
     group_a, group_b = f"{runs_root}/*resnet62*", f"{runs_root}/*resnet14*"

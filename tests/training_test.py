@@ -129,6 +129,12 @@ INSIDE_WRITES = [
     ("write:test_predictions.npz:1", 3),
     (None, 3),
 ]
+# The default tier's chain: a torn checkpoint, then a kill while the finished model is written.
+TORN_THEN_FINAL = [
+    ("torn_checkpoint:1", 0),
+    ("write:model.keras:1", 0),
+    (None, 3),
+]
 EVERY_WRITE = [
     ("write:config.json:1", 0),
     ("torn_checkpoint:1", 0),
@@ -147,8 +153,9 @@ EVERY_WRITE = [
 
 @pytest.mark.parametrize(
     "chain",
-    [INSIDE_WRITES, pytest.param(EVERY_WRITE, marks=pytest.mark.slow)],
-    ids=["inside-each-write", "every-write-point"],
+    # The long chains take minutes (up to a dozen trainings): the slow tier.
+    [TORN_THEN_FINAL, pytest.param(INSIDE_WRITES, marks=pytest.mark.slow), pytest.param(EVERY_WRITE, marks=pytest.mark.slow)],
+    ids=["torn-then-final", "inside-each-write", "every-write-point"],
 )
 def test_kills_inside_writes_resume_to_the_uninterrupted_result(tmp_path, root, bin_env, uninterrupted, chain):
     run_dir = tmp_path / uninterrupted.run_dir.name
@@ -189,6 +196,7 @@ def test_random_kills_always_resume_to_the_uninterrupted_result(tmp_path, root, 
     print(f"{len(kills)} kills at {sorted(kills)} s of {uninterrupted.seconds:.1f} s")
 
 
+@pytest.mark.slow  # three trainings, one stopped; tests/runlock_test.py checks the lock itself
 def test_concurrent_trainings_of_one_run_are_refused(tmp_path, root, bin_env):
     # The first training stops (SIGSTOP) after its first checkpoint, holding the lock.
     run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
