@@ -363,6 +363,10 @@ class TestKerasContract:
             flags = next(line for line in f if line.startswith("flags")).split()
         assert metrics.native_bfloat16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
+    def test_native_bfloat16_is_off_when_onednn_is_limited_below_it(self, monkeypatch):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        assert not metrics.native_bfloat16()
+
     def test_tf_function_does_not_retrace_per_batch(self):
         acts = [tf.constant(a, tf.float32) for a in layers(n=160)]
         cka = CKA()

@@ -26,6 +26,7 @@ the same products (it never applies 1/(n(n-3))), but divides by zero for n <= 2.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -110,7 +111,14 @@ def linear_cka(x, y, unbiased: bool = False) -> float:
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16 in /proc/cpuinfo)."""
+    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16 in /proc/cpuinfo).
+
+    False when ONEDNN_MAX_CPU_ISA limits oneDNN below those instructions (e.g. AVX2):
+    its bfloat16 matmul then has no kernel and aborts the process.
+    """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and isa != "ALL" and not any(word in isa for word in ("BF16", "AMX", "FP16", "AVX10")):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
