@@ -17,6 +17,8 @@ Stages and blocks count from 1. `_shortcut` exists only on the projection blocks
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 from tfwd.models import layers
@@ -67,24 +69,9 @@ def stage_channels(width: float) -> tuple[int, int, int]:
     return channels
 
 
-def _conv(filters, kernel_size, strides, name, weight_decay):
-    # The reference code uses he_normal, 'same' padding, a bias, and L2 on the
-    # kernel only.
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        kernel_initializer="he_normal",
-        kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay else None,
-        name=name,
-    )
-
-
-def _bn(name, synchronized=False):
-    return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name
-    )
+# The reference code's conv: he_normal, 'same' padding, a bias, and L2 on the kernel only.
+_conv = functools.partial(layers.conv, use_bias=True)
+_bn = functools.partial(layers.batch_norm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
 
 
 def _basic_block(x, filters, strides, prefix, residual, weight_decay, sync_bn):
@@ -156,12 +143,7 @@ def cifar_resnet(
             strides = 2 if stage > 1 and block == 1 else 1
             x = _basic_block(x, filters, strides, f"stage{stage}_block{block}", residual, weight_decay, synchronized_bn)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(
-        num_classes,
-        kernel_initializer="he_normal",
-        kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay else None,
-        name="logits",
-    )(x)
+    outputs = layers.dense_head(num_classes, weight_decay, kernel_initializer="he_normal")(x)
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -22,6 +22,7 @@ pool, logits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import keras
@@ -56,27 +57,8 @@ def check_stages(blocks: Sequence[int], widths: Sequence[float]) -> tuple[int, .
     return tuple(max(1, int(round(c * w))) for c, w in zip(BASE_WIDTHS, widths))
 
 
-def _conv(filters, kernel_size, strides, name, weight_decay):
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay else None,
-        name=name,
-    )
-
-
-def _bn(name, sync, zero_gamma=False):
-    return layers.BatchNormalization(
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        gamma_initializer="zeros" if zero_gamma else "ones",
-        synchronized=sync,
-        name=name,
-    )
+_conv = functools.partial(layers.conv, use_bias=False)
+_bn = functools.partial(layers.batch_norm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
 
 
 def _bottleneck(x, width, strides, prefix, weight_decay, sync):
@@ -135,10 +117,5 @@ def imagenet_resnet(
             strides = 2 if stage > 1 and block == 1 else 1
             x = _bottleneck(x, width, strides, f"stage{stage}_block{block}", weight_decay, synchronized_bn)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(
-        num_classes,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        kernel_regularizer=keras.regularizers.L2(weight_decay) if weight_decay else None,
-        name="logits",
-    )(x)
+    outputs = layers.dense_head(num_classes, weight_decay, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
     return keras.Model(inputs, outputs, name=name or imagenet_model_name(blocks, widths))

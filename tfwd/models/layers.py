@@ -1,5 +1,10 @@
 """Layers shared by tfwd's model builders.
 
+`conv`, `batch_norm` and `dense_head` make the layers both ResNet families use (as
+Keras' `applications/resnet.py` builds its stacks from one set of layer calls); each
+builder passes what its architecture sets: the conv bias, the BN momentum and epsilon,
+a zero-initialised last BN of a residual branch, the head's initializer.
+
 `BatchNormalization` is Keras' layer, computed with TensorFlow's fused kernel
 where it applies. Keras 3 builds batch normalization from separate moments,
 subtract, multiply and add ops (forward and backward); on the small feature maps
@@ -75,3 +80,40 @@ class BatchNormalization(keras.layers.BatchNormalization):
             is_training=False,
         )
         return outputs
+
+
+def _l2(weight_decay: float):
+    """Keras' L2 regularizer (loss += wd * sum w^2) on a kernel, or none for a weight decay of 0."""
+    return keras.regularizers.L2(weight_decay) if weight_decay else None
+
+
+def conv(filters, kernel_size, strides, name, weight_decay, use_bias=True) -> keras.layers.Conv2D:
+    """A 'same'-padded convolution, he_normal initialised, with L2 on the kernel only (both reference codes)."""
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=use_bias,
+        kernel_initializer="he_normal",
+        kernel_regularizer=_l2(weight_decay),
+        name=name,
+    )
+
+
+def batch_norm(name, synchronized=False, *, momentum, epsilon, zero_gamma=False) -> BatchNormalization:
+    """tfwd's BatchNormalization; `zero_gamma` starts gamma at 0 (the last BN of a residual branch)."""
+    return BatchNormalization(
+        momentum=momentum,
+        epsilon=epsilon,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+def dense_head(num_classes, weight_decay, kernel_initializer) -> keras.layers.Dense:
+    """The "logits" layer: a dense layer with L2 on its kernel."""
+    return keras.layers.Dense(
+        num_classes, kernel_initializer=kernel_initializer, kernel_regularizer=_l2(weight_decay), name="logits"
+    )
