@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tfwd import runs
+from tfwd import models, run_settings, runs
 from tfwd.data import DataConfig
 
 
@@ -21,6 +21,12 @@ from tfwd.data import DataConfig
 )
 def test_run_names(model, data, seed, name):
     assert runs.RunConfig(model, data, runs.TrainConfig(seed=seed)).name == name
+
+
+def test_every_arch_setting_has_an_architecture():
+    # The `arch` values bin/train accepts are the families tfwd.models.ARCHITECTURES builds.
+    assert tuple(models.ARCHITECTURES) == run_settings.ARCHS
+    assert {s.arch for s in run_settings.SETTINGS if s.arch} <= set(models.ARCHITECTURES)
 
 
 def test_config_round_trips_through_json():

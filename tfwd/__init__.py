@@ -6,7 +6,8 @@ minibatch CKA metric, and the block-structure analyses.
 
 `import tfwd` alone gives every public module as an attribute:
 
-- tfwd.models: `cifar_resnet`, `imagenet_resnet`, taps and `activation_model`.
+- tfwd.models: `cifar_resnet`, `imagenet_resnet`, taps and `activation_model`; `ARCHITECTURES`,
+  the model families a run can train.
 - tfwd.metrics: the streaming `CKA` metric and full-batch references (`linear_cka`).
 - tfwd.data: TFDS input pipelines (`Data`, `DataConfig`).
 - tfwd.cka: CKA of several models in one pass over the data (`compare_models`, `analyze_runs`).

@@ -95,40 +95,25 @@ class ModelConfig:
         return cls(depth=models.imagenet_depth(blocks), arch="imagenet_resnet", blocks=tuple(blocks), widths=tuple(widths))
 
     @property
+    def architecture(self) -> models.Architecture:
+        """The family's entry in tfwd.models.ARCHITECTURES (an arch outside it, in a config never
+        validated, reads as the default family, cifar_resnet, as it always has)."""
+        return models.ARCHITECTURES.get(self.arch, models.ARCHITECTURES["cifar_resnet"])
+
+    @property
     def name(self) -> str:
-        if self.arch == "imagenet_resnet":
-            return models.imagenet_model_name(self.blocks, self.widths)
-        return models.model_name(self.depth, self.width, self.residual)
+        return self.architecture.name(self)
 
     def build(
         self, num_classes: int, image_size: int, weight_decay: float = 0.0, synchronized_bn: bool = False
     ) -> keras.Model:
         """The untrained keras.Model (see tfwd.models.cifar_resnet / imagenet_resnet)."""
-        shape = (image_size, image_size, 3)
-        if self.arch == "imagenet_resnet":
-            return models.imagenet_resnet(
-                self.blocks, self.widths, num_classes, shape, weight_decay=weight_decay, synchronized_bn=synchronized_bn
-            )
-        return models.cifar_resnet(
-            self.depth,
-            self.width,
-            num_classes=num_classes,
-            residual=self.residual,
-            input_shape=shape,
-            weight_decay=weight_decay,
-            synchronized_bn=synchronized_bn,
-        )
+        return self.architecture.build(self, num_classes, (image_size, image_size, 3), weight_decay, synchronized_bn)
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={self.arch!r}")
-        if self.arch == "imagenet_resnet":
-            models.check_stages(self.blocks or (), self.widths or ())
-            if not self.residual:
-                raise ValueError("imagenet_resnet has no plain (residual=False) variant.")
-            return
-        models.blocks_per_stage(self.depth)
-        models.stage_channels(self.width)
+        self.architecture.validate(self)
 
 
 @dataclasses.dataclass(frozen=True)

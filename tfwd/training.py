@@ -16,18 +16,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import distribute, faults, run_settings, runlock, runs
+from tfwd import distribute, faults, models, run_settings, runlock, runs
 from tfwd.checkpoints import Checkpoints
 from tfwd.data import Data, DataConfig
 from tfwd.errors import TrainingDivergedError
 
-# The paper's recipes (reference code): CIFAR (cifar_train.py, He et al. 2016) and
-# ImageNet (large_scale_training/imagenet_train.py: batch 256, lr 0.1, 120 epochs,
-# L2 5e-5), both SGD with momentum 0.9 and cosine decay.
-RECIPES = {
-    "cifar_resnet": runs.TrainConfig(epochs=300, batch_size=128, learning_rate=0.1, weight_decay=1e-4),
-    "imagenet_resnet": runs.TrainConfig(epochs=120, batch_size=256, learning_rate=0.1, weight_decay=5e-5),
-}
+# The paper's recipe of each architecture (tfwd.models.ARCHITECTURES has their sources).
+RECIPES = {arch: runs.TrainConfig(**a.recipe) for arch, a in models.ARCHITECTURES.items()}
 LR_RECIPES = run_settings.LR_RECIPES  # re-exported: the `recipe` setting's values
 
 
@@ -57,26 +52,19 @@ def config_from_flags(flags: dict[str, Any], as_flags: bool = True) -> runs.RunC
             imagenet_resnet, blocks with cifar_resnet) or invalid values.
     """
     arch = flags.get("arch", "cifar_resnet")
-    if arch not in RECIPES:
-        raise ValueError(f"`arch` must be one of {tuple(RECIPES)}. Received: arch={arch!r}")
-    other = next(a for a in RECIPES if a != arch)
-    wrong = [k for k in run_settings.names("model", other) if k in flags]
+    if arch not in models.ARCHITECTURES:
+        raise ValueError(f"`arch` must be one of {tuple(models.ARCHITECTURES)}. Received: arch={arch!r}")
+    wrong = [k for k in run_settings.names("model") if k in flags and run_settings.BY_NAME[k].arch not in (None, arch)]
     if wrong:
+        other = run_settings.BY_NAME[wrong[0]].arch
+        wrong = [k for k in wrong if run_settings.BY_NAME[k].arch == other]
         only = f"--arch={other}" if as_flags else f"arch={other!r}"
         raise ValueError(
             f"{_describe(wrong, as_flags=as_flags)}: only for {only}; with {arch} use "
             f"{' and '.join(_describe([k], as_flags=as_flags) for k in run_settings.names('model', arch)[:2])}."
         )
     try:
-        if arch == "imagenet_resnet":
-            model = runs.ModelConfig.imagenet(
-                tuple(int(b) for b in flags.get("blocks", (3, 4, 6, 3))),
-                tuple(float(w) for w in flags.get("widths", (1, 1, 1, 1))),
-            )
-        else:
-            model = runs.ModelConfig(
-                depth=flags.get("depth", 56), width=float(flags.get("width", 1.0)), residual=flags.get("residual", True)
-            )
+        model = runs.ModelConfig(arch=arch, **models.ARCHITECTURES[arch].fields(flags))
     except (TypeError, ValueError):
         blocks, widths = _describe(["blocks"], as_flags=as_flags), _describe(["widths"], as_flags=as_flags)
         raise ValueError(
