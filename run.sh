@@ -3,7 +3,8 @@
 #   ./run.sh demo [flags]   a shortened cpu report: trains 3 small ResNets, runs every analysis,
 #                           writes runs/demo/report_demo/report.html (flags go to bin/report)
 #   ./run.sh test [args]    runs the test suite (extra args go to pytest)
-#   ./run.sh lint [args]    runs `ruff check .` (pyproject.toml [tool.ruff]; extra args go to ruff)
+#   ./run.sh lint [args]    runs `ruff check .` and `ruff format --check .` (pyproject.toml [tool.ruff];
+#                           extra args go to ruff check)
 # Both create (or reuse) the virtualenv .venv and install tfwd into it, editable, first.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,7 +49,8 @@ case "$cmd" in
     ;;
   lint)
     setup_venv
-    exec "$VENV/bin/python" -m ruff check . "$@"
+    "$VENV/bin/python" -m ruff check . "$@"
+    exec "$VENV/bin/python" -m ruff format --check .
     ;;
   *)
     echo "usage: ./run.sh demo [flags] | ./run.sh test [pytest args] | ./run.sh lint [ruff args]" >&2

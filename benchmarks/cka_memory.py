@@ -45,7 +45,9 @@ def make_run(out_dir: str) -> str:
     from tfwd import runs, training
     from tfwd.data import DataConfig
 
-    config = runs.RunConfig(runs.ModelConfig(20, 1), DataConfig(train_examples=1024), runs.TrainConfig(epochs=2, batch_size=128))
+    config = runs.RunConfig(
+        runs.ModelConfig(20, 1), DataConfig(train_examples=1024), runs.TrainConfig(epochs=2, batch_size=128)
+    )
     return training.train(config, out_dir, verbose=0, tensorboard=False)
 
 
@@ -55,7 +57,16 @@ def dataset_size_table(run_dir: str, sizes) -> None:
     print("| --- | --- |")
     for n in sizes:
         out = tempfile.mkdtemp()
-        rss = peak_rss_gib([sys.executable, os.path.join(ROOT, "bin", "cka"), f"--runs={run_dir}", f"--examples={n}", "--passes=1", f"--out_dir={out}/o"])
+        rss = peak_rss_gib(
+            [
+                sys.executable,
+                os.path.join(ROOT, "bin", "cka"),
+                f"--runs={run_dir}",
+                f"--examples={n}",
+                "--passes=1",
+                f"--out_dir={out}/o",
+            ]
+        )
         print(f"| {n} | {rss:.2f} |", flush=True)
 
 
@@ -78,7 +89,9 @@ def long_job(run_dir: str, examples: int, passes: int) -> None:
         trace.append(rss_gib())
         memory[dtype] = trace
     diff = float(np.abs(results["float64"] - results["float32"]).max())
-    print(f"\n{passes} passes over {examples} examples, ResNet-20 (1x), taps='all' ({results['float64'].shape[0]} layers)")
+    print(
+        f"\n{passes} passes over {examples} examples, ResNet-20 (1x), taps='all' ({results['float64'].shape[0]} layers)"
+    )
     print("| accumulator | RSS after pass 1 (GiB) | RSS after the last pass (GiB) | growth per pass (MiB) |")
     print("| --- | --- | --- | --- |")
     for dtype, trace in memory.items():
@@ -116,7 +129,11 @@ def main():
     run_dir = make_run(tempfile.mkdtemp())
     dataset_size_table(run_dir, (500, 1000) if args.quick else (2000, 10000))
     long_job(run_dir, *((1000, 2) if args.quick else (10000, 10)))
-    model_size_table([(20, 1), (20, 2)] if args.quick else [(20, 1), (56, 1), (110, 1), (164, 1), (20, 4), (38, 4), (38, 8), (38, 10)])
+    model_size_table(
+        [(20, 1), (20, 2)]
+        if args.quick
+        else [(20, 1), (56, 1), (110, 1), (164, 1), (20, 4), (38, 4), (38, 8), (38, 10)]
+    )
 
 
 if __name__ == "__main__":

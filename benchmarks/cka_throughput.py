@@ -107,7 +107,9 @@ def throughput_table(configs, peak, repeats):
         rows.append((f"ResNet-{depth} ({width:g}x)", len(names), r_inf, r_ref, r_cka, floor, r_bf16, delta))
         print(f"  measured {rows[-1][0]}", flush=True)
     print("\nCKA throughput, taps='all', n=256 (images/s)")
-    print("| model | layers | inference | reference algorithm | tfwd CKA | floor | floor / tfwd | tfwd / reference | tfwd, bfloat16 Grams | max abs CKA change |")
+    print(
+        "| model | layers | inference | reference algorithm | tfwd CKA | floor | floor / tfwd | tfwd / reference | tfwd, bfloat16 Grams | max abs CKA change |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, layers, r_inf, r_ref, r_cka, floor, r_bf16, delta in rows:
         print(
@@ -128,7 +130,9 @@ def many_models_table(ks, depth, repeats):
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
         steps = [pair_step_fn(model_list[i], model_list[j], "all") for i, j in pairs]
         one_at_a_time = sum(1.0 / rate(s, x, items=1, repeats=repeats) for s in steps)
-        print(f"| {k} | {joint:.2f} | {one_at_a_time:.2f} | {one_at_a_time / joint:.2f} | {joint / k:.3f} |", flush=True)
+        print(
+            f"| {k} | {joint:.2f} | {one_at_a_time:.2f} | {one_at_a_time / joint:.2f} | {joint / k:.3f} |", flush=True
+        )
 
 
 def main():

@@ -51,8 +51,9 @@ def main():
         optimizer = training.make_optimizer(tc, steps)
         optimizer.build(model.trainable_variables)
         loop = training._Loop(model, optimizer, strategy, tc.batch_size)
-        iterator = iter(strategy.distribute_datasets_from_function(
-            lambda ctx: data.train_dataset(tc.batch_size, 0, 0, tc.epochs)))
+        iterator = iter(
+            strategy.distribute_datasets_from_function(lambda ctx: data.train_dataset(tc.batch_size, 0, 0, tc.epochs))
+        )
         times = []
         for _ in range(tc.epochs):
             start = time.perf_counter()
@@ -63,7 +64,11 @@ def main():
     def keras_fit():
         keras.utils.set_random_seed(0)
         model = model_config.build(data.num_classes, data.image_size, tc.weight_decay)
-        model.compile(training.make_optimizer(tc, steps), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model.compile(
+            training.make_optimizer(tc, steps),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         times = []
 
         class Timer(keras.callbacks.Callback):
@@ -74,11 +79,23 @@ def main():
                 times.append(time.perf_counter() - self.start)
 
         n = steps * tc.batch_size
-        model.fit(images[:n], labels[:n], batch_size=tc.batch_size, epochs=tc.epochs, shuffle=True, verbose=0, callbacks=[Timer()])
+        model.fit(
+            images[:n],
+            labels[:n],
+            batch_size=tc.batch_size,
+            epochs=tc.epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=[Timer()],
+        )
         return times
 
     results = {}
-    for name, fn in (("Model.fit, in-memory arrays", keras_fit), ("tfwd loop (bin/train)", tfwd_loop), ("Model.fit, in-memory arrays (again)", keras_fit)):
+    for name, fn in (
+        ("Model.fit, in-memory arrays", keras_fit),
+        ("tfwd loop (bin/train)", tfwd_loop),
+        ("Model.fit, in-memory arrays (again)", keras_fit),
+    ):
         times = fn()[1:]  # the first epoch traces and warms up
         results[name] = steps * tc.batch_size / min(times)
         print(f"  {name}: {results[name]:.0f} images/s", flush=True)

@@ -51,8 +51,12 @@ def define_setting(name: str, **overrides) -> None:
     elif kind in ("ints", "floats"):
         flags.DEFINE_list(name, setting.default, setting.help, **extra)
     else:
-        define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "bool": flags.DEFINE_bool,
-                  "str": flags.DEFINE_string}[kind]
+        define = {
+            "int": flags.DEFINE_integer,
+            "float": flags.DEFINE_float,
+            "bool": flags.DEFINE_bool,
+            "str": flags.DEFINE_string,
+        }[kind]
         define(name, setting.default, setting.help, **extra)
 
 

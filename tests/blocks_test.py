@@ -31,7 +31,11 @@ def brute_force(c, threshold, fill, smallest, min_contrast):
             off = sub[~np.eye(size, dtype=bool)]
             rest = np.r_[0:i, i + size : n]
             contrast = off.mean() - c[i : i + size][:, rest].mean() if rest.size else np.inf
-            if np.mean(off >= threshold) >= fill and contrast >= min_contrast and (best is None or (best[1] == size and off.mean() > best[2])):
+            if (
+                np.mean(off >= threshold) >= fill
+                and contrast >= min_contrast
+                and (best is None or (best[1] == size and off.mean() > best[2]))
+            ):
                 best = (i, size, off.mean())
         if best:
             return trim(c >= threshold, best[0], best[0] + best[1] - 1, fill, c)
@@ -103,7 +107,9 @@ def test_matches_brute_force_on_random_matrices(seed, min_contrast):
     a = rng.random((n, n)) ** 0.3
     c = (a + a.T) / 2
     np.fill_diagonal(c, 1.0)
-    found = blocks.find_block_structure(c, threshold=0.8, fill=0.7, min_fraction=0.0, min_layers=3, min_contrast=min_contrast)
+    found = blocks.find_block_structure(
+        c, threshold=0.8, fill=0.7, min_fraction=0.0, min_layers=3, min_contrast=min_contrast
+    )
     expected = brute_force(c, 0.8, 0.7, 3, min_contrast)
     if expected is None:
         assert not found.found

@@ -46,7 +46,12 @@ def test_joint_pass_equals_models_computed_separately():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    result = {"names": [["a", "b"], ["c"]], "blocks": {(0, 0): np.eye(2), (0, 1): np.ones((2, 1)) / 2, (1, 1): np.eye(1)}, "examples": 10, "batches": 2}
+    result = {
+        "names": [["a", "b"], ["c"]],
+        "blocks": {(0, 0): np.eye(2), (0, 1): np.ones((2, 1)) / 2, (1, 1): np.eye(1)},
+        "examples": 10,
+        "batches": 2,
+    }
     cka.save(str(tmp_path / "c.npz"), result, ["m0", "m1"], {"taps": "all"})
     loaded = cka.load(str(tmp_path / "c.npz"))
     assert loaded["models"] == ["m0", "m1"] and loaded["names"] == result["names"]
@@ -56,11 +61,19 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_analyze_runs_writes_everything(tiny_runs, tmp_path):
-    out = cka.analyze_runs(tiny_runs, out_dir=str(tmp_path / "out"), taps="blocks", examples=64, batch_size=32, passes=2)
+    out = cka.analyze_runs(
+        tiny_runs, out_dir=str(tmp_path / "out"), taps="blocks", examples=64, batch_size=32, passes=2
+    )
     names = [os.path.basename(r) for r in tiny_runs]
     assert sorted(os.listdir(out)) == sorted(
-        [".tfwd_output", "cka.npz", "grid.png", f"within_{names[0]}.png", f"within_{names[1]}.png",
-         f"cross_{names[0]}__{names[1]}.png"]
+        [
+            ".tfwd_output",
+            "cka.npz",
+            "grid.png",
+            f"within_{names[0]}.png",
+            f"within_{names[1]}.png",
+            f"cross_{names[0]}__{names[1]}.png",
+        ]
     )
     loaded = cka.load(os.path.join(out, "cka.npz"))
     assert loaded["models"] == names and loaded["settings"]["passes"] == 2 and loaded["settings"]["examples"] == 64
@@ -92,7 +105,15 @@ def test_default_out_dir(tmp_path):
 def test_bin_cka_smoke(tiny_runs, tmp_path, root, bin_env):
     # 66 examples in batches of 32: a last batch of 2 has no pairs; it adds nothing and is reported
     # once, instead of failing at the end of the pass.
-    cmd = [sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=66", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"]
+    cmd = [
+        sys.executable,
+        str(root / "bin" / "cka"),
+        f"--runs={tiny_runs[0]}",
+        "--examples=66",
+        "--batch_size=32",
+        "--passes=1",
+        f"--out_dir={tmp_path / 'o'}",
+    ]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"CKA heatmaps: {tmp_path / 'o'}" in result.stdout and "CKA pass 1/1" in result.stderr
@@ -102,8 +123,12 @@ def test_bin_cka_smoke(tiny_runs, tmp_path, root, bin_env):
     assert len(loaded["names"][0]) == 21 * 1 + 7  # taps="all" of ResNet-8
     with open(tmp_path / "o" / f"within_{os.path.basename(tiny_runs[0])}.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    missing = subprocess.run([*cmd[:2], f"--runs={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 1 and missing.stderr.strip().endswith(f"error: Run directory {tmp_path / 'nope'} does not exist.")
+    missing = subprocess.run(
+        [*cmd[:2], f"--runs={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600
+    )
+    assert missing.returncode == 1 and missing.stderr.strip().endswith(
+        f"error: Run directory {tmp_path / 'nope'} does not exist."
+    )
 
 
 # --- models tfwd did not train ---------------------------------------------------------------
@@ -122,8 +147,14 @@ def _joint_reference(model_list, images, taps):
 def _small_sequential(size=16, channels=3, name="small"):
     import keras
 
-    layers = [keras.layers.Conv2D(4, 3, name="c1"), keras.layers.ReLU(name="r1"), keras.layers.GlobalAveragePooling2D(name="gap")]
-    return keras.Sequential([keras.Input((size, size, channels)), *layers, keras.layers.Dense(10, name="logits")], name=name)
+    layers = [
+        keras.layers.Conv2D(4, 3, name="c1"),
+        keras.layers.ReLU(name="r1"),
+        keras.layers.GlobalAveragePooling2D(name="gap"),
+    ]
+    return keras.Sequential(
+        [keras.Input((size, size, channels)), *layers, keras.layers.Dense(10, name="logits")], name=name
+    )
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +219,14 @@ def test_analyze_models_equals_analyze_runs_on_the_same_models(tiny_runs, tmp_pa
     assert by_models["settings"]["dataset"] == "cifar10" and by_models["settings"]["pixels"] == "unit"
     assert by_models["settings"]["examples"] == 64 and by_models["settings"]["input_shapes"] == [[32, 32, 3]] * 2
     assert sorted(os.listdir(out)) == sorted(
-        [".tfwd_output", "cka.npz", "grid.png", f"within_{labels[0]}.png", f"within_{labels[1]}.png",
-         f"cross_{labels[0]}__{labels[1]}.png"]
+        [
+            ".tfwd_output",
+            "cka.npz",
+            "grid.png",
+            f"within_{labels[0]}.png",
+            f"within_{labels[1]}.png",
+            f"cross_{labels[0]}__{labels[1]}.png",
+        ]
     )
 
 
@@ -222,14 +259,20 @@ def test_analyze_models_on_an_image_folder(tmp_path):
     model = _small_sequential(size=24)
     model.save(tmp_path / "small.keras")
     out = cka.analyze_models(
-        [str(tmp_path / "small.keras")], dataset="image_folder", data_dir=str(tmp_path / "images"),
-        batch_size=8, passes=1, taps="re:^(c1|r1|gap)$",
+        [str(tmp_path / "small.keras")],
+        dataset="image_folder",
+        data_dir=str(tmp_path / "images"),
+        batch_size=8,
+        passes=1,
+        taps="re:^(c1|r1|gap)$",
     )
     assert out == str(tmp_path / "small_cka_custom_test")
     loaded = cka.load(os.path.join(out, "cka.npz"))
     assert loaded["settings"]["examples"] == 8 and loaded["settings"]["dataset"] == "image_folder"
     # The reference: the folder's 8 test images read at the model's 24 pixels, one minibatch.
-    images = next(iter(Data(DataConfig("image_folder", str(tmp_path / "images"), image_size=24)).eval_dataset("test", 8)))
+    images = next(
+        iter(Data(DataConfig("image_folder", str(tmp_path / "images"), image_size=24)).eval_dataset("test", 8))
+    )
     reference = _joint_reference([model], images[0].numpy(), "re:^(c1|r1|gap)$")
     np.testing.assert_allclose(loaded["blocks"][0, 0], reference, atol=2e-5)
 
@@ -253,18 +296,32 @@ def test_bin_cka_models_on_keras_applications(tmp_path, root, bin_env, tfds_dir)
     _small_sequential().save(tmp_path / "small.keras")
     taps = r"re:^(Conv1_relu|block_\d+_add|out_relu|r1|gap)$"
     cmd = [
-        sys.executable, str(root / "bin" / "cka"), f"--models={tmp_path / 'mobilenet.keras'},{tmp_path / 'small.keras'}",
-        f"--taps={taps}", "--examples=32", "--batch_size=32", "--passes=1",
+        sys.executable,
+        str(root / "bin" / "cka"),
+        f"--models={tmp_path / 'mobilenet.keras'},{tmp_path / 'small.keras'}",
+        f"--taps={taps}",
+        "--examples=32",
+        "--batch_size=32",
+        "--passes=1",
     ]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "mobilenet__small_cka_custom_test"  # the default: beside the first model
     assert f"CKA heatmaps: {out}" in result.stdout
     assert sorted(os.listdir(out)) == sorted(
-        [".tfwd_output", "cka.npz", "grid.png", "within_mobilenet.png", "within_small.png", "cross_mobilenet__small.png"]
+        [
+            ".tfwd_output",
+            "cka.npz",
+            "grid.png",
+            "within_mobilenet.png",
+            "within_small.png",
+            "cross_mobilenet__small.png",
+        ]
     )
     loaded = cka.load(str(out / "cka.npz"))
-    assert loaded["names"][1] == ["r1", "gap"] and loaded["names"][0][0] == "Conv1_relu" and len(loaded["names"][0]) == 12
+    assert (
+        loaded["names"][1] == ["r1", "gap"] and loaded["names"][0][0] == "Conv1_relu" and len(loaded["names"][0]) == 12
+    )
     assert loaded["settings"]["input_shapes"] == [[48, 48, 3], [16, 16, 3]] and loaded["settings"]["taps"] == taps
     # The reference: the first 32 test images (one minibatch), resized to each model, float64 HSIC_1.
     images = next(iter(Data(DataConfig(data_dir=tfds_dir)).eval_dataset("test", 32, 32)))[0].numpy()

@@ -44,7 +44,11 @@ class TestBalancedSubset:
         "examples,holdout,warnings",
         [
             (5, 0, ["train_examples=5 is fewer than the 10 classes: classes 5-9 get no example. Use at least 10."]),
-            (10, 3, ["validation_examples=3 is fewer than the 10 classes: classes 3-9 get no example. Use at least 10."]),
+            (
+                10,
+                3,
+                ["validation_examples=3 is fewer than the 10 classes: classes 3-9 get no example. Use at least 10."],
+            ),
             (10, 0, []),
             (None, 0, []),
         ],
@@ -68,7 +72,9 @@ class TestAugment:
             match = [
                 (i, j, f)
                 for (i, j, f) in windows
-                if np.array_equal(out, (padded[i : i + 32, j : j + 32] if not f else padded[i : i + 32, j : j + 32][:, ::-1]))
+                if np.array_equal(
+                    out, (padded[i : i + 32, j : j + 32] if not f else padded[i : i + 32, j : j + 32][:, ::-1])
+                )
             ]
             assert match, "augmented image is not a (flipped) crop of the padded image"
             seen.update(match)
@@ -131,13 +137,18 @@ class TestCifar:
         x = resumed[0][0].numpy()
         assert x.shape == (64, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
 
-    @pytest.mark.parametrize("shards,replicas", [(1, 2), (2, 1), (2, 2)], ids=["1pipeline-2replicas", "2workers", "2workers-2replicas"])
+    @pytest.mark.parametrize(
+        "shards,replicas", [(1, 2), (2, 1), (2, 2)], ids=["1pipeline-2replicas", "2workers", "2workers-2replicas"]
+    )
     def test_sharded_replica_batches_together_are_the_global_batch(self, cifar, shards, replicas):
         """What tf.distribute gets: each step's replica batches, across pipelines, make up the one-device batch."""
         per_replica = 64 // (shards * replicas)
         whole = [x.numpy() for x, _ in cifar.train_dataset(64, seed=2, epochs=2)]
         pipelines = [
-            [x.numpy() for x, _ in cifar.train_dataset(64, seed=2, epochs=2, shard=(shards, i), replica_batch_size=per_replica)]
+            [
+                x.numpy()
+                for x, _ in cifar.train_dataset(64, seed=2, epochs=2, shard=(shards, i), replica_batch_size=per_replica)
+            ]
             for i in range(shards)
         ]
         for step, batch in enumerate(whole):

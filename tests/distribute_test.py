@@ -46,7 +46,10 @@ def test_two_workers_on_loopback_match_one_process(tmp_path, tfds_dir, root, bin
     procs = [
         subprocess.Popen(
             [sys.executable, worker, str(i), ports, str(tmp_path / "mw"), tfds_dir],
-            env=bin_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=bin_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in (0, 1)
     ]
@@ -64,7 +67,10 @@ def test_two_workers_on_loopback_match_one_process(tmp_path, tfds_dir, root, bin
     loss_one = float(open(os.path.join(single, "history.csv")).read().splitlines()[1].split(",")[1])
     loss_two = float(open(distributed / "history.csv").read().splitlines()[1].split(",")[1])
     assert loss_two == pytest.approx(loss_one, rel=1e-4)
-    with np.load(os.path.join(single, "test_predictions.npz")) as p1, np.load(distributed / "test_predictions.npz") as p2:
+    with (
+        np.load(os.path.join(single, "test_predictions.npz")) as p1,
+        np.load(distributed / "test_predictions.npz") as p2,
+    ):
         np.testing.assert_array_equal(p1["labels"], p2["labels"])
         np.testing.assert_allclose(p1["probs"], p2["probs"], atol=1e-3)
     from tfwd import cka

@@ -82,17 +82,25 @@ def test_analyze_model_removes_the_top_examples_from_the_cka(residual):
     result = dominant.analyze_model(model, images, top=4, batch_size=18)
     assert result["layer"].endswith("_out") and len(result["names"]) == result["cka"].shape[0]
     keep = np.setdiff1d(np.arange(40), result["top"])
-    reference = cka.cka_matrices([model], lambda _: tf.data.Dataset.from_tensor_slices(images[keep]).batch(18), passes=1)
+    reference = cka.cka_matrices(
+        [model], lambda _: tf.data.Dataset.from_tensor_slices(images[keep]).batch(18), passes=1
+    )
     np.testing.assert_allclose(result["cka_without_top"], reference["blocks"][(0, 0)], atol=1e-6)
     acts = models.activation_model(model, [result["layer"]])(images, training=False)
-    np.testing.assert_allclose(result["scores"], dominant.first_pc_scores(acts.numpy(), 4)["scores"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        result["scores"], dominant.first_pc_scores(acts.numpy(), 4)["scores"], rtol=1e-4, atol=1e-6
+    )
     with pytest.raises(ValueError, match="nearest: stage1_block1_out"):
         dominant.analyze_model(model, images, layer="stage1_block1_outt")
 
 
 def _run(root, env, *args):
     result = subprocess.run(
-        [sys.executable, str(root / "bin" / "dominant_datapoints"), *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(root / "bin" / "dominant_datapoints"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return result.returncode, result.stdout, result.stderr.strip().splitlines()
 
@@ -103,7 +111,16 @@ def test_binary_writes_the_json_and_figures(root, bin_env, tmp_path, tiny_runs):
     assert code == 0, stdout
     with open(out / "dominant_datapoints.json") as f:
         info = json.load(f)
-    assert {"layer", "examples", "scores", "first_pc_fraction", "top_share", "norm_ratio", "block", "block_without_top"} <= set(info)
+    assert {
+        "layer",
+        "examples",
+        "scores",
+        "first_pc_fraction",
+        "top_share",
+        "norm_ratio",
+        "block",
+        "block_without_top",
+    } <= set(info)
     assert len(info["examples"]) == 5 and all(0 <= i < 60 for i in info["examples"])
     assert np.all(np.diff(np.abs(info["scores"])) <= 1e-12)  # most dominant first
     assert 0 < info["top_share"] <= 1 and 0 <= info["first_pc_fraction"] <= 1
@@ -113,9 +130,17 @@ def test_binary_writes_the_json_and_figures(root, bin_env, tmp_path, tiny_runs):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--layer=stage1_blok1_out"], "error: `layer` 'stage1_blok1_out' is not a layer of this model; nearest: stage1_block1_out"),
-        (["--examples=20", "--top=20"], "error: `top` must be in [1, examples - 1] = [1, 19]. Received: top=20, examples=20"),
-        pytest.param(["unfinished"], "error: Run {run} has no model.keras: it has not finished training", marks=pytest.mark.slow),
+        (
+            ["--layer=stage1_blok1_out"],
+            "error: `layer` 'stage1_blok1_out' is not a layer of this model; nearest: stage1_block1_out",
+        ),
+        (
+            ["--examples=20", "--top=20"],
+            "error: `top` must be in [1, examples - 1] = [1, 19]. Received: top=20, examples=20",
+        ),
+        pytest.param(
+            ["unfinished"], "error: Run {run} has no model.keras: it has not finished training", marks=pytest.mark.slow
+        ),
     ],
     ids=["unknown-layer", "top-not-below-examples", "unfinished-run"],
 )

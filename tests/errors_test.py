@@ -22,7 +22,9 @@ TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32", 
 
 
 def _run(root, env, app, *args):
-    result = subprocess.run([sys.executable, str(root / "bin" / app), *args], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / app), *args], env=env, capture_output=True, text=True, timeout=600
+    )
     return result.returncode, (result.stderr.strip().splitlines() or [""])[-1]
 
 
@@ -39,12 +41,29 @@ def _listing(path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--depth=21"], "error: `depth` must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, 38, 44, 56, 110, ...); nearest valid depths: 20, 26. Received: depth=21"),
-        pytest.param(["--width=-1"], "error: `width` must be a positive number (1, 2, 0.5, ...). Received: width=-1.0", marks=SLOW),
+        (
+            ["--depth=21"],
+            "error: `depth` must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, 38, 44, 56, 110, ...); nearest valid depths: 20, 26. Received: depth=21",
+        ),
+        pytest.param(
+            ["--width=-1"],
+            "error: `width` must be a positive number (1, 2, 0.5, ...). Received: width=-1.0",
+            marks=SLOW,
+        ),
         (["--dataset=cifar100", "--data_dir={empty}"], "error: Dataset 'cifar100' is not prepared in {empty}."),
-        pytest.param(["--arch=imagenet_resnet", "--depth=20"], "error: --depth, --width: only for --arch=cifar_resnet; with imagenet_resnet use --blocks and --widths.", marks=SLOW),
-        pytest.param(["--tpu=grpc://10.0.0.2:8470"], "error: `tpu`='grpc://10.0.0.2:8470' is only used with strategy='tpu'. Received: strategy='default'", marks=SLOW),
-        pytest.param(["--batch_size=512"], "error: `batch_size`=512 is larger than the 256 training examples.", marks=SLOW),
+        pytest.param(
+            ["--arch=imagenet_resnet", "--depth=20"],
+            "error: --depth, --width: only for --arch=cifar_resnet; with imagenet_resnet use --blocks and --widths.",
+            marks=SLOW,
+        ),
+        pytest.param(
+            ["--tpu=grpc://10.0.0.2:8470"],
+            "error: `tpu`='grpc://10.0.0.2:8470' is only used with strategy='tpu'. Received: strategy='default'",
+            marks=SLOW,
+        ),
+        pytest.param(
+            ["--batch_size=512"], "error: `batch_size`=512 is larger than the 256 training examples.", marks=SLOW
+        ),
     ],
     ids=["depth", "width", "dataset-missing", "conflicting-arch-flags", "conflicting-tpu-flags", "batch-too-large"],
 )
@@ -60,9 +79,18 @@ def test_train_bad_inputs(root, bin_env, tmp_path, args, message):
 
 
 def test_unknown_dataset_is_a_flag_error(root, bin_env, tmp_path):
-    result = subprocess.run([sys.executable, str(root / "bin" / "train"), "--dataset=mnist", f"--out_dir={tmp_path}"], env=bin_env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / "train"), "--dataset=mnist", f"--out_dir={tmp_path}"],
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 1
-    assert "FATAL Flags parsing error: flag --dataset=mnist: value should be one of <cifar10|cifar100|imagenet2012|image_folder>" in result.stderr
+    assert (
+        "FATAL Flags parsing error: flag --dataset=mnist: value should be one of <cifar10|cifar100|imagenet2012|image_folder>"
+        in result.stderr
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -71,7 +99,9 @@ def test_unwritable_out_dir(root, bin_env, tmp_path):
     blocker.write_text("not a folder")
     code, last = _run(root, bin_env, "train", *TINY, f"--out_dir={blocker / 'runs'}")
     assert code == 1
-    assert last.startswith(f"error: Cannot write the run directory {blocker / 'runs'}/cifar10-resnet8-w0.25-n256-s0: Not a directory.")
+    assert last.startswith(
+        f"error: Cannot write the run directory {blocker / 'runs'}/cifar10-resnet8-w0.25-n256-s0: Not a directory."
+    )
 
 
 def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -83,7 +113,10 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", no_space)
     with pytest.raises(OSError) as info:
         runs.write_npz(path, probs=np.zeros(3))
-    assert errors.one_line(info.value) == f"No space left on device: {path} (check that the output folder exists, is writable and has free space)."
+    assert (
+        errors.one_line(info.value)
+        == f"No space left on device: {path} (check that the output folder exists, is writable and has free space)."
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -95,12 +128,19 @@ def _one_error(stderr):
 @pytest.mark.parametrize(
     "args,fault,message",
     [
-        (["--learning_rate=1e30", "--epochs=2"], None,
-         "error: The training loss is {loss} at epoch 1: training diverged. No checkpoint was written yet in {run}; "
-         "lower --learning_rate and rerun with --overwrite."),
-        pytest.param(["--epochs=3"], "diverge:2",
-         "error: The training loss is nan at epoch 2: training diverged. The last good checkpoint (epoch 1) is kept in "
-         "{run}; lower --learning_rate and rerun with --overwrite.", marks=SLOW),
+        (
+            ["--learning_rate=1e30", "--epochs=2"],
+            None,
+            "error: The training loss is {loss} at epoch 1: training diverged. No checkpoint was written yet in {run}; "
+            "lower --learning_rate and rerun with --overwrite.",
+        ),
+        pytest.param(
+            ["--epochs=3"],
+            "diverge:2",
+            "error: The training loss is nan at epoch 2: training diverged. The last good checkpoint (epoch 1) is kept in "
+            "{run}; lower --learning_rate and rerun with --overwrite.",
+            marks=SLOW,
+        ),
     ],
     ids=["first-epoch", "after-a-checkpoint"],
 )
@@ -108,7 +148,10 @@ def test_diverging_loss_names_the_checkpoint_it_keeps(root, bin_env, tmp_path, a
     env = dict(bin_env, **({"TFWD_FAULT": fault} if fault else {}))
     result = subprocess.run(
         [sys.executable, str(root / "bin" / "train"), *TINY[:-1], *args, f"--out_dir={tmp_path}"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
     errors = _one_error(result.stderr)
@@ -128,7 +171,10 @@ def test_ctrl_c_exits_130_with_one_line(root, bin_env, tmp_path):
     run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
     proc = subprocess.Popen(
         [sys.executable, str(root / "bin" / "train"), *TINY[:-1], "--epochs=50", f"--out_dir={tmp_path}"],
-        env=bin_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=bin_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 600
     while not (run_dir / "history.csv").exists() and proc.poll() is None and time.time() < deadline:
@@ -144,7 +190,14 @@ def test_ctrl_c_exits_130_with_one_line(root, bin_env, tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "corrupt-model", *[pytest.param(c, marks=SLOW) for c in ("not-a-run", "corrupt-config", "unfinished", "other-model", "nan-weights")]],
+    [
+        "missing",
+        "corrupt-model",
+        *[
+            pytest.param(c, marks=SLOW)
+            for c in ("not-a-run", "corrupt-config", "unfinished", "other-model", "nan-weights")
+        ],
+    ],
 )
 def test_cka_bad_run_directories(root, bin_env, tmp_path, tiny_runs, case):
     run = tmp_path / "nope"
@@ -188,12 +241,22 @@ def test_cka_bad_run_directories(root, bin_env, tmp_path, tiny_runs, case):
     "args,message",
     [
         (["--batch_size=3"], "FATAL Flags parsing error: flag --batch_size=3: 3 is not integer >= 4"),
-        pytest.param(["--examples=20000"], "error: `examples` must be in [4, 10000] for split 'test'. Received: 20000", marks=SLOW),
+        pytest.param(
+            ["--examples=20000"],
+            "error: `examples` must be in [4, 10000] for split 'test'. Received: 20000",
+            marks=SLOW,
+        ),
     ],
     ids=["batch-under-4", "too-many-examples"],
 )
 def test_cka_bad_settings(root, bin_env, tmp_path, tiny_runs, args, message):
-    result = subprocess.run([sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", f"--out_dir={tmp_path / 'o'}", *args], env=bin_env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", f"--out_dir={tmp_path / 'o'}", *args],
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 1 and message in result.stderr
     assert not (tmp_path / "o").exists()
 
@@ -206,25 +269,55 @@ def test_cka_runs_on_different_datasets(root, bin_env, tmp_path, tiny_runs):
     runs.write_json(str(other / "config.json"), config)
     code, last = _run(root, bin_env, "cka", f"--runs={tiny_runs[0]},{other}", f"--out_dir={tmp_path / 'o'}")
     assert code == 1
-    assert last == "error: CKA compares models on the same examples; these runs use different datasets: [('cifar10', None), ('cifar100', None)]."
+    assert (
+        last
+        == "error: CKA compares models on the same examples; these runs use different datasets: [('cifar10', None), ('cifar100', None)]."
+    )
     assert not (tmp_path / "o").exists()
 
 
 @SLOW
 def test_killed_cka_leaves_no_partial_output(root, bin_env, tmp_path, tiny_runs):
     env = dict(bin_env, TFWD_FAULT="analysis_write:0")
-    result = subprocess.run([sys.executable, str(root / "bin" / "cka"), f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}"], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(root / "bin" / "cka"),
+            f"--runs={tiny_runs[0]}",
+            "--examples=64",
+            "--batch_size=32",
+            "--passes=1",
+            f"--out_dir={tmp_path / 'o'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == -9
     assert not (tmp_path / "o").exists()
     # The next run clears the orphaned temporary folder and writes the output whole.
-    code, _ = _run(root, bin_env, "cka", f"--runs={tiny_runs[0]}", "--examples=64", "--batch_size=32", "--passes=1", f"--out_dir={tmp_path / 'o'}")
+    code, _ = _run(
+        root,
+        bin_env,
+        "cka",
+        f"--runs={tiny_runs[0]}",
+        "--examples=64",
+        "--batch_size=32",
+        "--passes=1",
+        f"--out_dir={tmp_path / 'o'}",
+    )
     assert code == 0 and sorted(os.listdir(tmp_path)) == ["o"]
 
 
 def _tree(path):
     if os.path.isfile(path):
         return os.path.getsize(path)
-    return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f))) for d, _, fs in os.walk(path) for f in fs)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
+        for d, _, fs in os.walk(path)
+        for f in fs
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,8 +331,15 @@ def _tree(path):
         ("cka", "file"),
         pytest.param("cka", "cwd", marks=SLOW),
     ],
-    ids=["pc-into-its-run", "probe-into-its-run", "prune-into-its-run", "cka-into-the-runs-folder",
-         "compare-into-the-runs-folder", "cka-onto-a-file", "cka-into-the-current-folder"],
+    ids=[
+        "pc-into-its-run",
+        "probe-into-its-run",
+        "prune-into-its-run",
+        "cka-into-the-runs-folder",
+        "compare-into-the-runs-folder",
+        "cka-onto-a-file",
+        "cka-into-the-current-folder",
+    ],
 )
 def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path, tiny_runs, app, target):
     holder = tmp_path / "runs"
@@ -256,7 +356,11 @@ def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path
     before = _tree(tmp_path)
     result = subprocess.run(
         [sys.executable, str(root / "bin" / app), *args, f"--out_dir={out}"],
-        env=bin_env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1
@@ -267,8 +371,11 @@ def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path
 
 @pytest.mark.parametrize(
     "case",
-    ["not-a-model", "runs-and-models",
-     *[pytest.param(c, marks=SLOW) for c in ("not-an-image-model", "unknown-tap", "neither", "empty-runs")]],
+    [
+        "not-a-model",
+        "runs-and-models",
+        *[pytest.param(c, marks=SLOW) for c in ("not-an-image-model", "unknown-tap", "neither", "empty-runs")],
+    ],
 )
 def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
     notes = tmp_path / "notes.keras"
@@ -311,13 +418,21 @@ def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
 @pytest.mark.parametrize(
     "analyses,message",
     [
-        ({"cka": {"exampels": 128}}, "analyses.cka has no setting 'exampels'. tfwd.cka.analyze_runs takes: "
-         "['taps', 'split', 'examples', 'batch_size', 'passes', 'seed']."),
-        pytest.param({"cka": {"examples": "2048"}}, "analyses.cka.examples must be int | None. Received: '2048'", marks=SLOW),
-        pytest.param({"probes": {"out_dir": "x"}}, "analyses.probes has no setting 'out_dir' (the report sets it). "
-         "tfwd.probes.analyze_run takes: ['taps', 'epochs', 'batch_size', 'validation_examples', 'pooling', "
-         "'optimizer', 'learning_rates', 'l2', 'train_examples', 'test_examples', 'augment', 'cka_examples', 'seed'].",
-         marks=SLOW),
+        (
+            {"cka": {"exampels": 128}},
+            "analyses.cka has no setting 'exampels'. tfwd.cka.analyze_runs takes: "
+            "['taps', 'split', 'examples', 'batch_size', 'passes', 'seed'].",
+        ),
+        pytest.param(
+            {"cka": {"examples": "2048"}}, "analyses.cka.examples must be int | None. Received: '2048'", marks=SLOW
+        ),
+        pytest.param(
+            {"probes": {"out_dir": "x"}},
+            "analyses.probes has no setting 'out_dir' (the report sets it). "
+            "tfwd.probes.analyze_run takes: ['taps', 'epochs', 'batch_size', 'validation_examples', 'pooling', "
+            "'optimizer', 'learning_rates', 'l2', 'train_examples', 'test_examples', 'augment', 'cka_examples', 'seed'].",
+            marks=SLOW,
+        ),
         (None, "Cannot read report spec {spec}: No such file or directory."),
     ],
     ids=["unknown-setting", "mistyped-setting", "setting-the-report-sets", "missing-spec-file"],
@@ -326,11 +441,16 @@ def test_report_refuses_a_bad_spec_before_training(root, bin_env, tmp_path, anal
     spec = tmp_path / "spec.json"
     if analyses is not None:
         flags = {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32}
-        spec.write_text(json.dumps({"name": "bad", "runs": {"flags": flags, "grid": [{"seed": [0]}]}, "analyses": analyses}))
+        spec.write_text(
+            json.dumps({"name": "bad", "runs": {"flags": flags, "grid": [{"seed": [0]}]}, "analyses": analyses})
+        )
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, str(root / "bin" / "report"), f"--spec={spec}", f"--out_dir={out}"],
-        env=bin_env, capture_output=True, text=True, timeout=600,
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     prefix = "" if analyses is None else f"{spec}: "
     expected = f"error: {prefix}{message.format(spec=spec)}"

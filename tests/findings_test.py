@@ -98,7 +98,9 @@ def test_less_data_on_every_seed():
 def test_a_block_in_one_seed_only_counts_that_seed():
     block_seed, free_seed = _run(38, seed=0, block=BLOCK38), _run(38, seed=1)
     fraction = np.full(len(block_seed.names), 0.1)
-    fraction[[i for i, n in enumerate(block_seed.names) if n.startswith(("stage2", "stage3")) and n.endswith("_out")]] = 0.9
+    fraction[
+        [i for i, n in enumerate(block_seed.names) if n.startswith(("stage2", "stage3")) and n.endswith("_out")]
+    ] = 0.9
     block_seed.pc = {"names": block_seed.names, "fraction": fraction}
     free_seed.pc = {"names": free_seed.names, "fraction": np.full(len(free_seed.names), 0.1)}
     found = findings.judge([block_seed, free_seed])[2]
@@ -142,7 +144,9 @@ def test_first_pc_stage_effect_is_caught_by_the_control():
     # block (mostly stage 3) looks dominant, but the control's stage 3 is just as high.
     r = _run(block=BLOCK38)
     r.pc = _pc(r, 0.55, 0.2, stage3=0.95)
-    found = findings.judge(_with_control(r, lambda n: 0.95 if n.startswith("stage3") else 0.5 if n.startswith("stage2") else 0.2))[2]
+    found = findings.judge(
+        _with_control(r, lambda n: 0.95 if n.startswith("stage3") else 0.5 if n.startswith("stage2") else 0.2)
+    )[2]
     assert found["seeds"][0]["within"] is True and found["seeds"][0]["against_control"] is False
     assert found["verdict"] == "not reproduced"
 
@@ -158,14 +162,19 @@ def test_a_run_without_a_control_does_not_count():
 
 
 def _probes(names, accuracy):
-    return [{"tap": n, "kind": "post", "test_accuracy": accuracy(i, n)} for i, n in enumerate(n for n in names if n.endswith("_add"))]
+    return [
+        {"tap": n, "kind": "post", "test_accuracy": accuracy(i, n)}
+        for i, n in enumerate(n for n in names if n.endswith("_add"))
+    ]
 
 
 def test_probes_flat_inside_the_block_and_against_the_control():
     r = _run(block=BLOCK38)
     first = r.names.index(BLOCK38[0])
     # +5 points per block up to the block, then flat.
-    r.probes = _probes(r.names, lambda i, n: min(0.3 + 0.05 * i, 0.3 + 0.05 * 7) if r.names.index(n) >= first else 0.3 + 0.05 * i)
+    r.probes = _probes(
+        r.names, lambda i, n: min(0.3 + 0.05 * i, 0.3 + 0.05 * 7) if r.names.index(n) >= first else 0.3 + 0.05 * i
+    )
     control = _run(14)
     control.probes = _probes(control.names, lambda i, n: 0.3 + 0.08 * i)  # rises through every stage
     found = findings.judge([r, control])[3]

@@ -47,7 +47,9 @@ def test_taps_follow_the_cifar_naming():
     assert float(abs(model.get_layer("stage2_block2_bn3").gamma.numpy()).max()) == 0.0
 
 
-@pytest.mark.parametrize("blocks,widths", [((3, 4, 6), (1, 1, 1, 1)), ((3, 4, 6, 3), (1, 0, 1, 1))], ids=["blocks", "widths"])
+@pytest.mark.parametrize(
+    "blocks,widths", [((3, 4, 6), (1, 1, 1, 1)), ((3, 4, 6, 3), (1, 0, 1, 1))], ids=["blocks", "widths"]
+)
 def test_invalid_stages(blocks, widths):
     with pytest.raises(ValueError, match="blocks|widths"):
         models.imagenet_resnet(blocks, widths)

@@ -35,7 +35,9 @@ def test_training_step_matches_keras(momentum, epsilon):
     # The moving variance takes the biased batch variance (the fused kernel returns the unbiased one).
     np.testing.assert_allclose(ours.moving_mean, theirs.moving_mean, rtol=1e-6)
     np.testing.assert_allclose(ours.moving_variance, theirs.moving_variance, rtol=1e-6)
-    for a, b in zip(tape.gradient(loss_ours, [x, ours.gamma, ours.beta]), tape.gradient(loss_theirs, [x, theirs.gamma, theirs.beta])):
+    for a, b in zip(
+        tape.gradient(loss_ours, [x, ours.gamma, ours.beta]), tape.gradient(loss_theirs, [x, theirs.gamma, theirs.beta])
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
 
 

@@ -121,11 +121,14 @@ class TestStreaming:
                 seen = bounds[:2]
                 got = cka.result().numpy()
                 assert got[1, 2] == pytest.approx(
-                    minibatch_cka_reference([acts[1][lo:hi] for lo, hi in seen], [acts[2][lo:hi] for lo, hi in seen]), abs=1e-10
+                    minibatch_cka_reference([acts[1][lo:hi] for lo, hi in seen], [acts[2][lo:hi] for lo, hi in seen]),
+                    abs=1e-10,
                 )
         got = cka.result().numpy()
         for i, j in [(0, 1), (1, 2), (0, 3), (2, 3)]:
-            expected = minibatch_cka_reference([acts[i][lo:hi] for lo, hi in bounds], [acts[j][lo:hi] for lo, hi in bounds])
+            expected = minibatch_cka_reference(
+                [acts[i][lo:hi] for lo, hi in bounds], [acts[j][lo:hi] for lo, hi in bounds]
+            )
             assert got[i, j] == pytest.approx(expected, abs=1e-10)
         assert float(cka.batches.numpy()) == 4
 
@@ -136,7 +139,9 @@ class TestStreaming:
             cka.update_state([a[lo : lo + 64] for a in acts])
         batches = [(lo, lo + 64) for lo in range(0, 192, 64)]
         for weighting in ("pairs", "equal"):
-            reference = minibatch_cka_reference([acts[1][a:b] for a, b in batches], [acts[2][a:b] for a, b in batches], weighting)
+            reference = minibatch_cka_reference(
+                [acts[1][a:b] for a, b in batches], [acts[2][a:b] for a, b in batches], weighting
+            )
             assert cka.result().numpy()[1, 2] == pytest.approx(reference, abs=1e-10)
 
     def test_ragged_last_batch_pooled_by_pairs_lands_closer_to_full_batch(self):
@@ -320,7 +325,13 @@ class TestKerasContract:
         cka = CKA(dtype="float32", check_finite=False, name="my_cka")
         cka.update_state(acts)
         config = cka.get_config()
-        assert config == {"num_layers": 4, "dtype": "float32", "check_finite": False, "gram_dtype": None, "name": "my_cka"}
+        assert config == {
+            "num_layers": 4,
+            "dtype": "float32",
+            "check_finite": False,
+            "gram_dtype": None,
+            "name": "my_cka",
+        }
         clone = CKA.from_config(json.loads(json.dumps(config)))
         clone.update_state(acts)
         np.testing.assert_allclose(clone.result().numpy(), cka.result().numpy(), atol=1e-6)
@@ -467,16 +478,27 @@ def test_jax_backend_inside_jit_matches_the_float64_reference(tmp_path):
     acts = layers(n=150, seed=21)
     np.savez(tmp_path / "acts.npz", *acts)
     env = {k: v for k, v in __import__("os").environ.items() if k != "KERAS_BACKEND"}
-    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "acts.npz")], capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "acts.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["backend"] == "jax"
     bounds = [(0, 64), (64, 128), (128, 150)]
     for i in range(4):
         for j in range(4):
-            expected = 1.0 if i == j else minibatch_cka_reference([acts[i][a:b] for a, b in bounds], [acts[j][a:b] for a, b in bounds])
+            expected = (
+                1.0
+                if i == j
+                else minibatch_cka_reference([acts[i][a:b] for a, b in bounds], [acts[j][a:b] for a, b in bounds])
+            )
             assert out["result"][i][j] == pytest.approx(expected, abs=1e-6)
     for j in (1, 2):
-        assert out["cross"][0][j - 1] == pytest.approx(minibatch_cka_reference([acts[0][:150]], [acts[j][:150]]), abs=1e-6)
+        assert out["cross"][0][j - 1] == pytest.approx(
+            minibatch_cka_reference([acts[0][:150]], [acts[j][:150]]), abs=1e-6
+        )
     assert out["error"].startswith("CKA.stateless_update_state needs the layer count up front")

@@ -67,7 +67,9 @@ def test_block_computes_relu_of_branch_plus_projection():
     """stage2_block1_out == relu(bn2 + shortcut(stage1 output)), the He et al. v1 block."""
     model = models.cifar_resnet(8)
     taps = ["stage1_block1_out", "stage2_block1_bn2", "stage2_block1_out"]
-    x_in, branch, out = [a.numpy() for a in models.activation_model(model, taps)(np.random.rand(2, 32, 32, 3), training=False)]
+    x_in, branch, out = [
+        a.numpy() for a in models.activation_model(model, taps)(np.random.rand(2, 32, 32, 3), training=False)
+    ]
     shortcut = model.get_layer("stage2_block1_shortcut")(x_in).numpy()
     np.testing.assert_allclose(out, np.maximum(branch + shortcut, 0), atol=1e-5)
 
@@ -79,7 +81,12 @@ def test_width_float_is_rounded_into_names():
 
 @pytest.mark.parametrize(
     "depth,fragment",
-    [(9, "nearest valid depths: 8, 14"), (21, "20, 26"), (2, "nearest valid depths: 8"), (20.0, "Received: depth=20.0")],
+    [
+        (9, "nearest valid depths: 8, 14"),
+        (21, "20, 26"),
+        (2, "nearest valid depths: 8"),
+        (20.0, "Received: depth=20.0"),
+    ],
     ids=["9", "21", "2", "float"],
 )
 def test_invalid_depth_names_nearest_valid(depth, fragment):

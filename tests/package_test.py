@@ -23,8 +23,17 @@ def test_every_public_module_is_an_attribute(name):
 
 
 def test_the_design_names_resolve_from_the_root():
-    for name in ("models.cifar_resnet", "models.activation_model", "metrics.CKA", "metrics.linear_cka",
-                 "cka.compare_models", "cka.analyze_runs", "cka.analyze_models", "blocks.find_block_structure", "data.Data"):
+    for name in (
+        "models.cifar_resnet",
+        "models.activation_model",
+        "metrics.CKA",
+        "metrics.linear_cka",
+        "cka.compare_models",
+        "cka.analyze_runs",
+        "cka.analyze_models",
+        "blocks.find_block_structure",
+        "data.Data",
+    ):
         module, attr = name.split(".")
         assert callable(getattr(getattr(tfwd, module), attr)), name
 

@@ -205,7 +205,9 @@ def test_first_pc_figure_panels(tmp_path):
     rng = np.random.default_rng(8)
     cka, cosine, removed = (rng.random((6, 6)) for _ in range(3))
     fraction = rng.random(6)
-    fig = pc_plots.first_pc_figure(cka, cosine, fraction, removed, NAMES, title="m", last_stages_fraction=0.625, last_stages=(2, 3))
+    fig = pc_plots.first_pc_figure(
+        cka, cosine, fraction, removed, NAMES, title="m", last_stages_fraction=0.625, last_stages=(2, 3)
+    )
     panels = fig.axes[:4]
     titles = [ax.get_title() for ax in panels]
     assert titles == ["Similarity of First PCs", "CKA", "Variance Explained", "CKA w/o First PC"]
@@ -242,7 +244,10 @@ def test_analyze_run_matches_in_memory_reference(tiny_runs, tmp_path):
     np.testing.assert_array_equal(np.diag(result["pc_cosine"]), np.ones(5))
     # The reference: the same 64 test images in one float64 pass, SVD per layer.
     images = next(iter(run.data().eval_dataset("test", 64, 64)))[0]
-    acts = [np.asarray(a, np.float64).reshape(64, -1) for a in models.activation_model(run.model(), "blocks")(images, training=False)]
+    acts = [
+        np.asarray(a, np.float64).reshape(64, -1)
+        for a in models.activation_model(run.model(), "blocks")(images, training=False)
+    ]
     for layer, x in enumerate(acts):
         u, s, _ = svd_reference(x)
         assert result["fraction"][layer] == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-5)
@@ -268,15 +273,26 @@ def test_default_out_dir():
 
 
 def test_bin_pc_smoke(tiny_runs, tmp_path, root, bin_env):
-    cmd = [sys.executable, str(root / "bin" / "pc"), f"--run={tiny_runs[0]}", "--examples=64", "--batch_size=32", f"--out_dir={tmp_path / 'o'}"]
+    cmd = [
+        sys.executable,
+        str(root / "bin" / "pc"),
+        f"--run={tiny_runs[0]}",
+        "--examples=64",
+        "--batch_size=32",
+        f"--out_dir={tmp_path / 'o'}",
+    ]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"First-PC analyses: {tmp_path / 'o'}"
     loaded = pca.load(str(tmp_path / "o" / "pc.npz"))
     assert len(loaded["names"]) == 21 * 1 + 7 and loaded["settings"]["taps"] == "all"  # taps="all" of ResNet-8
     assert loaded["scores"].shape == (28, 64)
-    missing = subprocess.run([*cmd[:2], f"--run={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 1 and missing.stderr.strip().endswith(f"error: Run directory {tmp_path / 'nope'} does not exist.")
+    missing = subprocess.run(
+        [*cmd[:2], f"--run={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600
+    )
+    assert missing.returncode == 1 and missing.stderr.strip().endswith(
+        f"error: Run directory {tmp_path / 'nope'} does not exist."
+    )
     assert "Traceback" not in missing.stderr and [l for l in missing.stderr.splitlines() if l.startswith("error:")] == [
         f"error: Run directory {tmp_path / 'nope'} does not exist."
     ]

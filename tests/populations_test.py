@@ -75,7 +75,9 @@ def test_false_positive_rate_near_alpha_without_planted_differences():
 
 
 def test_statistics_equal_scipy():
-    a, b, labels = class_population(np.linspace(0.5, 0.9, 5), np.linspace(0.55, 0.85, 5), per_class=40, models=12, seed=3)
+    a, b, labels = class_population(
+        np.linspace(0.5, 0.9, 5), np.linspace(0.55, 0.85, 5), per_class=40, models=12, seed=3
+    )
     b = b[:9]  # unequal group sizes
     out = populations.compare_correctness(a, b, labels, seed=0, permutations=20)
     for c in range(5):
@@ -105,7 +107,9 @@ def test_constant_class_has_no_test_and_is_not_counted():
     assert np.isnan(out["classes"]["t"][0]) and np.isnan(out["classes"]["p_bh"][0])
     assert out["summary"]["per_class"][0]["p"] is None  # JSON null, not NaN
     # BH over the 3 testable classes only
-    np.testing.assert_allclose(out["classes"]["p_bh"][1:], stats.false_discovery_control(out["classes"]["p"][1:]), rtol=1e-12)
+    np.testing.assert_allclose(
+        out["classes"]["p_bh"][1:], stats.false_discovery_control(out["classes"]["p"][1:]), rtol=1e-12
+    )
     assert out["summary"]["classes_significant_p05"] == 1
 
 
@@ -126,7 +130,9 @@ def test_benjamini_hochberg_by_hand(p, expected):
 
 def test_benjamini_hochberg_equals_scipy():
     p = np.random.default_rng(5).uniform(size=(7, 40)) ** 3
-    np.testing.assert_allclose(populations.benjamini_hochberg(p), stats.false_discovery_control(p.ravel()).reshape(p.shape), rtol=1e-12)
+    np.testing.assert_allclose(
+        populations.benjamini_hochberg(p), stats.false_discovery_control(p.ravel()).reshape(p.shape), rtol=1e-12
+    )
 
 
 # --- per-example departure from the halves baseline -------------------------------------------
@@ -204,7 +210,11 @@ def population_dirs(tmp_path):
 
 def test_compare_groups_reads_runs(population_dirs):
     root, a, b, labels = population_dirs
-    out = populations.compare_groups(populations.find_runs(str(root / "*resnet62*")), populations.find_runs(str(root / "*resnet14*")), permutations=50)
+    out = populations.compare_groups(
+        populations.find_runs(str(root / "*resnet62*")),
+        populations.find_runs(str(root / "*resnet14*")),
+        permutations=50,
+    )
     summary = out["summary"]
     assert summary["groups"]["a"] == {"label": "resnet62-w1", "runs": [f"cifar10-resnet62-w1-s{s}" for s in range(4)]}
     assert summary["groups"]["b"]["label"] == "resnet14-w2" and summary["dataset"] == "cifar10"
@@ -244,7 +254,9 @@ def test_plots_draw_both_clouds():
     control, comparison = ax.collections
     assert control.get_offsets().shape == comparison.get_offsets().shape == (50, 2)
     np.testing.assert_allclose(comparison.get_offsets()[:, 0], 100 * x, atol=100 * 0.3 / 10)  # jitter <= 0.3 steps
-    ax = population_plots.per_class_differences(x[:10], y[:10] - 0.5, c[:10] - 0.5, names=list("abcdefghij"), annotate=[2])
+    ax = population_plots.per_class_differences(
+        x[:10], y[:10] - 0.5, c[:10] - 0.5, names=list("abcdefghij"), annotate=[2]
+    )
     np.testing.assert_allclose(ax.collections[1].get_offsets(), np.c_[100 * x[:10], 100 * (y[:10] - 0.5)])
     assert [t.get_text() for t in ax.texts] == ["c"]
 
@@ -252,7 +264,14 @@ def test_plots_draw_both_clouds():
 def test_bin_compare_predictions_smoke(population_dirs, tmp_path, root, bin_env):
     runs_root, a, b, _ = population_dirs
     out = tmp_path / "cmp"
-    cmd = [sys.executable, str(root / "bin" / "compare_predictions"), f"--group_a={runs_root}/*resnet62*", f"--group_b={runs_root}/*resnet14*", f"--out_dir={out}", "--permutations=50"]
+    cmd = [
+        sys.executable,
+        str(root / "bin" / "compare_predictions"),
+        f"--group_a={runs_root}/*resnet62*",
+        f"--group_b={runs_root}/*resnet14*",
+        f"--out_dir={out}",
+        "--permutations=50",
+    ]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"prediction comparison: {out}" in result.stdout
@@ -260,12 +279,24 @@ def test_bin_compare_predictions_smoke(population_dirs, tmp_path, root, bin_env)
     assert {"mean_a", "sem_a", "mean_b", "sem_b", "t", "df", "p", "n_a", "n_b"} <= set(summary["overall"])
     assert summary["overall"]["mean_a"] == pytest.approx(a.mean(), abs=1e-12)
     assert summary["overall"]["sem_b"] == pytest.approx(stats.sem(b.mean(1)), rel=1e-9)
-    assert summary["classes_significant_p05"] == sum(row["p"] is not None and row["p"] < 0.05 for row in summary["per_class"]) >= 1
-    assert {"class", "name", "diff", "t", "p", "p_bh"} <= set(summary["per_class"][3]) and summary["per_class"][3]["name"] == "cat"
+    assert (
+        summary["classes_significant_p05"]
+        == sum(row["p"] is not None and row["p"] < 0.05 for row in summary["per_class"])
+        >= 1
+    )
+    assert {"class", "name", "diff", "t", "p", "p_bh"} <= set(summary["per_class"][3]) and summary["per_class"][3][
+        "name"
+    ] == "cat"
     assert len((out / "per_class.csv").read_text().splitlines()) == 11
     for png in ("per_example.png", "per_class.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    empty = subprocess.run([*cmd[:2], f"--group_a={tmp_path}/none*", f"--group_b={runs_root}/*", f"--out_dir={out}"], env=bin_env, capture_output=True, text=True, timeout=300)
+    empty = subprocess.run(
+        [*cmd[:2], f"--group_a={tmp_path}/none*", f"--group_b={runs_root}/*", f"--out_dir={out}"],
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert empty.returncode == 1 and "error: No run directory" in empty.stderr and f"{tmp_path}/none*" in empty.stderr
 
 
@@ -279,7 +310,12 @@ def test_class_names_never_fetch_a_dataset(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "case", ["truncated", "empty", *[pytest.param(c, marks=pytest.mark.slow) for c in ("keyless", "other-labels", "overlapping", "identical")]]
+    "case",
+    [
+        "truncated",
+        "empty",
+        *[pytest.param(c, marks=pytest.mark.slow) for c in ("keyless", "other-labels", "overlapping", "identical")],
+    ],
 )
 def test_bin_compare_predictions_bad_inputs(population_dirs, tmp_path, root, bin_env, case):
     runs_root, a, _, labels = population_dirs
@@ -301,7 +337,13 @@ def test_bin_compare_predictions_bad_inputs(population_dirs, tmp_path, root, bin
     elif case == "identical":
         group_b = group_a
     out = tmp_path / "cmp"
-    cmd = [sys.executable, str(root / "bin" / "compare_predictions"), f"--group_a={group_a}", f"--group_b={group_b}", f"--out_dir={out}"]
+    cmd = [
+        sys.executable,
+        str(root / "bin" / "compare_predictions"),
+        f"--group_a={group_a}",
+        f"--group_b={group_b}",
+        f"--out_dir={out}",
+    ]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=300)
     expected = {
         "truncated": f"error: Cannot read {npz} (BadZipFile: File is not a zip file); the run has not finished or the file is corrupt: retrain it with --overwrite.",

@@ -120,8 +120,13 @@ def test_settings_are_chosen_on_validation_and_the_test_set_cannot_change_them(s
     # The same probes scored on a test set with shuffled labels: identical choices and
     # validation accuracies, only the test accuracy of the signal tap falls to chance.
     shuffled = probes.train_probes(
-        _signal_model(), TAPS, _synthetic(512, 0), _synthetic(256, 1), _synthetic(512, 2, permute_labels=True),
-        epochs=5, learning_rates=GRID,
+        _signal_model(),
+        TAPS,
+        _synthetic(512, 0),
+        _synthetic(256, 1),
+        _synthetic(512, 2, permute_labels=True),
+        epochs=5,
+        learning_rates=GRID,
     )
     np.testing.assert_array_equal(shuffled["chosen"], result["chosen"])
     np.testing.assert_array_equal(shuffled["validation_accuracy"], result["validation_accuracy"])
@@ -130,8 +135,14 @@ def test_settings_are_chosen_on_validation_and_the_test_set_cannot_change_them(s
 
 def test_l2_grid_is_crossed_with_learning_rates_and_shrinks_heads():
     result = probes.train_probes(
-        _signal_model(), ["signal"], _synthetic(512, 0), _synthetic(128, 1), None, epochs=5,
-        learning_rates=(1e-2, 1e-1), l2=(0.0, 100.0),
+        _signal_model(),
+        ["signal"],
+        _synthetic(512, 0),
+        _synthetic(128, 1),
+        None,
+        epochs=5,
+        learning_rates=(1e-2, 1e-1),
+        l2=(0.0, 100.0),
     )
     assert [(s["learning_rate"], s["l2"]) for s in result["settings"]] == [(0.01, 0), (0.01, 100), (0.1, 0), (0.1, 100)]
     # A strong penalty pins the head near zero: cross-entropy near log(C), where the free head fits.
@@ -235,10 +246,24 @@ def _read_csv(path):
 
 def test_analyze_run_writes_one_row_per_residual_tap(tiny_runs, tmp_path):
     out = probes.analyze_run(
-        tiny_runs[0], out_dir=str(tmp_path / "p"), epochs=1, validation_examples=100, train_examples=128,
-        test_examples=200, learning_rates=(1e-4, 1e-3), cka_examples=64,
+        tiny_runs[0],
+        out_dir=str(tmp_path / "p"),
+        epochs=1,
+        validation_examples=100,
+        train_examples=128,
+        test_examples=200,
+        learning_rates=(1e-4, 1e-3),
+        cka_examples=64,
     )
-    assert sorted(os.listdir(out)) == [".tfwd_output", "cka.npz", "probes.csv", "probes.json", "probes.png", "probes_cka.png", "probes_grid.csv"]
+    assert sorted(os.listdir(out)) == [
+        ".tfwd_output",
+        "cka.npz",
+        "probes.csv",
+        "probes.json",
+        "probes.png",
+        "probes_cka.png",
+        "probes_grid.csv",
+    ]
     rows = _read_csv(os.path.join(out, "probes.csv"))
     names = models.tap_names(runs.Run(tiny_runs[0]).model(), "residual")
     assert [r["tap"] for r in rows] == names and len(rows) == 6
@@ -256,7 +281,11 @@ def test_analyze_run_writes_one_row_per_residual_tap(tiny_runs, tmp_path):
         assert float(r["learning_rate"]) == float(best["learning_rate"]) and best["chosen"] == "True"
     with open(os.path.join(out, "probes.json")) as f:
         settings = json.load(f)
-    assert settings["train_examples"] == 128 and settings["validation_examples"] == 100 and settings["test_examples"] == 200
+    assert (
+        settings["train_examples"] == 128
+        and settings["validation_examples"] == 100
+        and settings["test_examples"] == 200
+    )
     assert settings["tap_names"] == names and settings["epochs"] == 1 and settings["optimizer"] == "adam"
     with np.load(os.path.join(out, "cka.npz")) as f:
         assert f["cka_0_0"].shape == (6, 6) and np.allclose(np.diag(f["cka_0_0"]), 1.0)
@@ -288,7 +317,9 @@ def test_default_out_dir():
 
 def _plain_run(path, tfds_dir):
     """A run directory holding a plain (residual=False) ResNet-8; nothing else is needed to open it."""
-    config = runs.RunConfig(runs.ModelConfig(8, 0.25, residual=False), DataConfig(data_dir=tfds_dir, train_examples=256))
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25, residual=False), DataConfig(data_dir=tfds_dir, train_examples=256)
+    )
     os.makedirs(path)
     runs.write_json(os.path.join(path, runs.CONFIG), config.to_dict())
     models.cifar_resnet(8, 0.25, residual=False).save(os.path.join(path, runs.MODEL))
@@ -298,8 +329,16 @@ def _plain_run(path, tfds_dir):
 def test_bin_probe_smoke(tiny_runs, tmp_path, root, bin_env, tfds_dir):
     out = tmp_path / "o"
     cmd = [
-        sys.executable, str(root / "bin" / "probe"), f"--run={tiny_runs[0]}", "--epochs=1", "--train_examples=64",
-        "--validation_examples=50", "--test_examples=100", "--learning_rates=1e-3", "--pooling=gap", f"--out_dir={out}",
+        sys.executable,
+        str(root / "bin" / "probe"),
+        f"--run={tiny_runs[0]}",
+        "--epochs=1",
+        "--train_examples=64",
+        "--validation_examples=50",
+        "--test_examples=100",
+        "--learning_rates=1e-3",
+        "--pooling=gap",
+        f"--out_dir={out}",
     ]
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -308,9 +347,15 @@ def test_bin_probe_smoke(tiny_runs, tmp_path, root, bin_env, tfds_dir):
     assert len(rows) == 6 and [int(r["features"]) for r in rows] == [4, 4, 8, 8, 16, 16]  # gap: the channels
     assert os.path.exists(out / "probes.png")
 
-    missing = subprocess.run([*cmd[:2], f"--run={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 1 and missing.stderr.strip().endswith(f"error: Run directory {tmp_path / 'nope'} does not exist.")
+    missing = subprocess.run(
+        [*cmd[:2], f"--run={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600
+    )
+    assert missing.returncode == 1 and missing.stderr.strip().endswith(
+        f"error: Run directory {tmp_path / 'nope'} does not exist."
+    )
     plain = _plain_run(str(tmp_path / "plain"), tfds_dir)
     failed = subprocess.run([*cmd[:2], f"--run={plain}"], env=bin_env, capture_output=True, text=True, timeout=600)
     last = failed.stderr.strip().splitlines()[-1]
-    assert failed.returncode == 1 and last.startswith("error: taps='residual' needs residual connections"), failed.stderr[-2000:]
+    assert failed.returncode == 1 and last.startswith("error: taps='residual' needs residual connections"), (
+        failed.stderr[-2000:]
+    )

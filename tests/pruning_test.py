@@ -37,7 +37,9 @@ def _random_resnet(depth, seed=0, residual=True):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), rng.normal(0, 0.2, c), rng.uniform(0.5, 2, c)])
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), rng.normal(0, 0.2, c), rng.uniform(0.5, 2, c)]
+            )
     pooled = models.activation_model(model, ["pool"])(_images(200, seed=99), training=False).numpy()
     kernel, _ = model.get_layer("logits").get_weights()
     model.get_layer("logits").set_weights([kernel, -(pooled @ kernel).mean(axis=0)])
@@ -48,7 +50,7 @@ def _reference_logits(model, x, deleted=()):
     """The pruned forward pass written out by hand on the original layers (BN in inference mode)."""
     g = model.get_layer
     h = g("stem_relu")(g("stem_bn")(g("stem_conv")(x), training=False))
-    n = models.blocks_per_stage(int(model.name.split("-")[0][len("resnet"):]))
+    n = models.blocks_per_stage(int(model.name.split("-")[0][len("resnet") :]))
     for s in (1, 2, 3):
         for b in range(1, n + 1):
             p = f"stage{s}_block{b}"
@@ -97,7 +99,9 @@ def test_deleted_block_passes_its_input_through(resnet14, deleted, reads, source
         got = keras.Model(pruned.input, inputs[-1])(x, training=False).numpy()  # for an add: its shortcut input
         np.testing.assert_array_equal(got, expected)
     # and everything downstream computes what the hand-written pruned forward pass computes
-    np.testing.assert_allclose(pruned(x, training=False).numpy(), _reference_logits(resnet14, x, deleted), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pruned(x, training=False).numpy(), _reference_logits(resnet14, x, deleted), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_pruned_resnet20_has_the_expected_layers():
@@ -118,8 +122,12 @@ def test_pruned_resnet20_has_the_expected_layers():
 def test_projection_blocks_are_skipped_and_refused(resnet14):
     blocks = pruning.residual_blocks(resnet14)
     assert [(b.name, b.deletable) for b in blocks] == [
-        ("stage1_block1", True), ("stage1_block2", True), ("stage2_block1", False),
-        ("stage2_block2", True), ("stage3_block1", False), ("stage3_block2", True),
+        ("stage1_block1", True),
+        ("stage1_block2", True),
+        ("stage2_block1", False),
+        ("stage2_block2", True),
+        ("stage3_block1", False),
+        ("stage3_block2", True),
     ]
     steps, skipped = pruning.deletion_schedule(resnet14)
     assert skipped == ["stage2_block1", "stage3_block1"]
@@ -146,9 +154,13 @@ def test_plain_model_is_refused(call):
 def test_schedule_of_resnet20():
     steps, _ = pruning.deletion_schedule(models.cifar_resnet(20, 0.25))
     assert steps == [
-        (1, ["stage1_block3"]), (1, ["stage1_block3", "stage1_block2"]), (1, ["stage1_block3", "stage1_block2", "stage1_block1"]),
-        (2, ["stage2_block3"]), (2, ["stage2_block3", "stage2_block2"]),
-        (3, ["stage3_block3"]), (3, ["stage3_block3", "stage3_block2"]),
+        (1, ["stage1_block3"]),
+        (1, ["stage1_block3", "stage1_block2"]),
+        (1, ["stage1_block3", "stage1_block2", "stage1_block1"]),
+        (2, ["stage2_block3"]),
+        (2, ["stage2_block3", "stage2_block2"]),
+        (3, ["stage3_block3"]),
+        (3, ["stage3_block3", "stage3_block2"]),
     ]
 
 
@@ -160,7 +172,12 @@ def test_stagewise_deletion_evaluates_the_figure5_sequence(resnet14):
     result = pruning.stagewise_deletion(resnet14, dataset)
     assert result["full_accuracy"] == 0.7 and result["examples"] == 50
     assert result["skipped"] == ["stage2_block1", "stage3_block1"]
-    expected = [(1, ["stage1_block2"]), (1, ["stage1_block2", "stage1_block1"]), (2, ["stage2_block2"]), (3, ["stage3_block2"])]
+    expected = [
+        (1, ["stage1_block2"]),
+        (1, ["stage1_block2", "stage1_block1"]),
+        (2, ["stage2_block2"]),
+        (3, ["stage3_block2"]),
+    ]
     assert [(s["stage"], s["deleted"]) for s in result["steps"]] == expected
     assert [s["blocks_deleted"] for s in result["steps"]] == [1, 2, 1, 1]
     accuracies = [np.mean(_reference_logits(resnet14, x, d).argmax(-1) == labels) for _, d in expected]
@@ -178,10 +195,14 @@ def test_recalibrated_stats_equal_the_batch_statistics(resnet14):
     halves = conv.reshape(2, 32, 32, 32, -1)
     bn = fixed.get_layer("stem_bn")
     np.testing.assert_allclose(bn.moving_mean.numpy(), conv.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), halves.var(axis=(1, 2, 3)).mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), halves.var(axis=(1, 2, 3)).mean(axis=0), rtol=1e-5, atol=1e-7
+    )
     # gamma, beta and every conv are untouched, and so is the original model (its layers may be shared)
     np.testing.assert_array_equal(bn.gamma.numpy(), resnet14.get_layer("stem_bn").gamma.numpy())
-    np.testing.assert_array_equal(fixed.get_layer("stage3_block2_conv2").kernel.numpy(), resnet14.get_layer("stage3_block2_conv2").kernel.numpy())
+    np.testing.assert_array_equal(
+        fixed.get_layer("stage3_block2_conv2").kernel.numpy(), resnet14.get_layer("stage3_block2_conv2").kernel.numpy()
+    )
     for a, b in zip(before, resnet14.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -189,7 +210,9 @@ def test_recalibrated_stats_equal_the_batch_statistics(resnet14):
 def test_recalibration_on_one_batch_makes_inference_match_training_mode(resnet14):
     """Closed form: with stats from one batch, inference mode normalizes exactly as training mode did."""
     x = _images(32, seed=4)
-    fixed = pruning.recalibrate_bn(resnet14, tf.data.Dataset.from_tensor_slices((x, tf.zeros([32], tf.int32))).batch(32))
+    fixed = pruning.recalibrate_bn(
+        resnet14, tf.data.Dataset.from_tensor_slices((x, tf.zeros([32], tf.int32))).batch(32)
+    )
     scratch = pruning.delete_blocks(resnet14, [], copy=True)  # training mode updates BN stats: not on resnet14
     training_mode = scratch(x, training=True).numpy()
     np.testing.assert_allclose(fixed(x, training=False).numpy(), training_mode, rtol=1e-4, atol=1e-4)
@@ -237,7 +260,9 @@ def resnet14_run(tmp_path_factory, tfds_dir):
     from tfwd.data import DataConfig
 
     config = runs.RunConfig(
-        runs.ModelConfig(14, 0.25), DataConfig(data_dir=tfds_dir, train_examples=128), runs.TrainConfig(epochs=1, batch_size=32)
+        runs.ModelConfig(14, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=128),
+        runs.TrainConfig(epochs=1, batch_size=32),
     )
     return training.train(config, str(tmp_path_factory.mktemp("prune_runs")), verbose=0, tensorboard=False)
 
@@ -261,7 +286,10 @@ def test_analyze_run_writes_consistent_results(resnet14_run, tmp_path):
     with open(os.path.join(out, "prune_blocks.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [(r["stage"], r["blocks_deleted"], r["deleted"]) for r in rows] == [
-        ("1", "1", "stage1_block2"), ("1", "2", "stage1_block2 stage1_block1"), ("2", "1", "stage2_block2"), ("3", "1", "stage3_block2"),
+        ("1", "1", "stage1_block2"),
+        ("1", "2", "stage1_block2 stage1_block1"),
+        ("2", "1", "stage2_block2"),
+        ("3", "1", "stage3_block2"),
     ]
     with open(os.path.join(out, "prune_blocks.json")) as f:
         summary = json.load(f)
@@ -278,18 +306,26 @@ def test_analyze_run_writes_consistent_results(resnet14_run, tmp_path):
 
 
 def test_analyze_run_recalibration_settings(resnet14_run, tmp_path):
-    out = pruning.analyze_run(resnet14_run, out_dir=str(tmp_path / "r"), recalibrate_bn=True, recalibration_examples=1000, examples=64)
+    out = pruning.analyze_run(
+        resnet14_run, out_dir=str(tmp_path / "r"), recalibrate_bn=True, recalibration_examples=1000, examples=64
+    )
     with open(os.path.join(out, "prune_blocks.json")) as f:
         summary = json.load(f)
     # capped at the 128 training examples, in batches of the run's training batch size
-    assert summary["settings"]["recalibration_examples"] == 128 and summary["settings"]["recalibration_batch_size"] == 32
+    assert (
+        summary["settings"]["recalibration_examples"] == 128 and summary["settings"]["recalibration_batch_size"] == 32
+    )
     assert 0 <= summary["full_accuracy_recalibrated"] <= 1 and len(summary["steps"]) == 4
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(examples=0), "examples"), (dict(examples=10001), "examples"), (dict(batch_size=0), "batch_size"),
-     (dict(recalibrate_bn=True, recalibration_examples=0), "recalibration_examples")],
+    [
+        (dict(examples=0), "examples"),
+        (dict(examples=10001), "examples"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(recalibrate_bn=True, recalibration_examples=0), "recalibration_examples"),
+    ],
     ids=["no_examples", "too_many", "batch", "recalibration"],
 )
 def test_analyze_run_errors(resnet14_run, tmp_path, kwargs, match):
@@ -315,7 +351,10 @@ def test_bin_prune_blocks_smoke(resnet14_run, plain_run, tmp_path, root, bin_env
     assert result.returncode == 0, result.stderr[-2000:]
     out = os.path.join(run_dir, "prune_blocks")
     assert result.stdout.strip() == f"Block deletion: {out}"
-    assert "Skipping blocks with a projection shortcut (they cannot be deleted): stage2_block1, stage3_block1." in result.stderr
+    assert (
+        "Skipping blocks with a projection shortcut (they cannot be deleted): stage2_block1, stage3_block1."
+        in result.stderr
+    )
     with open(os.path.join(out, "prune_blocks.csv")) as f:
         assert len(list(csv.DictReader(f))) == 4
     for ckpt, message in [

@@ -56,7 +56,9 @@ print("checked under", _keras.backend.backend())
 def test_readme_python_block(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything an example writes stays out of the checkout
     if "KERAS_BACKEND" in BLOCKS[index]:
-        done = subprocess.run([sys.executable, "-c", BLOCKS[index] + BACKEND_CHECK], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", BLOCKS[index] + BACKEND_CHECK], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         backend = re.search(r'KERAS_BACKEND"\] = "(\w+)"', BLOCKS[index]).group(1)
         assert done.stdout.strip().endswith(f"checked under {backend}")

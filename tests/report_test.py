@@ -31,7 +31,10 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     spec = {
         "name": "tiny",
         "description": "two seeds of a tiny ResNet-8",
-        "runs": {"flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32}, "grid": [{"seed": [0, 1]}]},
+        "runs": {
+            "flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32},
+            "grid": [{"seed": [0, 1]}],
+        },
         "analyses": {
             "cka": {"examples": 128, "passes": 1, "batch_size": 64},
             "pc": {"examples": 128, "batch_size": 64},
@@ -43,7 +46,13 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     out_dir = os.path.dirname(tiny_runs[0])
     path = report.build(spec, out_dir, data_dir=tfds_dir, train=False)
     folder = os.path.dirname(path)
-    assert sorted(os.listdir(folder)) == [runs.OUTPUT_MARKER, "cross_seed.png", "findings.json", "heatmaps.png", "report.html"]
+    assert sorted(os.listdir(folder)) == [
+        runs.OUTPUT_MARKER,
+        "cross_seed.png",
+        "findings.json",
+        "heatmaps.png",
+        "report.html",
+    ]
     page = open(path).read()
     assert page.count("data:image/png;base64,") == 2 + 2 * 3  # report figures + each run's PC, probes, deletion
     for name in (os.path.basename(r) for r in tiny_runs):
@@ -56,15 +65,31 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     assert all("peak_contrast" in r["block"] for r in saved["runs"].values())
     assert {"cka", "pc", "probes", "prune_blocks", "cross_seed", "training"} <= set(saved["timings_seconds"])
     made = sorted(d for d in os.listdir(tiny_runs[0]) if d.startswith("report_"))
-    assert [d.rsplit("_", 1)[0] for d in made] == ["report_cka", "report_cross_seed", "report_pc", "report_probes", "report_prune_blocks"]
+    assert [d.rsplit("_", 1)[0] for d in made] == [
+        "report_cka",
+        "report_cross_seed",
+        "report_pc",
+        "report_probes",
+        "report_prune_blocks",
+    ]
     seed1 = sorted(d.rsplit("_", 1)[0] for d in os.listdir(tiny_runs[1]) if d.startswith("report_"))
     assert seed1 == ["report_cka", "report_pc", "report_probes", "report_prune_blocks"]  # every seed is analysed
     # bin/report on the same spec reuses every analysis (nothing recomputed) and says where the report is.
     spec_file = tmp_path / "tiny.json"
     spec_file.write_text(json.dumps(spec))
     result = subprocess.run(
-        [sys.executable, str(root / "bin" / "report"), f"--spec={spec_file}", f"--out_dir={out_dir}", f"--data_dir={tfds_dir}", "--notrain"],
-        env=bin_env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(root / "bin" / "report"),
+            f"--spec={spec_file}",
+            f"--out_dir={out_dir}",
+            f"--data_dir={tfds_dir}",
+            "--notrain",
+        ],
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith(f"report: {path}")
@@ -113,8 +138,18 @@ def test_cached_analyses_are_keyed_on_the_runs_content(tiny_runs, tmp_path, retr
         ({"pc": {"data_dir": "x"}}, r"analyses.pc has no setting 'data_dir' \(the report sets it\)"),
         ({"cka": []}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings"),
     ],
-    ids=["pc", "probes", "cka-layer-names", "float-for-int", "list-item", "string-for-bool", "bool-for-int",
-         "unknown", "report-sets-it", "not-an-object"],
+    ids=[
+        "pc",
+        "probes",
+        "cka-layer-names",
+        "float-for-int",
+        "list-item",
+        "string-for-bool",
+        "bool-for-int",
+        "unknown",
+        "report-sets-it",
+        "not-an-object",
+    ],
 )
 def test_analysis_settings_are_checked_against_the_functions(analyses, message):
     spec = {"name": "x", "runs": {"grid": [{"depth": [8]}]}, "analyses": analyses}
@@ -126,7 +161,10 @@ def test_analysis_settings_are_checked_against_the_functions(analyses, message):
 
 
 def test_unfinished_runs_without_training_is_an_error(tmp_path, tfds_dir):
-    spec = {"name": "none", "runs": {"flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1}, "grid": [{"seed": [5]}]}}
+    spec = {
+        "name": "none",
+        "runs": {"flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1}, "grid": [{"seed": [5]}]},
+    }
     with pytest.raises(runs.RunError, match="Runs not finished"):
         report.build(spec, str(tmp_path), data_dir=tfds_dir, train=False)
 
@@ -135,8 +173,16 @@ def test_unfinished_runs_without_training_is_an_error(tmp_path, tfds_dir):
 def test_demo_report_end_to_end(tmp_path, root, bin_env):
     """./run.sh demo's job from scratch: 3 trainings and every analysis (about 5 minutes on 2 cores)."""
     result = subprocess.run(
-        [sys.executable, str(root / "bin" / "report"), f"--spec={root / 'data' / 'reports' / 'demo.json'}", f"--out_dir={tmp_path}"],
-        env=bin_env, capture_output=True, text=True, timeout=3600,
+        [
+            sys.executable,
+            str(root / "bin" / "report"),
+            f"--spec={root / 'data' / 'reports' / 'demo.json'}",
+            f"--out_dir={tmp_path}",
+        ],
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     path = tmp_path / "report_demo" / "report.html"
@@ -144,7 +190,9 @@ def test_demo_report_end_to_end(tmp_path, root, bin_env):
     saved = json.load(open(tmp_path / "report_demo" / "findings.json"))
     assert [f["id"] for f in saved["claims"]] == list("abcdef")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cifar10-")) == [
-        "cifar10-resnet14-w1-n782-s0", "cifar10-resnet14-w1-n782-s1", "cifar10-resnet26-w1-n782-s0"
+        "cifar10-resnet14-w1-n782-s0",
+        "cifar10-resnet14-w1-n782-s1",
+        "cifar10-resnet26-w1-n782-s0",
     ]
 
 
@@ -167,12 +215,19 @@ def test_science_spec_in_miniature(tmp_path, root, bin_env):
         "cross_seed": {"examples": 256, "batch_size": 128},
         "dominant": {"examples": 100, "top": 5},
     }
-    spec["block_structure"] = {"min_contrast": 0.0, "threshold": 0.5, "fill": 0.5}  # force blocks, to exercise every rule
+    spec["block_structure"] = {
+        "min_contrast": 0.0,
+        "threshold": 0.5,
+        "fill": 0.5,
+    }  # force blocks, to exercise every rule
     spec_file = tmp_path / "mini.json"
     spec_file.write_text(json.dumps(spec))
     result = subprocess.run(
         [sys.executable, str(root / "bin" / "report"), f"--spec={spec_file}", f"--out_dir={tmp_path}"],
-        env=bin_env, capture_output=True, text=True, timeout=3600,
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.load(open(tmp_path / "report_science_mini" / "findings.json"))

@@ -30,16 +30,23 @@ def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
 def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(
-            """
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
             import sys
             from tfwd import runlock
             lock = runlock.RunLock(sys.argv[1]).__enter__()
             print("locked", flush=True)
             sys.stdin.read()
             """
-        ), str(run_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            ),
+            str(run_dir),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline() == "locked\n"
     with pytest.raises(runs.RunError, match=f"pid {holder.pid}"):

@@ -14,7 +14,12 @@ from tfwd.data import DataConfig
     "model,data,seed,name",
     [
         (runs.ModelConfig(62, 1), DataConfig(), 3, "cifar10-resnet62-w1-s3"),
-        (runs.ModelConfig(38, 0.5, residual=False), DataConfig(train_examples=3125), 0, "cifar10-resnet38-w0.5-nores-n3125-s0"),
+        (
+            runs.ModelConfig(38, 0.5, residual=False),
+            DataConfig(train_examples=3125),
+            0,
+            "cifar10-resnet38-w0.5-nores-n3125-s0",
+        ),
         (runs.ModelConfig(14, 4.0), DataConfig(dataset="cifar100"), 12, "cifar100-resnet14-w4-s12"),
     ],
     ids=["plain-name", "nores-subset", "cifar100"],
@@ -30,7 +35,9 @@ def test_every_arch_setting_has_an_architecture():
 
 
 def test_config_round_trips_through_json():
-    config = runs.RunConfig(runs.ModelConfig(20, 2.0, False), DataConfig(train_examples=100, data_seed=4), runs.TrainConfig(epochs=3))
+    config = runs.RunConfig(
+        runs.ModelConfig(20, 2.0, False), DataConfig(train_examples=100, data_seed=4), runs.TrainConfig(epochs=3)
+    )
     again = runs.RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
     assert config.differences(again) == []
@@ -132,7 +139,11 @@ def _user_data(tmp_path):
 def _snapshot(path):
     if os.path.isfile(path):
         return open(path).read()
-    return sorted((os.path.relpath(os.path.join(d, f), path), open(os.path.join(d, f)).read()) for d, _, fs in os.walk(path) for f in fs)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), path), open(os.path.join(d, f)).read())
+        for d, _, fs in os.walk(path)
+        for f in fs
+    )
 
 
 @pytest.mark.parametrize("what", ["run directory", "folder of runs", "file", "folder tfwd did not write"])

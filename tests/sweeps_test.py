@@ -18,7 +18,10 @@ SPEC = {
     "name": "small",
     "flags": {"dataset": "cifar10", "epochs": 2, "learning_rate": 0.05, "data_dir": "my data"},
     "grid": [
-        {"seed": {"range": [3, 5]}, "cases": [{"depth": 20, "width": 1}, {"depth": 8, "width": 0.5, "residual": False}]},
+        {
+            "seed": {"range": [3, 5]},
+            "cases": [{"depth": 20, "width": 1}, {"depth": 8, "width": 0.5, "residual": False}],
+        },
         {"depth": [14], "train_examples": [None, 1000], "seed": [0]},
     ],
 }
@@ -86,18 +89,33 @@ def test_every_shipped_spec_is_counted_and_validates():
 
 def test_shipped_specs_hold_the_papers_models():
     def models(name, **where):
-        return sorted({(r.config.model.depth, r.config.model.width) for r in sweeps.expand(load(name)) if all(r.flags.get(k) == v for k, v in where.items())})
+        return sorted(
+            {
+                (r.config.model.depth, r.config.model.width)
+                for r in sweeps.expand(load(name))
+                if all(r.flags.get(k) == v for k, v in where.items())
+            }
+        )
 
-    assert models("figure1") == sorted([(d, 1.0) for d in (26, 44, 56, 110, 164)] + [(38, w) for w in (1.0, 2.0, 4.0, 8.0, 10.0)])
+    assert models("figure1") == sorted(
+        [(d, 1.0) for d in (26, 44, 56, 110, 164)] + [(38, w) for w in (1.0, 2.0, 4.0, 8.0, 10.0)]
+    )
     for subset in (12500, 3125):
-        assert models("figure2", train_examples=subset) == sorted([(d, 1.0) for d in (32, 44, 56, 110, 164)] + [(38, w) for w in (1.0, 2.0, 4.0, 8.0, 10.0)])
+        assert models("figure2", train_examples=subset) == sorted(
+            [(d, 1.0) for d in (32, 44, 56, 110, 164)] + [(38, w) for w in (1.0, 2.0, 4.0, 8.0, 10.0)]
+        )
     assert models("figure3") == [(38, 2.0), (38, 10.0), (44, 1.0), (110, 1.0)]
     figure7 = sweeps.expand(load("figure7"))
     for arch in ((62, 1.0), (14, 2.0)):
         seeds = [r.config.train.seed for r in figure7 if (r.config.model.depth, r.config.model.width) == arch]
         assert seeds == list(range(100))
     assert all(not r.config.model.residual for r in sweeps.expand(load("plain_cnn")))
-    assert all(r.config.train.epochs == 300 for name in SHIPPED if name not in ("smoke", "figure7_imagenet") for r in sweeps.expand(load(name)))
+    assert all(
+        r.config.train.epochs == 300
+        for name in SHIPPED
+        if name not in ("smoke", "figure7_imagenet")
+        for r in sweeps.expand(load(name))
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,16 +126,30 @@ def test_shipped_specs_hold_the_papers_models():
         pytest.param({"grid": []}, r"`grid` must be a non-empty list", id="empty_grid"),
         pytest.param({"grid": [{"depth": []}]}, r"grid\[0\]\['depth'\] must be a non-empty list", id="empty_values"),
         pytest.param({"grid": [{"detph": [20]}]}, r"unknown key 'detph'", id="unknown_flag"),
-        pytest.param({"flags": {"overwrite": True}}, r"unknown key 'overwrite' \(a sweep never deletes runs\)", id="overwrite"),
+        pytest.param(
+            {"flags": {"overwrite": True}}, r"unknown key 'overwrite' \(a sweep never deletes runs\)", id="overwrite"
+        ),
         pytest.param({"flags": {"out_dir": "x"}}, r"unknown key 'out_dir' \(the caller sets it\)", id="out_dir"),
-        pytest.param({"grid": [{"depth": ["20"]}]}, r"`depth` must be an integer .* Received: '20'", id="string_for_int"),
-        pytest.param({"grid": [{"depth": [20], "residual": ["no"]}]}, r"`residual` must be true or false", id="bad_bool"),
+        pytest.param(
+            {"grid": [{"depth": ["20"]}]}, r"`depth` must be an integer .* Received: '20'", id="string_for_int"
+        ),
+        pytest.param(
+            {"grid": [{"depth": [20], "residual": ["no"]}]}, r"`residual` must be true or false", id="bad_bool"
+        ),
         pytest.param({"flags": {"dataset": "mnist"}}, r"`dataset` must be one of \['cifar10'", id="bad_choice"),
         pytest.param({"grid": [{"depth": [21]}]}, r"grid\[0\]: .*depth.*21", id="depth_not_6n_plus_2"),
         pytest.param({"grid": [{"seed": {"range": [0]}}]}, r'\{"range": \[start, stop\]\}', id="bad_range"),
-        pytest.param({"grid": [{"depth": [20]}, {"depth": [20]}]}, r"grid\[1\]: run cifar10-resnet20-w1-s0 appears twice", id="duplicate_run"),
+        pytest.param(
+            {"grid": [{"depth": [20]}, {"depth": [20]}]},
+            r"grid\[1\]: run cifar10-resnet20-w1-s0 appears twice",
+            id="duplicate_run",
+        ),
         pytest.param({"flags": {"depth": 20}, "grid": [{"depth": [20]}]}, r"\['depth'\] set twice", id="set_twice"),
-        pytest.param({"grid": [{"depth": [20], "blocks": [[3, 4, 6, 3]]}]}, r"--blocks: only for --arch=imagenet_resnet; with cifar_resnet use --depth and --width", id="imagenet_flag_on_cifar"),
+        pytest.param(
+            {"grid": [{"depth": [20], "blocks": [[3, 4, 6, 3]]}]},
+            r"--blocks: only for --arch=imagenet_resnet; with cifar_resnet use --depth and --width",
+            id="imagenet_flag_on_cifar",
+        ),
         pytest.param({"grid": [{"epochs": [0]}]}, r"`epochs` must be a positive integer", id="zero_epochs"),
     ],
 )
@@ -190,7 +222,9 @@ def test_run_limit_and_dry_run_launch_only_what_they_say(tmp_path):
     runner = FakeRunner()
     result = sweeps.run(spec, str(tmp_path), dry_run=True, runner=runner)
     assert runner.calls == [] and result["not_started"] == ["cifar10-resnet8-w1-s1", "cifar10-resnet8-w1-s2"]
-    assert sweeps.commands(spec, str(tmp_path), skip_finished=True, limit=1) == [sweeps.expand(spec)[1].command(str(tmp_path))]
+    assert sweeps.commands(spec, str(tmp_path), skip_finished=True, limit=1) == [
+        sweeps.expand(spec)[1].command(str(tmp_path))
+    ]
 
 
 def _rss():
@@ -210,7 +244,10 @@ def test_a_huge_range_is_made_lazily_up_to_the_limit(tmp_path):
     runner = FakeRunner()
     result = sweeps.run(spec, str(tmp_path), limit=2, runner=runner)
     assert [c[0][2] for c in runner.calls] == ["--seed=1", "--seed=2"]
-    assert result["skipped"] == ["cifar10-resnet8-w1-s0"] and result["finished"] == ["cifar10-resnet8-w1-s1", "cifar10-resnet8-w1-s2"]
+    assert result["skipped"] == ["cifar10-resnet8-w1-s0"] and result["finished"] == [
+        "cifar10-resnet8-w1-s1",
+        "cifar10-resnet8-w1-s2",
+    ]
     assert len(result["not_started"]) == sweeps.LOOKAHEAD
     assert result["unexamined"] == 10**8 + 1 - 3 - sweeps.LOOKAHEAD
     assert time.time() - started < 60 and _rss() - rss < 200 * 2**20
@@ -224,7 +261,10 @@ def test_run_parallel_runs_at_once(tmp_path):
         return 0
 
     spec = {"name": "two", "grid": [{"depth": [8], "seed": [0, 1]}]}
-    assert sweeps.run(spec, str(tmp_path), parallel=2, runner=runner)["finished"] == ["cifar10-resnet8-w1-s0", "cifar10-resnet8-w1-s1"]
+    assert sweeps.run(spec, str(tmp_path), parallel=2, runner=runner)["finished"] == [
+        "cifar10-resnet8-w1-s0",
+        "cifar10-resnet8-w1-s1",
+    ]
 
 
 def test_subprocess_runner_logs_output_and_exit_code(tmp_path):
@@ -242,7 +282,9 @@ def test_subprocess_runner_logs_output_and_exit_code(tmp_path):
 @pytest.fixture(scope="module")
 def train_flags(root):
     """Flags defined by bin/train itself (and the data flags it shares), from --helpfull."""
-    out = subprocess.run([sys.executable, str(root / "bin" / "train"), "--helpfull"], capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, str(root / "bin" / "train"), "--helpfull"], capture_output=True, text=True, timeout=300
+    ).stdout
     names, section = set(), None
     for line in out.splitlines():
         if line and not line[0].isspace():
@@ -275,7 +317,9 @@ def test_bin_train_agrees_on_run_directory_and_config(spec_name, tmp_path, root,
     """
     run = sweeps.expand(load(spec_name))[0]
     finish(str(tmp_path), run)
-    result = subprocess.run(run.argv(str(tmp_path), str(root / "bin" / "train")), env=bin_env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        run.argv(str(tmp_path), str(root / "bin" / "train")), env=bin_env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"run directory: {tmp_path / run.name}"
 
@@ -300,9 +344,13 @@ def test_bin_sweep_prints_and_runs(tmp_path, root, bin_env):
         f"  failed: cifar10-resnet8-w1-s2 (log: {log})",
     ]
     assert "training --depth=8 --seed=2" in log.read_text()
-    bad = subprocess.run([*app[:2], f"--spec={tmp_path / 'none.json'}"], env=bin_env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [*app[:2], f"--spec={tmp_path / 'none.json'}"], env=bin_env, capture_output=True, text=True, timeout=300
+    )
     errors = [line for line in bad.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
-    assert bad.returncode == 1 and errors == [f"error: Cannot read sweep spec {tmp_path / 'none.json'}: No such file or directory."]
+    assert bad.returncode == 1 and errors == [
+        f"error: Cannot read sweep spec {tmp_path / 'none.json'}: No such file or directory."
+    ]
     # 10^8 seeds with --limit: the first unfinished runs (seed 0 is finished), without making the others.
     spec.write_text(json.dumps({"name": "huge", "flags": {"depth": 8}, "grid": [{"seed": {"range": [0, 10**8]}}]}))
     huge = subprocess.run([*app, "--limit=2"], env=bin_env, capture_output=True, text=True, timeout=300)

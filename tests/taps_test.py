@@ -57,7 +57,10 @@ def test_stages_and_boundaries(resnet14):
 
 def test_pattern_taps_match_by_search_in_depth_order(resnet14):
     assert models.tap_names(resnet14, "re:^stage3_block\\d_(add|out)$") == [
-        "stage3_block1_add", "stage3_block1_out", "stage3_block2_add", "stage3_block2_out"
+        "stage3_block1_add",
+        "stage3_block1_out",
+        "stage3_block2_add",
+        "stage3_block2_out",
     ]
     with pytest.raises(ValueError, match=r"pattern 'nothing_like_this' matches none of the 49 layers"):
         models.tap_names(resnet14, "re:nothing_like_this")

@@ -153,7 +153,14 @@ def check_loop_against_numpy(strategy) -> dict:
 def test_tiny_model_is_the_layout_the_reference_computes():
     model = tiny_model()
     assert [v.path.split("/")[-1] for v in model.weights] == [
-        "kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance", "kernel", "bias"
+        "kernel",
+        "bias",
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
+        "kernel",
+        "bias",
     ]
     bn = model.get_layer("bn")
     assert (bn.momentum, bn.epsilon) == (BN_MOMENTUM, BN_EPSILON)

@@ -39,7 +39,15 @@ def test_one_epoch_writes_a_complete_run_directory(tmp_path, tfds_dir):
     )
     run_dir = training.train(config, str(tmp_path), verbose=0)
     assert os.path.basename(run_dir) == "cifar10-resnet8-w0.25-n256-s5"
-    assert {"config.json", "model.keras", "history.csv", "test_predictions.npz", "results.json", "checkpoints", "tensorboard"} <= set(os.listdir(run_dir))
+    assert {
+        "config.json",
+        "model.keras",
+        "history.csv",
+        "test_predictions.npz",
+        "results.json",
+        "checkpoints",
+        "tensorboard",
+    } <= set(os.listdir(run_dir))
     run = runs.Run(run_dir)
     assert run.config == config and run.finished
     preds = run.predictions()
@@ -154,7 +162,11 @@ EVERY_WRITE = [
 @pytest.mark.parametrize(
     "chain",
     # The long chains take minutes (up to a dozen trainings): the slow tier.
-    [TORN_THEN_FINAL, pytest.param(INSIDE_WRITES, marks=pytest.mark.slow), pytest.param(EVERY_WRITE, marks=pytest.mark.slow)],
+    [
+        TORN_THEN_FINAL,
+        pytest.param(INSIDE_WRITES, marks=pytest.mark.slow),
+        pytest.param(EVERY_WRITE, marks=pytest.mark.slow),
+    ],
     ids=["torn-then-final", "inside-each-write", "every-write-point"],
 )
 def test_kills_inside_writes_resume_to_the_uninterrupted_result(tmp_path, root, bin_env, uninterrupted, chain):
@@ -330,7 +342,9 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine(epochs, warmup, e
 def test_epoch_cosine_is_the_reference_codes_per_epoch_schedule():
     # cifar_train.py: LearningRateScheduler(CosineDecay(lr, epochs)), called with epoch 0, 1, ...
     steps, epochs = 7, 10
-    optimizer = training.make_optimizer(runs.TrainConfig(epochs=epochs, learning_rate=0.01, warmup_epochs=0, decay_every="epoch"), steps)
+    optimizer = training.make_optimizer(
+        runs.TrainConfig(epochs=epochs, learning_rate=0.01, warmup_epochs=0, decay_every="epoch"), steps
+    )
     schedule = optimizer._learning_rate
     for t in range(epochs * steps):
         e = t // steps

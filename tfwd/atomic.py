@@ -85,8 +85,10 @@ def check_output_dir(path: str, kind: str) -> None:
             f"{path} holds the output of tfwd {written_by!r}, not {kind!r}; choose another --out_dir "
             f"(an analysis only replaces its own earlier output)."
         )
-    what = "a file" if not os.path.isdir(path) else (
-        "a run directory" if os.path.exists(os.path.join(path, RUN_CONFIG)) else "a folder tfwd did not write"
+    what = (
+        "a file"
+        if not os.path.isdir(path)
+        else ("a run directory" if os.path.exists(os.path.join(path, RUN_CONFIG)) else "a folder tfwd did not write")
     )
     raise errors.RunError(
         f"--out_dir {path} is {what}; tfwd writes an analysis only into a new folder or over its own "

@@ -195,6 +195,7 @@ def find_block_structure(
 def _trim(alike: np.ndarray, start: int, end: int, fill: float) -> tuple[int, int]:
     """Drops end layers alike to fewer than `fill` of the others: the pair count can absorb a
     neighbour of the block (alike only to the few block layers next to it) at either end."""
+
     def row_fill(r):
         return alike[r, start : end + 1].sum() / (end - start)
 

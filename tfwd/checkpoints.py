@@ -96,5 +96,5 @@ def _tear(prefix: str) -> None:
     for path in glob.glob(glob.escape(prefix) + ".*"):
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2)
-        with open(os.path.join(prefix + "_temp", "part-00000-of-00001" + path[len(prefix):]), "wb") as f:
+        with open(os.path.join(prefix + "_temp", "part-00000-of-00001" + path[len(prefix) :]), "wb") as f:
             f.write(b"\0" * 16)

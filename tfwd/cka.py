@@ -120,7 +120,8 @@ def cka_matrices(
     if skipped:
         logging.warning(
             "%d minibatch(es) of 3 or fewer examples had no pairs and added nothing to CKA (a ragged last batch); "
-            "choose --examples or --batch_size so that the last batch has 4 or more.", skipped,
+            "choose --examples or --batch_size so that the last batch has 4 or more.",
+            skipped,
         )
     joint = cka.result().numpy()
     return {
@@ -174,7 +175,9 @@ def save(path: str, result: dict[str, Any], model_names: Sequence[str], settings
     arrays = {f"cka_{i}_{j}": m for (i, j), m in result["blocks"].items()}
     arrays.update({f"layers_{i}": np.array(n) for i, n in enumerate(result["names"])})
     arrays["models"] = np.array(list(model_names))
-    arrays["settings"] = np.array(json.dumps({**settings, "examples": result["examples"], "batches": result["batches"]}))
+    arrays["settings"] = np.array(
+        json.dumps({**settings, "examples": result["examples"], "batches": result["batches"]})
+    )
     runs.write_npz(path, **arrays)
 
 
@@ -235,9 +238,12 @@ def _write(
         for (i, j), matrix in result["blocks"].items():
             file = f"within_{names[i]}.png" if i == j else f"cross_{names[i]}__{names[j]}.png"
             ax = plots.heatmap(
-                matrix, title=labels[i] if i == j else f"{labels[i]} vs {labels[j]}",
-                rows=result["names"][i], cols=result["names"][j],
-                xlabel=f"{labels[j]} layer", ylabel=f"{labels[i]} layer",
+                matrix,
+                title=labels[i] if i == j else f"{labels[i]} vs {labels[j]}",
+                rows=result["names"][i],
+                cols=result["names"][j],
+                xlabel=f"{labels[j]} layer",
+                ylabel=f"{labels[i]} layer",
             )
             plots.save_figure(ax.figure, os.path.join(tmp, file))
         if len(names) > 1:
@@ -292,7 +298,9 @@ def analyze_runs(
     opened = [runs.Run(r) for r in run_dirs]
     datasets = {(r.config.data.dataset, r.config.data.image_size) for r in opened}
     if len(datasets) > 1:
-        raise ValueError(f"CKA compares models on the same examples; these runs use different datasets: {sorted(datasets)}.")
+        raise ValueError(
+            f"CKA compares models on the same examples; these runs use different datasets: {sorted(datasets)}."
+        )
     out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
     runs.check_output_dir(out_dir, "cka")
     data = opened[0].data(data_dir)
@@ -506,8 +514,15 @@ def analyze_models(
         return out_dir
     labels = model_labels(model_paths)
     settings = dict(
-        models=[os.path.abspath(p) for p in model_paths], dataset=dataset, data_dir=data_dir, split=split,
-        taps=taps, pixels=pixels, batch_size=batch_size, passes=passes, seed=seed,
+        models=[os.path.abspath(p) for p in model_paths],
+        dataset=dataset,
+        data_dir=data_dir,
+        split=split,
+        taps=taps,
+        pixels=pixels,
+        batch_size=batch_size,
+        passes=passes,
+        seed=seed,
         input_shapes=[list(models.image_input(m)) for m in loaded],
     )
     _write(out_dir, result, labels, labels, settings, f"CKA of {len(loaded)} model(s)")

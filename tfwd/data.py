@@ -171,8 +171,9 @@ def _tfds_builder(config: DataConfig):
     where = str(builder.data_dir_root)
     if not _may_download(config):
         raise _not_found(config.dataset, where)
-    logging.warning("Dataset %r is not prepared in %s: downloading and preparing it there with TFDS (once).",
-                    config.dataset, where)
+    logging.warning(
+        "Dataset %r is not prepared in %s: downloading and preparing it there with TFDS (once).", config.dataset, where
+    )
     try:
         builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
@@ -244,7 +245,11 @@ def balanced_subset(
         if total and empty:
             logging.warning(
                 "%s=%d is fewer than the %d classes: classes %s get no example. Use at least %d.",
-                what, total, num_classes, _ranges(empty), num_classes,
+                what,
+                total,
+                num_classes,
+                _ranges(empty),
+                num_classes,
             )
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
 
@@ -536,7 +541,7 @@ class Data:
                 ds = ds.concatenate(one_epoch(epoch))
         return ds.batch(replica_batch_size or batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
-

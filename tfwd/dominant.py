@@ -109,7 +109,9 @@ def check_layer(layer: str, names: Sequence[str]) -> None:
     """Raises ValueError naming the nearest layers when `layer` is not one of `names`."""
     if layer not in names:
         near = difflib.get_close_matches(layer, names, n=3, cutoff=0.0)
-        raise ValueError(f"`layer` {layer!r} is not a layer of this model; nearest: {', '.join(near)}. Received: layer={layer!r}")
+        raise ValueError(
+            f"`layer` {layer!r} is not a layer of this model; nearest: {', '.join(near)}. Received: layer={layer!r}"
+        )
 
 
 def _cka(model, images: np.ndarray, batch_size: int) -> tuple[list[str], np.ndarray]:
@@ -144,7 +146,8 @@ def analyze_model(
         check_layer(layer, names)
     if not 1 <= top <= len(images) - 4:
         raise ValueError(
-            f"`top` must be in [1, {len(images) - 4}] (leaving at least 4 of the {len(images)} examples). Received: top={top}"
+            f"`top` must be in [1, {len(images) - 4}] (leaving at least 4 of the {len(images)} examples). "
+            f"Received: top={top}"
         )
     names, with_all = _cka(model, images, batch_size)
     block = blocks.find_block_structure(with_all, names)
@@ -167,8 +170,12 @@ def analyze_model(
 
 def _block_summary(b: blocks.BlockStructure) -> dict[str, Any]:
     return {
-        "found": b.found, "start": b.start_name, "end": b.end_name, "fraction": b.fraction,
-        "contrast": b.contrast, "peak_contrast": b.peak_contrast,
+        "found": b.found,
+        "start": b.start_name,
+        "end": b.end_name,
+        "fraction": b.fraction,
+        "contrast": b.contrast,
+        "peak_contrast": b.peak_contrast,
     }
 
 
@@ -224,7 +231,9 @@ def analyze_run(
     from tfwd.plots import common, dominant as plots
 
     if not 1 <= top < examples:
-        raise ValueError(f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}")
+        raise ValueError(
+            f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}"
+        )
     run, out_dir = runs.open_analysis(run_dir, "dominant_datapoints", out_dir)
     model = run.model()
     if layer is not None:
@@ -245,17 +254,30 @@ def analyze_run(
         runs.write_json(os.path.join(tmp, JSON), info)
         runs.write_npz(
             os.path.join(tmp, "dominant_datapoints.npz"),
-            scores=result["scores"], cka=result["cka"], cka_without_top=result["cka_without_top"],
+            scores=result["scores"],
+            cka=result["cka"],
+            cka_without_top=result["cka_without_top"],
             names=np.array(result["names"]),
         )
-        fig = plots.image_grid(images[result["top"]], info["labels"], info["scores"], [int(i) for i in result["top"]],
-                               title=f"{label}: top {top} of {examples} by |first-PC score| at {result['layer']}")
+        fig = plots.image_grid(
+            images[result["top"]],
+            info["labels"],
+            info["scores"],
+            [int(i) for i in result["top"]],
+            title=f"{label}: top {top} of {examples} by |first-PC score| at {result['layer']}",
+        )
         common.save_figure(fig, os.path.join(tmp, "dominant_datapoints.png"))
         fig = plots.with_and_without(result, top, title=label)
         common.save_figure(fig, os.path.join(tmp, "cka_without_top.png"))
     logging.info(
-        "Dominant datapoints of %s at %s: top %d hold %.0f%% of the first PC; block %s -> %s without them. Written to %s.",
-        run.name, result["layer"], top, 100 * info["top_share"],
-        "found" if result["block"].found else "none", "found" if result["block_without_top"].found else "none", out_dir,
+        "Dominant datapoints of %s at %s: top %d hold %.0f%% of the first PC; block %s -> %s without them. "
+        "Written to %s.",
+        run.name,
+        result["layer"],
+        top,
+        100 * info["top_share"],
+        "found" if result["block"].found else "none",
+        "found" if result["block_without_top"].found else "none",
+        out_dir,
     )
     return out_dir

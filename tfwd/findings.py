@@ -126,7 +126,7 @@ def _position(name: str) -> tuple[int, str]:
 
 
 def _blocks_of(name: str) -> str | None:
-    """"stage2_block3" for "stage2_block3_add"; None outside residual blocks."""
+    """ "stage2_block3" for "stage2_block3_add"; None outside residual blocks."""
     return "_".join(name.split("_", 2)[:2]) if models.stage_of(name) > 0 else None
 
 
@@ -200,11 +200,18 @@ class _Judge:
                 fractions = [self.fraction(r) for r in members]
                 shows = fractions[0] > fractions[-1] if axis == "data" else fractions[-1] > fractions[0]
                 ok.append(shows)
-                rows.append({
-                    "axis": axis, "seed": seed, "runs": [r.name for r in members], "fractions": fractions,
-                    "peak_contrasts": [self.block(r).peak_contrast for r in members], "shows": shows,
-                    "text": f"{axis} series, seed {seed}: " + ", ".join(f"{_short(r)} {f:.2f}" for r, f in zip(members, fractions)),
-                })
+                rows.append(
+                    {
+                        "axis": axis,
+                        "seed": seed,
+                        "runs": [r.name for r in members],
+                        "fractions": fractions,
+                        "peak_contrasts": [self.block(r).peak_contrast for r in members],
+                        "shows": shows,
+                        "text": f"{axis} series, seed {seed}: "
+                        + ", ".join(f"{_short(r)} {f:.2f}" for r, f in zip(members, fractions)),
+                    }
+                )
         return rows, ok
 
     def first_pc(self, run: Run) -> dict[str, Any] | None:
@@ -220,8 +227,14 @@ class _Judge:
         m_out = _mean(outside)
         controls = [c for c in self.control_cell(run) if c.pc is not None]
         ctrl = self.same_position_mean([n for n, _ in inside], [(c.pc["names"], c.pc["fraction"]) for c in controls])
-        row = {"inside_mean": m_in, "inside_peak": peak, "outside_mean": m_out, "control_mean": ctrl,
-               "control": [c.name for c in controls], "layers_inside": len(inside)}
+        row = {
+            "inside_mean": m_in,
+            "inside_peak": peak,
+            "outside_mean": m_out,
+            "control_mean": ctrl,
+            "control": [c.name for c in controls],
+            "layers_inside": len(inside),
+        }
         within = m_in >= PC_MIN and m_in - m_out >= PC_MARGIN
         return _judged(row, within, ctrl == ctrl and m_in - ctrl >= PC_MARGIN, bool(controls))
 
@@ -243,9 +256,15 @@ class _Judge:
         controls = [c for c in self.control_cell(run) if c.probes is not None]
         fractions = self._stage_fractions(run, [p["tap"] for p in post])
         ctrl = _mean(sum(f * _stage_gain(c, s) for s, f in fractions.items()) for c in controls)
-        row = {"gain_inside": gain_in, "steps_inside": k_in, "gain_per_step_inside": step_in,
-               "gain_per_step_outside": step_out, "steps_outside": k_out, "control_gain": ctrl,
-               "control": [c.name for c in controls]}
+        row = {
+            "gain_inside": gain_in,
+            "steps_inside": k_in,
+            "gain_per_step_inside": step_in,
+            "gain_per_step_outside": step_out,
+            "steps_outside": k_out,
+            "control_gain": ctrl,
+            "control": [c.name for c in controls],
+        }
         within = step_in <= max(PROBE_RATIO * step_out, PROBE_FLOOR)
         return _judged(row, within, ctrl == ctrl and gain_in <= PROBE_CONTROL * ctrl, bool(controls))
 
@@ -279,10 +298,16 @@ class _Judge:
         controls = [c for c in self.control_cell(run) if c.prune_blocks is not None]
         cost = sum(loss for _, _, loss in stages.values())
         ctrl = _mean(sum(_control_loss(c, s, k / n) for s, (k, n, _) in stages.items()) for c in controls)
-        row = {"loss_per_block_inside": _mean(drops_in), "loss_per_block_outside": _mean(drops_out),
-               "blocks_inside": len(drops_in), "blocks_outside": len(drops_out), "stage_cost": cost,
-               "control_cost": ctrl, "stages": {s: {"deleted": k, "deletable": n, "loss": loss} for s, (k, n, loss) in stages.items()},
-               "control": [c.name for c in controls]}
+        row = {
+            "loss_per_block_inside": _mean(drops_in),
+            "loss_per_block_outside": _mean(drops_out),
+            "blocks_inside": len(drops_in),
+            "blocks_outside": len(drops_out),
+            "stage_cost": cost,
+            "control_cost": ctrl,
+            "stages": {s: {"deleted": k, "deletable": n, "loss": loss} for s, (k, n, loss) in stages.items()},
+            "control": [c.name for c in controls],
+        }
         within = _mean(drops_in) < DELETION_RATIO * _mean(drops_out)
         return _judged(row, within, ctrl == ctrl and cost <= DELETION_CONTROL * ctrl, bool(controls))
 
@@ -301,11 +326,18 @@ class _Judge:
         ctrl_pair = next((p for p in self.cross.values() if set(p.runs) <= names), None) if controls else None
         ctrl = (
             self.same_position_mean([pair.names[i] for i in inside], [(ctrl_pair.names, np.diag(ctrl_pair.matrix))])
-            if ctrl_pair else float("nan")
+            if ctrl_pair
+            else float("nan")
         )
-        row = {"inside_mean": m_in, "outside_mean": m_out, "control_mean": ctrl,
-               "control": list(ctrl_pair.runs) if ctrl_pair else []}
-        return _judged(row, m_out - m_in >= CROSS_MARGIN, ctrl == ctrl and ctrl - m_in >= CROSS_MARGIN, ctrl_pair is not None)
+        row = {
+            "inside_mean": m_in,
+            "outside_mean": m_out,
+            "control_mean": ctrl,
+            "control": list(ctrl_pair.runs) if ctrl_pair else [],
+        }
+        return _judged(
+            row, m_out - m_in >= CROSS_MARGIN, ctrl == ctrl and ctrl - m_in >= CROSS_MARGIN, ctrl_pair is not None
+        )
 
 
 def _short(run: Run) -> str:
@@ -384,18 +416,27 @@ def _describe(key: str, rows: list[dict]) -> str:
         tail = "" if r.get("against_control") is not None else " (no control)"
         mark = {True: "shows it", False: "does not", None: "not counted"}[r.get("shows")]
         if key == "c":
-            body = (f"first PC mean {r['inside_mean']:.2f} (peak {r['inside_peak']:.2f}) inside vs {r['outside_mean']:.2f} "
-                    f"outside, control {r['control_mean']:.2f}")
+            body = (
+                f"first PC mean {r['inside_mean']:.2f} (peak {r['inside_peak']:.2f}) inside vs {r['outside_mean']:.2f} "
+                f"outside, control {r['control_mean']:.2f}"
+            )
         elif key == "d":
-            body = (f"{100 * r['gain_per_step_inside']:+.2f} points per step inside vs {100 * r['gain_per_step_outside']:+.2f} "
-                    f"outside; across the block {100 * r['gain_inside']:+.1f} vs control {100 * r['control_gain']:+.1f}")
+            body = (
+                f"{100 * r['gain_per_step_inside']:+.2f} points per step inside vs "
+                f"{100 * r['gain_per_step_outside']:+.2f} "
+                f"outside; across the block {100 * r['gain_inside']:+.1f} vs control {100 * r['control_gain']:+.1f}"
+            )
         elif key == "e":
-            body = (f"{100 * r['loss_per_block_inside']:.1f} points per deleted block inside vs "
-                    f"{100 * r['loss_per_block_outside']:.1f} outside; stage tails {100 * r['stage_cost']:.1f} vs control "
-                    f"{100 * r['control_cost']:.1f}")
+            body = (
+                f"{100 * r['loss_per_block_inside']:.1f} points per deleted block inside vs "
+                f"{100 * r['loss_per_block_outside']:.1f} outside; stage tails {100 * r['stage_cost']:.1f} vs control "
+                f"{100 * r['control_cost']:.1f}"
+            )
         else:
-            body = (f"same-layer CKA across seeds {r['inside_mean']:.2f} inside vs {r['outside_mean']:.2f} outside, "
-                    f"control {r['control_mean']:.2f}")
+            body = (
+                f"same-layer CKA across seeds {r['inside_mean']:.2f} inside vs {r['outside_mean']:.2f} outside, "
+                f"control {r['control_mean']:.2f}"
+            )
         return f"{r['run']}: {body}{tail}: {mark}"
 
     return "; ".join(fmt(r) for r in rows) if rows else "no run with a detected block"
@@ -423,7 +464,11 @@ def judge(runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detec
         text += " (width: not measured, no width series)"
     out.append(_finding("a", _verdict(depth_ok + width_ok), text + " (block fraction of layers)", rows))
     data_rows, data_ok = j.growth("b", "data")
-    out.append(_finding("b", _verdict(data_ok), "; ".join(r["text"] for r in data_rows) or "no model on two subset sizes", data_rows))
+    out.append(
+        _finding(
+            "b", _verdict(data_ok), "; ".join(r["text"] for r in data_rows) or "no model on two subset sizes", data_rows
+        )
+    )
     for key, method in _MEASURES.items():
         measured = _per_run(j, key, getattr(j, method))
         out.append(_finding(key, _verdict(measured["ok"]), _describe(key, measured["seeds"]), measured["seeds"]))
@@ -431,10 +476,19 @@ def judge(runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detec
 
 
 def _finding(key: str, verdict: str, measured: str, seeds: list) -> dict:
-    return {"id": key, "claim": CLAIMS[key], "paper": PAPER[key], "verdict": verdict, "measured": measured, "seeds": seeds}
+    return {
+        "id": key,
+        "claim": CLAIMS[key],
+        "paper": PAPER[key],
+        "verdict": verdict,
+        "measured": measured,
+        "seeds": seeds,
+    }
 
 
-def judge_with_sensitivity(runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detector: dict | None = None) -> list[dict]:
+def judge_with_sensitivity(
+    runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detector: dict | None = None
+) -> list[dict]:
     """`judge` at the detector's setting, each finding with "sensitivity": {contrast: verdict} at SENSITIVITY."""
     detector = dict(detector or {})
     main = judge(runs_, cross, detector)

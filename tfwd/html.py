@@ -98,22 +98,35 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
     claims = []
     for f in judged:
         controls = {row["run"]: row["control"] for row in f["seeds"] if "control" in row}
-        claims.append({
-            "id": f["id"], "claim": f["claim"], "paper": f["paper"], "verdict": f["verdict"],
-            "measured": {"summary": f["measured"], "verdict_at_contrast": f.get("sensitivity", {})},
-            "seeds": f["seeds"], "control": controls,
-        })
+        claims.append(
+            {
+                "id": f["id"],
+                "claim": f["claim"],
+                "paper": f["paper"],
+                "verdict": f["verdict"],
+                "measured": {"summary": f["measured"], "verdict_at_contrast": f.get("sensitivity", {})},
+                "seeds": f["seeds"],
+                "control": controls,
+            }
+        )
     runs_ = {}
     for r in analyses.runs:
         res = analyses.opened[r.name].results()
         b = analyses.blocks[r.name]
         runs_[r.name] = {
-            "test_accuracy": res["test_accuracy"], "train_accuracy": res.get("accuracy"),
-            "train_minutes": res.get("train_seconds", 0.0) / 60, "block": b.to_dict(),
+            "test_accuracy": res["test_accuracy"],
+            "train_accuracy": res.get("accuracy"),
+            "train_minutes": res.get("train_seconds", 0.0) / 60,
+            "block": b.to_dict(),
         }
     return {
-        "spec": spec["name"], "machine": machine(), "hours": {k: v / 3600 for k, v in timings.items()} | {"total": seconds / 3600},
-        "timings_seconds": timings, "runs": runs_, "claims": claims, "dominant_datapoints": analyses.dominant,
+        "spec": spec["name"],
+        "machine": machine(),
+        "hours": {k: v / 3600 for k, v in timings.items()} | {"total": seconds / 3600},
+        "timings_seconds": timings,
+        "runs": runs_,
+        "claims": claims,
+        "dominant_datapoints": analyses.dominant,
     }
 
 
@@ -124,7 +137,10 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
         for r in analyses.runs
     ]
     figures = []
-    plots.save_figure(block_heatmaps(panels, suptitle="Within-model CKA (block structure outlined)"), os.path.join(folder, "heatmaps.png"))
+    plots.save_figure(
+        block_heatmaps(panels, suptitle="Within-model CKA (block structure outlined)"),
+        os.path.join(folder, "heatmaps.png"),
+    )
     figures.append(("Within-model CKA of every run; cyan squares: detected block structure", "heatmaps.png"))
     if analyses.cross_seed:
         cross_panels = [
@@ -152,21 +168,21 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
         json.dump(_clean(findings_json(spec, analyses, judged, timings, seconds)), f, indent=2)
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(timings.items()))
     rules = " ".join(findings_lib.__doc__.split())
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>tfwd report: {html.escape(spec['name'])}</title>
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>tfwd report: {html.escape(spec["name"])}</title>
 <style>{STYLE}</style></head><body>
-<h1>tfwd report: {html.escape(spec['name'])}</h1>
-<p>{html.escape(spec.get('description', ''))}</p>
-<p class="small">Written {time.strftime('%Y-%m-%d %H:%M')} on {html.escape(machine())}. Time spent: {html.escape(timing)}
+<h1>tfwd report: {html.escape(spec["name"])}</h1>
+<p>{html.escape(spec.get("description", ""))}</p>
+<p class="small">Written {time.strftime("%Y-%m-%d %H:%M")} on {html.escape(machine())}. Time spent: {html.escape(timing)}
 (training from results.json; analyses reused from earlier reports count 0). This report took {seconds / 60:.1f} min to build.</p>
 <h2>Findings</h2>
 {_finding_rows(judged)}
 <p class="small">How each verdict is reached (tfwd.findings, docs/science/rules.md): {html.escape(rules)}
-Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(spec['block_structure']) if spec.get('block_structure') else 'its defaults')}.</p>
+Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(spec["block_structure"]) if spec.get("block_structure") else "its defaults")}.</p>
 <h2>Runs</h2>
 {_run_rows(analyses)}
 <h2>Figures</h2>
-{''.join(f'<h3>{html.escape(c)}</h3>' + _img(os.path.join(folder, f), c) for c, f in figures)}
-{''.join(per_run)}
+{"".join(f"<h3>{html.escape(c)}</h3>" + _img(os.path.join(folder, f), c) for c, f in figures)}
+{"".join(per_run)}
 <h2>Settings</h2>
 <pre>{html.escape(json.dumps(spec, indent=2))}</pre>
 </body></html>"""

@@ -149,11 +149,14 @@ def _gram(x):
     import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
     if gram_formulation() == "einsum":
+
         def product(a, b):
             return tf.einsum("ip,jp->ij", a, b)
     else:
+
         def product(a, b):
             return tf.matmul(a, b, transpose_b=True)
+
     if x.shape[-1] is None or x.shape[-1] < SYMMETRIC_MIN_FEATURES:
         return product(x, x)
     half = tf.shape(x)[0] // 2
@@ -168,7 +171,7 @@ _FORMULATION: list[str] = []
 
 
 def gram_formulation() -> str:
-    """"einsum" or "matmul": whichever computes a 256 x 16384 float32 Gram faster here, timed once per process.
+    """ "einsum" or "matmul": whichever computes a 256 x 16384 float32 Gram faster here, timed once per process.
 
     TF 2.21 runs einsum("ip,jp->ij") about 2x faster than matmul(x, x, transpose_b=True)
     on AVX-512 CPUs, and about as fast (47 vs 43 GFLOP/s) on AVX2-only ones
@@ -228,7 +231,9 @@ def _centered_grams(acts, gram_dtype, check_finite):
         if check_finite and keras.backend.backend() == "tensorflow":
             import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
-            k = tf.debugging.assert_all_finite(k, f"CKA: layer {i} has NaN or Inf activations (or its Gram matrix overflows).")
+            k = tf.debugging.assert_all_finite(
+                k, f"CKA: layer {i} has NaN or Inf activations (or its Gram matrix overflows)."
+            )
         if k.dtype in ("bfloat16", "float16"):
             k = ops.cast(k, "float32")
         scale = ops.max(ops.abs(k), initial=0.0)  # an empty batch (n = 0) has no entries
@@ -468,7 +473,9 @@ class CKA(keras.metrics.Metric):
 def _as_list(acts, argname):
     if isinstance(acts, (list, tuple)):
         return list(acts)
-    raise ValueError(f"`{argname}` must be a list of activation tensors, one per layer. Received: {type(acts).__name__}")
+    raise ValueError(
+        f"`{argname}` must be a list of activation tensors, one per layer. Received: {type(acts).__name__}"
+    )
 
 
 def split_blocks(matrix, sizes: Sequence[int]) -> dict[tuple[int, int], np.ndarray]:

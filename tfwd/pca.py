@@ -485,7 +485,12 @@ def analyze_run(
     result = analyze_model(model, batches, taps, dtype)
     n = sum(len(b) for b in batches)
     settings = dict(
-        run=run.path, taps=taps, split=split, examples=n, batch_size=batch_size, dtype=dtype,
+        run=run.path,
+        taps=taps,
+        split=split,
+        examples=n,
+        batch_size=batch_size,
+        dtype=dtype,
         estimator="full-batch unbiased HSIC_1 over the analysis set",
     )
     title = f"{runs.run_label(run.name)} ({split}, n={n})"
@@ -493,8 +498,13 @@ def analyze_run(
     with runs.writing_output(out_dir, "pc", f"First-PC analyses of {run.name}") as tmp:
         save(os.path.join(tmp, "pc.npz"), result, settings)
         figure = pc_plots.first_pc_figure(
-            result["cka"], result["pc_cosine"], result["fraction"], result["cka_without_pc"], result["names"],
-            title=title, **pooled,
+            result["cka"],
+            result["pc_cosine"],
+            result["fraction"],
+            result["cka_without_pc"],
+            result["names"],
+            title=title,
+            **pooled,
         )
         common.save_figure(figure, os.path.join(tmp, "first_pc.png"))
         ax = pc_plots.variance_explained(result["fraction"], result["names"], title=title, **pooled)

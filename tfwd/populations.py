@@ -113,13 +113,19 @@ def load_correctness(groups: Sequence[Sequence[runs.Run]]) -> tuple[list[np.ndar
             pred = run.predictions()
             probs, labels = np.asarray(pred["probs"]), np.asarray(pred["labels"])
             if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-                raise ValueError(f"Run {run.path}: probs must be (N, C) and labels (N,). Received: {probs.shape}, {labels.shape}")
+                raise ValueError(
+                    f"Run {run.path}: probs must be (N, C) and labels (N,). Received: {probs.shape}, {labels.shape}"
+                )
             if first is None:
                 first, reference = run, (run.config.data.dataset, labels, probs.shape[1])
             elif run.config.data.dataset != reference[0]:
-                raise ValueError(f"Run {run.path} is on {run.config.data.dataset!r}, but {first.path} is on {reference[0]!r}.")
+                raise ValueError(
+                    f"Run {run.path} is on {run.config.data.dataset!r}, but {first.path} is on {reference[0]!r}."
+                )
             elif labels.shape != reference[1].shape or not np.array_equal(labels, reference[1]):
-                raise ValueError(f"Run {run.path} has other test labels than {first.path}: its predictions are on other examples.")
+                raise ValueError(
+                    f"Run {run.path} has other test labels than {first.path}: its predictions are on other examples."
+                )
             elif probs.shape[1] != reference[2]:
                 raise ValueError(f"Run {run.path} predicts {probs.shape[1]} classes, {first.path} {reference[2]}.")
             rows.append(np.argmax(probs, axis=1) == labels)
@@ -162,7 +168,9 @@ def per_class_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int
         (M, C) float64; NaN for a class without test examples.
     """
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    hits = np.stack([np.bincount(labels, weights=row, minlength=num_classes) for row in np.asarray(correct, np.float64)])
+    hits = np.stack(
+        [np.bincount(labels, weights=row, minlength=num_classes) for row in np.asarray(correct, np.float64)]
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         return hits / counts
 
@@ -315,7 +323,9 @@ def compare_correctness(
             f"Received: {correct_a.shape}, {correct_b.shape}"
         )
     if len(correct_a) < 2 or len(correct_b) < 2:
-        raise ValueError(f"Each group needs >= 2 models for a t-test. Received: {len(correct_a)} and {len(correct_b)} models.")
+        raise ValueError(
+            f"Each group needs >= 2 models for a t-test. Received: {len(correct_a)} and {len(correct_b)} models."
+        )
     num_classes = int(num_classes or labels.max() + 1)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"`labels` must lie in [0, {num_classes}). Received: [{labels.min()}, {labels.max()}]")
@@ -326,7 +336,9 @@ def compare_correctness(
     idx = split_halves(len(correct_a), len(correct_b), halves_seed)
     parts = {"half1": correct_a[idx["half1"]], "half2": correct_a[idx["half2"]], "sub": correct_b[idx["sub_b"]]}
     examples = {"labels": labels.astype(np.int32), "acc_a": correct_a.mean(0), "acc_b": correct_b.mean(0)}
-    examples.update(acc_a_half1=parts["half1"].mean(0), acc_a_half2=parts["half2"].mean(0), acc_b_sub=parts["sub"].mean(0))
+    examples.update(
+        acc_a_half1=parts["half1"].mean(0), acc_a_half2=parts["half2"].mean(0), acc_b_sub=parts["sub"].mean(0)
+    )
     departure = permutation_test(correct_a, correct_b, permutations, permutation_seed)
     departure.update(
         h=len(idx["half1"]),
@@ -345,10 +357,15 @@ def _class_statistics(correct_a, correct_b, labels, num_classes, parts) -> dict[
     def mean(correct):
         return per_class_accuracy(correct, labels, num_classes).mean(0)
 
-    acc_a, acc_b = per_class_accuracy(correct_a, labels, num_classes), per_class_accuracy(correct_b, labels, num_classes)
+    acc_a, acc_b = (
+        per_class_accuracy(correct_a, labels, num_classes),
+        per_class_accuracy(correct_b, labels, num_classes),
+    )
     test = welch(acc_a, acc_b)
     return {
-        **dict(acc_a=acc_a, acc_b=acc_b, mean_a=acc_a.mean(0), mean_b=acc_b.mean(0), diff=acc_b.mean(0) - acc_a.mean(0)),
+        **dict(
+            acc_a=acc_a, acc_b=acc_b, mean_a=acc_a.mean(0), mean_b=acc_b.mean(0), diff=acc_b.mean(0) - acc_a.mean(0)
+        ),
         **test,
         "p_bh": benjamini_hochberg(test["p"]),
         "diff_sub": mean(parts["sub"]) - mean(parts["half1"]),  # noise-matched (h models each) for Figure 7c
@@ -387,7 +404,12 @@ def _summary(correct_a, correct_b, classes, names, departure, top_k) -> dict[str
     overall.update({k: _num(v) for k, v in test.items()})  # t > 0: B more accurate; Welch-Satterthwaite df
     fields = ("mean_a", "mean_b", "diff", "t", "df", "p", "p_bh", "diff_sub", "control_diff")
     per_class = [
-        {"class": c, "name": names[c], "examples": int(classes["examples"][c]), **{f: _num(classes[f][c]) for f in fields}}
+        {
+            "class": c,
+            "name": names[c],
+            "examples": int(classes["examples"][c]),
+            **{f: _num(classes[f][c]) for f in fields},
+        }
         for c in range(len(names))
     ]
     diff = np.nan_to_num(classes["diff"], nan=0.0)
@@ -487,13 +509,24 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
         runs.write_csv(os.path.join(tmp, "per_class.csv"), summary["per_class"])
         runs.write_npz(os.path.join(tmp, "per_example.npz"), **ex)
         ax = plots.per_example_scatter(
-            ex["acc_a_half1"], ex["acc_b_sub"], ex["acc_a_half2"], names=(label_a, label_b), models=h, seed=summary.get("seed", 0)
+            ex["acc_a_half1"],
+            ex["acc_b_sub"],
+            ex["acc_a_half2"],
+            names=(label_a, label_b),
+            models=h,
+            seed=summary.get("seed", 0),
         )
         save_figure(ax.figure, os.path.join(tmp, "per_example.png"))
         names = [row["name"] for row in summary["per_class"]]
         top = [row["class"] for row in summary["top_a"] + summary["top_b"]]
         ax = plots.per_class_differences(
-            cl["mean_a"], cl["diff_sub"], cl["control_diff"], names=names, groups=(label_a, label_b), models=h, annotate=top
+            cl["mean_a"],
+            cl["diff_sub"],
+            cl["control_diff"],
+            names=names,
+            groups=(label_a, label_b),
+            models=h,
+            annotate=top,
         )
         save_figure(ax.figure, os.path.join(tmp, "per_class.png"))
     return out_dir

@@ -38,7 +38,8 @@ Protocol and defaults, and why:
 
 Example (trains probes on a finished run, minutes on a CPU; tests/probes_test.py runs it on a tiny one)::
 
-    tfwd.probes.analyze_run("runs/cifar10-resnet26-w2-s0", epochs=10)  # -> 'runs/cifar10-resnet26-w2-s0/probes_residual'
+    # -> 'runs/cifar10-resnet26-w2-s0/probes_residual'
+    tfwd.probes.analyze_run("runs/cifar10-resnet26-w2-s0", epochs=10)
     # probes.csv there: per tap, the chosen learning rate, validation and test accuracy
 """
 
@@ -114,7 +115,7 @@ def feature_size(shape: Sequence[int], pooling: str = "flatten") -> int:
 
 
 def tap_kinds(model: keras.Model, names: Sequence[str]) -> list[str]:
-    """"pre" (the residual branch just before an add), "post" (the add) or "other", per tap."""
+    """ "pre" (the residual branch just before an add), "post" (the add) or "other", per tap."""
     try:
         residual = models.tap_names(model, "residual")
     except ValueError:  # a plain network: nothing is pre- or post-residual
@@ -238,7 +239,13 @@ def _fit(step, epoch_data, epochs, log_every):
         if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
             logging.info(
                 "Probe epoch %d/%d: %d examples, %.1f s; %d heads, mean loss %.3f, best train accuracy %.3f.",
-                epoch + 1, epochs, seen, seconds[-1], losses[-1].size, losses[-1].mean(), accuracies[-1].max(),
+                epoch + 1,
+                epochs,
+                seen,
+                seconds[-1],
+                losses[-1].size,
+                losses[-1].mean(),
+                accuracies[-1].max(),
             )
     return losses, accuracies, seconds
 
@@ -257,7 +264,10 @@ def _warn_at_grid_edge(settings, chosen, names) -> None:
     if edge:
         logging.warning(
             "%d of %d taps chose a learning rate at the edge of the grid %s (%s); a wider grid may do better.",
-            len(edge), len(names), rates, ", ".join(edge[:3]) + (", ..." if len(edge) > 3 else ""),
+            len(edge),
+            len(names),
+            rates,
+            ", ".join(edge[:3]) + (", ..." if len(edge) > 3 else ""),
         )
 
 
@@ -382,8 +392,16 @@ def probe_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-_COLUMN_TYPES = {"position": int, "stage": int, "layer_index": int, "features": int, "learning_rate": float, "l2": float,
-                 "validation_accuracy": float, "test_accuracy": float}
+_COLUMN_TYPES = {
+    "position": int,
+    "stage": int,
+    "layer_index": int,
+    "features": int,
+    "learning_rate": float,
+    "l2": float,
+    "validation_accuracy": float,
+    "test_accuracy": float,
+}
 
 
 def load(out_dir: str) -> list[dict[str, Any]]:
@@ -503,16 +521,36 @@ def analyze_run(
     else:
         train = lambda e: data.eval_dataset("train", batch_size, shuffle_seed=shuffle_seed(seed, e))  # noqa: E731
     n_validation = data.num_examples("validation")
-    logging.info("Probing %d taps of %s: %d training, %d validation examples.", len(names), run.name, n_train, n_validation)
+    logging.info(
+        "Probing %d taps of %s: %d training, %d validation examples.", len(names), run.name, n_train, n_validation
+    )
     result = train_probes(
-        model, names, train, data.eval_dataset("validation", 512), data.eval_dataset("test", 512, test_examples),
-        num_classes=data.num_classes, epochs=epochs, pooling=pooling, optimizer=optimizer,
-        learning_rates=learning_rates, l2=l2,
+        model,
+        names,
+        train,
+        data.eval_dataset("validation", 512),
+        data.eval_dataset("test", 512, test_examples),
+        num_classes=data.num_classes,
+        epochs=epochs,
+        pooling=pooling,
+        optimizer=optimizer,
+        learning_rates=learning_rates,
+        l2=l2,
     )
     settings = dict(
-        run=run.path, taps=taps, tap_names=names, epochs=epochs, batch_size=batch_size, pooling=pooling,
-        optimizer=optimizer, grid=result["settings"], augment=augment, seed=seed, train_examples=n_train,
-        validation_examples=n_validation, test_examples=test_examples or data.num_examples("test"),
+        run=run.path,
+        taps=taps,
+        tap_names=names,
+        epochs=epochs,
+        batch_size=batch_size,
+        pooling=pooling,
+        optimizer=optimizer,
+        grid=result["settings"],
+        augment=augment,
+        seed=seed,
+        train_examples=n_train,
+        validation_examples=n_validation,
+        test_examples=test_examples or data.num_examples("test"),
         selection="per tap: the grid setting with the best validation accuracy (first on ties); test only scores it",
         seconds_per_epoch=result["seconds_per_epoch"],
     )
@@ -541,6 +579,11 @@ def _write(out_dir, result, settings, run_name, chance, within) -> None:
         ax = probe_plots.probe_accuracy(table, title=title, chance=chance)
         plots.save_figure(ax.figure, os.path.join(tmp, "probes.png"))
         if within is not None:
-            cka.save(os.path.join(tmp, "cka.npz"), within, [run_name], dict(taps=settings["tap_names"], split="test", passes=1))
+            cka.save(
+                os.path.join(tmp, "cka.npz"),
+                within,
+                [run_name],
+                dict(taps=settings["tap_names"], split="test", passes=1),
+            )
             fig = probe_plots.probes_with_cka(within["blocks"][(0, 0)], table, title=title, chance=chance)
             plots.save_figure(fig, os.path.join(tmp, "probes_cka.png"))

@@ -110,10 +110,14 @@ def _check_deletable(model: keras.Model, blocks: list[str]) -> None:
     deletable = [name for name, b in available.items() if b.deletable]
     unknown = [b for b in blocks if b not in available]
     if unknown:
-        raise ValueError(f"`blocks` names blocks that model {model.name!r} does not have: {unknown}. Deletable blocks: {deletable}.")
+        raise ValueError(
+            f"`blocks` names blocks that model {model.name!r} does not have: {unknown}. Deletable blocks: {deletable}."
+        )
     repeated = sorted({b for b in blocks if blocks.count(b) > 1})
     if repeated:
-        raise ValueError(f"`blocks` must name each block at most once. Received: blocks={blocks!r} (repeats {repeated})")
+        raise ValueError(
+            f"`blocks` must name each block at most once. Received: blocks={blocks!r} (repeats {repeated})"
+        )
     projection = [b for b in blocks if available[b].projection]
     if projection:
         raise ValueError(
@@ -199,8 +203,12 @@ def deletion_schedule(model: keras.Model) -> tuple[list[tuple[int, list[str]]], 
 
     Example:
         >>> steps, skipped = deletion_schedule(tfwd.models.cifar_resnet(depth=14))
-        >>> steps
-        [(1, ['stage1_block2']), (1, ['stage1_block2', 'stage1_block1']), (2, ['stage2_block2']), (3, ['stage3_block2'])]
+        >>> for step in steps:
+        ...     print(step)
+        (1, ['stage1_block2'])
+        (1, ['stage1_block2', 'stage1_block1'])
+        (2, ['stage2_block2'])
+        (3, ['stage3_block2'])
         >>> skipped
         ['stage2_block1', 'stage3_block1']
     """
@@ -444,19 +452,25 @@ def analyze_run(
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     if recalibrate_bn and recalibration_examples < 1:
-        raise ValueError(f"`recalibration_examples` must be >= 1. Received: recalibration_examples={recalibration_examples!r}")
+        raise ValueError(
+            f"`recalibration_examples` must be >= 1. Received: recalibration_examples={recalibration_examples!r}"
+        )
     run, out_dir = runs.open_analysis(run_dir, "prune_blocks", out_dir)
     model = run.model()
     deletion_schedule(model)  # a plain model fails here, before any data is read
     data = run.data(data_dir)
     if examples is not None and not 1 <= examples <= data.num_examples("test"):
-        raise ValueError(f"`examples` must be in [1, {data.num_examples('test')}] (the test split). Received: examples={examples!r}")
+        raise ValueError(
+            f"`examples` must be in [1, {data.num_examples('test')}] (the test split). Received: examples={examples!r}"
+        )
     settings = {"run": run.path, "split": "test", "batch_size": batch_size, "recalibrate_bn": recalibrate_bn}
     recalibration = None
     if recalibrate_bn:
         available = data.num_examples("train")
         if recalibration_examples > available:
-            logging.warning("recalibration_examples=%d > %d training examples: using all.", recalibration_examples, available)
+            logging.warning(
+                "recalibration_examples=%d > %d training examples: using all.", recalibration_examples, available
+            )
         n, batch = min(recalibration_examples, available), run.config.train.batch_size
         settings.update(recalibration_examples=n, recalibration_batch_size=batch)
         recalibration = data.eval_dataset("train", batch, n)
@@ -466,8 +480,11 @@ def analyze_run(
         runs.write_csv(os.path.join(tmp, "prune_blocks.csv"), rows)
         runs.write_json(os.path.join(tmp, "prune_blocks.json"), {**result, "model": model.name, "settings": settings})
         ax = deletion_accuracy(
-            [s["stage"] for s in rows], [s["blocks_deleted"] for s in rows], [s["accuracy"] for s in rows],
-            result["full_accuracy"], title=run.name + (" (BN recalibrated)" if recalibrate_bn else ""),
+            [s["stage"] for s in rows],
+            [s["blocks_deleted"] for s in rows],
+            [s["accuracy"] for s in rows],
+            result["full_accuracy"],
+            title=run.name + (" (BN recalibrated)" if recalibrate_bn else ""),
         )
         save_figure(ax.figure, os.path.join(tmp, "prune_blocks.png"))
     return out_dir

@@ -161,7 +161,8 @@ def _cached(
     timings: dict,
     inputs: Sequence[str] = (),
 ) -> str:
-    """compute(out_dir), out_dir as its one positional argument, unless a folder for exactly these settings and runs exists; records the seconds spent.
+    """compute(out_dir), out_dir as its one positional argument, unless a folder for exactly these settings and runs
+    exists; records the seconds spent.
 
     The folder is keyed on the settings and on the content of `run_dir` and of the other
     runs the analysis reads (`inputs`), see `_content`.
@@ -216,36 +217,51 @@ def analyze(
         dirs = out.dirs.setdefault(run.name, {})
         cka_settings = {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256, **settings.get("cka", {})}
         dirs["cka"] = _cached(
-            "cka", run_dir, cka_settings,
-            functools.partial(cka.analyze_runs, [run_dir], data_dir=data_dir, **cka_settings), timings,
+            "cka",
+            run_dir,
+            cka_settings,
+            functools.partial(cka.analyze_runs, [run_dir], data_dir=data_dir, **cka_settings),
+            timings,
         )
         loaded = cka.load(os.path.join(dirs["cka"], "cka.npz"))
         analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
         pc_settings = {"taps": "all", "examples": 1000, "batch_size": 250, **settings.get("pc", {})}
         dirs["pc"] = _cached(
-            "pc", run_dir, pc_settings,
-            functools.partial(pca.analyze_run, run_dir, data_dir=data_dir, **pc_settings), timings,
+            "pc",
+            run_dir,
+            pc_settings,
+            functools.partial(pca.analyze_run, run_dir, data_dir=data_dir, **pc_settings),
+            timings,
         )
         analysed.pc = pca.load(os.path.join(dirs["pc"], "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
             probe_settings = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024, **settings.get("probes", {})}
             dirs["probes"] = _cached(
-                "probes", run_dir, probe_settings,
-                functools.partial(probes.analyze_run, run_dir, data_dir=data_dir, **probe_settings), timings,
+                "probes",
+                run_dir,
+                probe_settings,
+                functools.partial(probes.analyze_run, run_dir, data_dir=data_dir, **probe_settings),
+                timings,
             )
             analysed.probes = probes.load(dirs["probes"])
             prune_settings = {"examples": 2000, **settings.get("prune_blocks", {})}
             dirs["prune_blocks"] = _cached(
-                "prune_blocks", run_dir, prune_settings,
-                functools.partial(pruning.analyze_run, run_dir, data_dir=data_dir, **prune_settings), timings,
+                "prune_blocks",
+                run_dir,
+                prune_settings,
+                functools.partial(pruning.analyze_run, run_dir, data_dir=data_dir, **prune_settings),
+                timings,
             )
             analysed.prune_blocks = pruning.load(dirs["prune_blocks"])
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
         if block.found and "dominant" in settings:
             dominant_settings = {"examples": 1000, "top": 10, **settings["dominant"]}
             dirs["dominant"] = _cached(
-                "dominant", run_dir, dominant_settings,
-                functools.partial(dominant.analyze_run, run_dir, data_dir=data_dir, **dominant_settings), timings,
+                "dominant",
+                run_dir,
+                dominant_settings,
+                functools.partial(dominant.analyze_run, run_dir, data_dir=data_dir, **dominant_settings),
+                timings,
             )
             out.dominant[run.name] = dominant.load(dirs["dominant"])
         out.runs.append(analysed)
@@ -271,9 +287,12 @@ def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
         if 0 in seeds and 1 in seeds:
             pair = [seeds[0], seeds[1]]
             folder = _cached(
-                "cross_seed", seeds[0], {**cross_settings, "other": os.path.basename(seeds[1])},
+                "cross_seed",
+                seeds[0],
+                {**cross_settings, "other": os.path.basename(seeds[1])},
                 functools.partial(cka.analyze_runs, pair, data_dir=data_dir, **cross_settings),
-                timings, [seeds[1]],
+                timings,
+                [seeds[1]],
             )
             loaded = cka.load(os.path.join(folder, "cka.npz"))
             names = tuple(os.path.basename(p) for p in pair)

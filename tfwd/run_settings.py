@@ -66,50 +66,111 @@ DATA_DIR_HELP = (
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("arch", ARCHS, "model", "Model family.", default="cifar_resnet"),
-    Setting("depth", "int", "model", "CIFAR ResNet depth, 6n+2 (14, 20, 26, 32, 38, 44, 56, 62, 110, 164, ...).",
-            default=56, arch="cifar_resnet"),
-    Setting("width", "float", "model",
-            "CIFAR width multiplier: stages get round(16w), round(32w), round(64w) channels.", default=1.0,
-            arch="cifar_resnet"),
-    Setting("residual", "bool", "model", "Residual connections; --noresidual trains the plain network.", default=True,
-            arch="cifar_resnet"),
-    Setting("blocks", "ints", "model", "imagenet_resnet: bottleneck blocks per stage (3,4,17,3: ResNet-83).",
-            default=["3", "4", "6", "3"], arch="imagenet_resnet"),
-    Setting("widths", "floats", "model", "imagenet_resnet: width multiplier per stage (1,1,2.8,1: 2.8x stage 3).",
-            default=["1", "1", "1", "1"], arch="imagenet_resnet"),
+    Setting(
+        "depth",
+        "int",
+        "model",
+        "CIFAR ResNet depth, 6n+2 (14, 20, 26, 32, 38, 44, 56, 62, 110, 164, ...).",
+        default=56,
+        arch="cifar_resnet",
+    ),
+    Setting(
+        "width",
+        "float",
+        "model",
+        "CIFAR width multiplier: stages get round(16w), round(32w), round(64w) channels.",
+        default=1.0,
+        arch="cifar_resnet",
+    ),
+    Setting(
+        "residual",
+        "bool",
+        "model",
+        "Residual connections; --noresidual trains the plain network.",
+        default=True,
+        arch="cifar_resnet",
+    ),
+    Setting(
+        "blocks",
+        "ints",
+        "model",
+        "imagenet_resnet: bottleneck blocks per stage (3,4,17,3: ResNet-83).",
+        default=["3", "4", "6", "3"],
+        arch="imagenet_resnet",
+    ),
+    Setting(
+        "widths",
+        "floats",
+        "model",
+        "imagenet_resnet: width multiplier per stage (1,1,2.8,1: 2.8x stage 3).",
+        default=["1", "1", "1", "1"],
+        arch="imagenet_resnet",
+    ),
     Setting("seed", "int", "train", "Seed of the initial weights, data order and augmentation.", default=0),
     Setting("dataset", DATASETS, "data", "Dataset (TFDS name, or image_folder with --data_dir).", default="cifar10"),
     Setting("data_dir", "str", "data", DATA_DIR_HELP),
-    Setting("download", "bool", "data",
-            "Fetch a missing dataset with TFDS. Unset: only CIFAR-10/100, into TFDS's default folder, when no "
-            "--data_dir is given. True: any dataset, into --data_dir too (ImageNet: TFDS's manual download). "
-            "False (--nodownload): never."),
+    Setting(
+        "download",
+        "bool",
+        "data",
+        "Fetch a missing dataset with TFDS. Unset: only CIFAR-10/100, into TFDS's default folder, when no "
+        "--data_dir is given. True: any dataset, into --data_dir too (ImageNet: TFDS's manual download). "
+        "False (--nodownload): never.",
+    ),
     Setting("train_examples", "int", "data", "Class-balanced training subset size (default: all).", lower_bound=1),
-    Setting("validation_examples", "int", "data", "Class-balanced examples held out of training.", default=0,
-            lower_bound=0),
+    Setting(
+        "validation_examples", "int", "data", "Class-balanced examples held out of training.", default=0, lower_bound=0
+    ),
     Setting("data_seed", "int", "data", "Seed of the subset selection (not of the data order).", default=0),
-    Setting("image_size", "int", "data",
-            "Input size (default: 32 for CIFAR and image folders, 224 for ImageNet).", lower_bound=8),
+    Setting(
+        "image_size",
+        "int",
+        "data",
+        "Input size (default: 32 for CIFAR and image folders, 224 for ImageNet).",
+        lower_bound=8,
+    ),
     Setting("epochs", "int", "train", "Training epochs (default: 300 CIFAR, 120 ImageNet).", lower_bound=1),
     Setting("batch_size", "int", "train", "Global batch size (default: 128 CIFAR, 256 ImageNet).", lower_bound=1),
-    Setting("learning_rate", "float", "train", "Peak learning rate of the cosine decay (default: the recipe's).",
-            lower_bound=0),
+    Setting(
+        "learning_rate",
+        "float",
+        "train",
+        "Peak learning rate of the cosine decay (default: the recipe's).",
+        lower_bound=0,
+    ),
     Setting("momentum", "float", "train", "SGD momentum.", default=0.9, lower_bound=0),
-    Setting("weight_decay", "float", "train",
-            "L2 on kernels, loss += wd * sum w^2 (default: 1e-4 CIFAR, 5e-5 ImageNet).", lower_bound=0),
+    Setting(
+        "weight_decay",
+        "float",
+        "train",
+        "L2 on kernels, loss += wd * sum w^2 (default: 1e-4 CIFAR, 5e-5 ImageNet).",
+        lower_bound=0,
+    ),
     Setting("strategy", STRATEGIES, "launch", "tf.distribute strategy.", default="default"),
     Setting("tpu", "str", "launch", "TPU name or address (with --strategy=tpu)."),
-    Setting("deterministic", "bool", "train", "Enable TensorFlow op determinism (bit-reproducible, slower).",
-            default=False),
-    Setting("warmup_epochs", "int", "train", "Epochs of linear learning-rate warmup before the cosine decay.",
-            lower_bound=0),
+    Setting(
+        "deterministic", "bool", "train", "Enable TensorFlow op determinism (bit-reproducible, slower).", default=False
+    ),
+    Setting(
+        "warmup_epochs", "int", "train", "Epochs of linear learning-rate warmup before the cosine decay.", lower_bound=0
+    ),
     Setting("decay_every", DECAY_EVERY, "train", "Cosine learning-rate decay every SGD step or every epoch."),
-    Setting("recipe", tuple(LR_RECIPES), "recipe",
-            "Learning-rate recipe: warmup (lr 0.1, 2 warmup epochs, cosine per step) or reference (the reference "
-            "code's lr 0.01, cosine per epoch, no warmup). --learning_rate, --warmup_epochs, --decay_every override.",
-            default="warmup"),
-    Setting("validation_every", "int", "launch", "Evaluate on the validation split every this many epochs.",
-            default=1, lower_bound=1),
+    Setting(
+        "recipe",
+        tuple(LR_RECIPES),
+        "recipe",
+        "Learning-rate recipe: warmup (lr 0.1, 2 warmup epochs, cosine per step) or reference (the reference "
+        "code's lr 0.01, cosine per epoch, no warmup). --learning_rate, --warmup_epochs, --decay_every override.",
+        default="warmup",
+    ),
+    Setting(
+        "validation_every",
+        "int",
+        "launch",
+        "Evaluate on the validation split every this many epochs.",
+        default=1,
+        lower_bound=1,
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 # Name -> kind, in SETTINGS order (the sweep spec keys).

@@ -60,8 +60,6 @@ LOCK = ".lock"
 RUN_FILES = (CONFIG, HISTORY, MODEL, PREDICTIONS, RESULTS)
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a run.
@@ -92,7 +90,9 @@ class ModelConfig:
     @classmethod
     def imagenet(cls, blocks=(3, 4, 6, 3), widths=(1, 1, 1, 1)) -> ModelConfig:
         """The ImageNet ResNet with these blocks and widths per stage (depth derived)."""
-        return cls(depth=models.imagenet_depth(blocks), arch="imagenet_resnet", blocks=tuple(blocks), widths=tuple(widths))
+        return cls(
+            depth=models.imagenet_depth(blocks), arch="imagenet_resnet", blocks=tuple(blocks), widths=tuple(widths)
+        )
 
     @property
     def architecture(self) -> models.Architecture:
@@ -171,7 +171,11 @@ class RunConfig:
         return f"{self.data.dataset}-{self.model.name}{subset}-s{self.train.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dataclasses.asdict(self.model), "data": self.data.to_dict(), "train": dataclasses.asdict(self.train)}
+        return {
+            "model": dataclasses.asdict(self.model),
+            "data": self.data.to_dict(),
+            "train": dataclasses.asdict(self.train),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -224,7 +228,9 @@ class Run:
         if self._model is None:
             path = os.path.join(self.path, MODEL)
             if not os.path.exists(path):
-                raise RunError(f"Run {self.path} has no {MODEL}: it has not finished training (rerun bin/train to resume).")
+                raise RunError(
+                    f"Run {self.path} has no {MODEL}: it has not finished training (rerun bin/train to resume)."
+                )
             try:
                 model = keras.models.load_model(path, compile=False)
             except Exception as e:  # noqa: BLE001 - a corrupt zip or config raises many types

@@ -147,7 +147,9 @@ def _check_value(name: str, value: Any, where: str) -> Any:
         if value not in kind:
             raise ValueError(f"{where}: `{name}` must be one of {list(kind)}. Received: {value!r}")
     elif not ok[kind](value):
-        raise ValueError(f"{where}: `{name}` must be {_KIND_NAMES[kind]} (or null for the default). Received: {value!r}")
+        raise ValueError(
+            f"{where}: `{name}` must be {_KIND_NAMES[kind]} (or null for the default). Received: {value!r}"
+        )
     return float(value) if kind == "float" else value
 
 
@@ -156,7 +158,13 @@ def _check_flags(flags: Any, where: str) -> dict[str, Any]:
         raise ValueError(f"{where} must be an object of bin/train flags. Received: {flags!r}")
     for key in flags:
         if key not in TRAIN_FLAGS:
-            why = " (a sweep never deletes runs)" if key == "overwrite" else " (the caller sets it)" if key == "out_dir" else ""
+            why = (
+                " (a sweep never deletes runs)"
+                if key == "overwrite"
+                else " (the caller sets it)"
+                if key == "out_dir"
+                else ""
+            )
             raise ValueError(f"{where}: unknown key {key!r}{why}. Allowed: {sorted(TRAIN_FLAGS)}")
     return {k: _check_value(k, v, where) for k, v in flags.items()}
 
@@ -183,7 +191,9 @@ def _axis(key: str, values: Any, where: str) -> Sequence[dict[str, Any]]:
     if isinstance(values, dict) and key != "cases":
         bounds = values.get("range") if set(values) == {"range"} else None
         if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(v) is int for v in bounds)):
-            raise ValueError(f'{where} must be a list of values or {{"range": [start, stop]}} of integers. Received: {values!r}')
+            raise ValueError(
+                f'{where} must be a list of values or {{"range": [start, stop]}} of integers. Received: {values!r}'
+            )
         if key in TRAIN_FLAGS and range(*bounds):
             return _Range(key, range(*bounds), where)
         values = []  # an empty range, or an unknown key: the errors below
@@ -301,7 +311,11 @@ def load_spec(path: str) -> dict[str, Any]:
 
 
 def commands(
-    spec: dict[str, Any], out_dir: str, program: str = "bin/train", skip_finished: bool = False, limit: int | None = None
+    spec: dict[str, Any],
+    out_dir: str,
+    program: str = "bin/train",
+    skip_finished: bool = False,
+    limit: int | None = None,
 ) -> list[str]:
     """One shell-quoted bin/train command per run of the spec, in order.
 
@@ -359,7 +373,9 @@ def subprocess_runner(argv: Sequence[str], log_path: str) -> int:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
         try:
-            done = subprocess.run(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
+            done = subprocess.run(
+                list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+            )
             return done.returncode
         except OSError as e:
             log.write(f"cannot start: {e}\n")
@@ -424,7 +440,12 @@ def run(
     result["unexamined"] = total - examined
     logging.info(
         "Sweep %s: %d runs (%d not examined), %d finished, %d unfinished, launching %d.",
-        spec["name"], total, result["unexamined"], len(result["skipped"]), todo, len(launch),
+        spec["name"],
+        total,
+        result["unexamined"],
+        len(result["skipped"]),
+        todo,
+        len(launch),
     )
     if not launch:
         return result

@@ -101,7 +101,9 @@ def make_optimizer(config: runs.TrainConfig, steps_per_epoch: int) -> keras.opti
                 f"`warmup_epochs` must be 0 with decay_every='epoch' (the reference code has no warmup). "
                 f"Received: warmup_epochs={config.warmup_epochs}"
             )
-        return keras.optimizers.SGD(EpochCosine(config.learning_rate, config.epochs, steps_per_epoch), momentum=config.momentum)
+        return keras.optimizers.SGD(
+            EpochCosine(config.learning_rate, config.epochs, steps_per_epoch), momentum=config.momentum
+        )
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(config.warmup_epochs * steps_per_epoch, total // 2)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -181,7 +183,9 @@ class _Loop:
         for step in range(steps):
             self.train_step(iterator)
             if progbar is not None:
-                progbar.update(step + 1, [("loss", float(self.loss.result())), ("accuracy", float(self.accuracy.result()))])
+                progbar.update(
+                    step + 1, [("loss", float(self.loss.result())), ("accuracy", float(self.accuracy.result()))]
+                )
         return self._results()
 
     def evaluate(self, dataset: tf.data.Dataset, prefix: str = "val_") -> dict[str, float]:
@@ -236,7 +240,9 @@ def _create_run_dir(run_dir: str, config: runs.RunConfig, overwrite: bool) -> No
         if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
             runs.write_json(os.path.join(run_dir, runs.CONFIG), config.to_dict())
     except OSError as e:
-        raise runs.RunError(f"Cannot write the run directory {run_dir}: {e.strerror or e}. Choose a writable --out_dir.") from e
+        raise runs.RunError(
+            f"Cannot write the run directory {run_dir}: {e.strerror or e}. Choose a writable --out_dir."
+        ) from e
 
 
 def train(
@@ -321,7 +327,9 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         # Several replicas normalize with global-batch statistics, as one device would.
-        model = config.model.build(data.num_classes, data.image_size, train_config.weight_decay, synchronized_bn=replicas > 1)
+        model = config.model.build(
+            data.num_classes, data.image_size, train_config.weight_decay, synchronized_bn=replicas > 1
+        )
         optimizer = make_optimizer(train_config, steps)
         optimizer.build(model.trainable_variables)
     loop = _Loop(model, optimizer, strategy, train_config.batch_size)
@@ -339,7 +347,11 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
     if start < train_config.epochs:
         logging.info(
             "Training %s: %d examples, %d steps/epoch, epochs %d-%d.",
-            config.name, data.num_examples("train"), steps, start + 1, train_config.epochs,
+            config.name,
+            data.num_examples("train"),
+            steps,
+            start + 1,
+            train_config.epochs,
         )
         per_replica = train_config.batch_size // replicas
 
@@ -347,11 +359,20 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
             # Input pipeline i takes examples i, i+k, ... of each epoch's order, so the
             # replicas' batches together are exactly the one-device global batch.
             shard = (context.num_input_pipelines, context.input_pipeline_id)
-            return data.train_dataset(train_config.batch_size, train_config.seed, start, train_config.epochs, shard, replica_batch_size=per_replica)
+            return data.train_dataset(
+                train_config.batch_size,
+                train_config.seed,
+                start,
+                train_config.epochs,
+                shard,
+                replica_batch_size=per_replica,
+            )
 
         iterator = iter(strategy.distribute_datasets_from_function(pipeline))
         validation = data.eval_dataset("validation", 500) if data.num_examples("validation") else None
-        writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if tensorboard and is_chief else None
+        writer = (
+            tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if tensorboard and is_chief else None
+        )
         verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
         for epoch in range(start, train_config.epochs):
             began = time.time()

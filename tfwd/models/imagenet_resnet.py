@@ -53,7 +53,9 @@ def check_stages(blocks: Sequence[int], widths: Sequence[float]) -> tuple[int, .
     if len(blocks) != 4 or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in blocks):
         raise ValueError(f"`blocks` must be 4 positive integers, e.g. (3, 4, 6, 3). Received: blocks={tuple(blocks)!r}")
     if len(widths) != 4 or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in widths):
-        raise ValueError(f"`widths` must be 4 positive multipliers, e.g. (1, 1, 2.8, 1). Received: widths={tuple(widths)!r}")
+        raise ValueError(
+            f"`widths` must be 4 positive multipliers, e.g. (1, 1, 2.8, 1). Received: widths={tuple(widths)!r}"
+        )
     return tuple(max(1, int(round(c * w))) for c, w in zip(BASE_WIDTHS, widths))
 
 
@@ -117,5 +119,7 @@ def imagenet_resnet(
             strides = 2 if stage > 1 and block == 1 else 1
             x = _bottleneck(x, width, strides, f"stage{stage}_block{block}", weight_decay, synchronized_bn)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = layers.dense_head(num_classes, weight_decay, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
+    outputs = layers.dense_head(
+        num_classes, weight_decay, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01)
+    )(x)
     return keras.Model(inputs, outputs, name=name or imagenet_model_name(blocks, widths))

@@ -88,7 +88,9 @@ def tap_names(model: keras.Model, taps: str | Sequence[str] = "all") -> list[str
             blocks = [n for n in names if _block_prefix(n) and n.endswith("_out")]
             head = [n for n in names if n == "logits"]
             if not stem or not blocks or not head:
-                raise ValueError(f"Model {model.name!r} does not use tfwd's layer names (stem_*, stage*_block*_out, logits).")
+                raise ValueError(
+                    f"Model {model.name!r} does not use tfwd's layer names (stem_*, stage*_block*_out, logits)."
+                )
             return [stem[-1]] + blocks + head
         if taps == "residual":
             return _residual_taps(model, names)

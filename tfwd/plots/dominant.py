@@ -12,7 +12,11 @@ from tfwd.plots.report import block_heatmaps
 
 
 def image_grid(
-    images: np.ndarray, labels: Sequence[str], scores: Sequence[float], indices: Sequence[int], title: str = "",
+    images: np.ndarray,
+    labels: Sequence[str],
+    scores: Sequence[float],
+    indices: Sequence[int],
+    title: str = "",
     columns: int = 5,
 ) -> plt.Figure:
     """The dominant examples, most dominant first, each titled with its test index, label and score.
@@ -43,8 +47,17 @@ def image_grid(
 def with_and_without(result: dict, top: int, title: str = "") -> plt.Figure:
     """Within-model CKA with every example and without the top K, the detected block outlined on each."""
     panels = [
-        {"matrix": result["cka"], "names": result["names"], "title": f"{title}: all examples", "block": result["block"]},
-        {"matrix": result["cka_without_top"], "names": result["names"], "title": f"{title}: without the top {top}",
-         "block": result["block_without_top"]},
+        {
+            "matrix": result["cka"],
+            "names": result["names"],
+            "title": f"{title}: all examples",
+            "block": result["block"],
+        },
+        {
+            "matrix": result["cka_without_top"],
+            "names": result["names"],
+            "title": f"{title}: without the top {top}",
+            "block": result["block_without_top"],
+        },
     ]
     return block_heatmaps(panels, columns=2, size=3.6)

@@ -47,10 +47,14 @@ def variance_explained(
         raise ValueError(f"`fraction` must have one value per layer ({len(names)}). Received shape {fraction.shape}.")
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 3.2))
-    ax.plot(np.arange(len(fraction)), fraction, marker=".", markersize=3, linewidth=1.0, color="tab:blue", label="per layer")
+    ax.plot(
+        np.arange(len(fraction)), fraction, marker=".", markersize=3, linewidth=1.0, color="tab:blue", label="per layer"
+    )
     mark_stages(ax, stage_boundaries(names), axis="x")
     if last_stages_fraction is not None and np.isfinite(last_stages_fraction):
-        label = f"{_stages_label(last_stages) if len(last_stages) else 'last stages'} together: {last_stages_fraction:.2f}"
+        label = (
+            f"{_stages_label(last_stages) if len(last_stages) else 'last stages'} together: {last_stages_fraction:.2f}"
+        )
         ax.axhline(last_stages_fraction, color="tab:red", linestyle=":", linewidth=1.0, label=label)
         ax.legend(fontsize=7, loc="lower left")
     ax.set_ylim(0.0, 1.0)
@@ -97,12 +101,18 @@ def first_pc_figure(
         if np.shape(value) != (len(names), len(names)):
             raise ValueError(f"`{arg}` must be (L, L) with L = {len(names)} layers. Received shape {np.shape(value)}.")
     fig, axes = plt.subplots(2, 2, figsize=(2 * size + 1.2, 2 * size))
-    cosine_ax = heatmap(pc_cosine, ax=axes[0, 0], title="Similarity of First PCs", rows=names, cols=names, colorbar=False)
+    cosine_ax = heatmap(
+        pc_cosine, ax=axes[0, 0], title="Similarity of First PCs", rows=names, cols=names, colorbar=False
+    )
     fig.colorbar(cosine_ax.images[0], ax=cosine_ax, fraction=0.046, pad=0.04, label="|cosine|")
     heatmap(cka, ax=axes[0, 1], title="CKA", rows=names, cols=names)
     variance_explained(
-        fraction, names, ax=axes[1, 0], title="Variance Explained",
-        last_stages_fraction=last_stages_fraction, last_stages=last_stages,
+        fraction,
+        names,
+        ax=axes[1, 0],
+        title="Variance Explained",
+        last_stages_fraction=last_stages_fraction,
+        last_stages=last_stages,
     )
     heatmap(cka_without_pc, ax=axes[1, 1], title="CKA w/o First PC", rows=names, cols=names)
     if title:

@@ -58,7 +58,9 @@ def per_example_scatter(
     style = dict(s=3, alpha=0.3, linewidths=0)
     ax.plot([0, 100], [0, 100], color="0.6", linewidth=0.8, zorder=0)
     if control_y is not None:
-        ax.scatter(shake(acc_x), shake(control_y), color=CONTROL, label=f"{names[0]} vs {names[0]} (disjoint halves)", **style)
+        ax.scatter(
+            shake(acc_x), shake(control_y), color=CONTROL, label=f"{names[0]} vs {names[0]} (disjoint halves)", **style
+        )
     ax.scatter(shake(acc_x), shake(acc_y), color=COMPARISON, label=f"{names[0]} vs {names[1]}{each}", **style)
     ax.set(xlim=(-3, 103), ylim=(-3, 103), xlabel=f"{names[0]}: accuracy per example (%)")
     ax.set_ylabel("other group: accuracy per example (%)")

@@ -14,7 +14,9 @@ from tfwd.plots.heatmaps import heatmap
 def outline_block(ax: plt.Axes, start: int, end: int, color: str = "cyan") -> None:
     """Draws the square of layers start..end (inclusive) on a heatmap."""
     size = end - start + 1
-    ax.add_patch(matplotlib.patches.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor=color, linewidth=1.5))
+    ax.add_patch(
+        matplotlib.patches.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor=color, linewidth=1.5)
+    )
 
 
 def block_heatmaps(
@@ -47,7 +49,7 @@ def block_heatmaps(
         heatmap(panel["matrix"], ax=ax, title=title, rows=panel["names"], cols=panel["names"], colorbar=False)
         if block is not None and block.found:
             outline_block(ax, block.start, block.end)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
