@@ -215,55 +215,29 @@ def analyze(
     for run_dir in run_dirs:
         run = runs.Run(run_dir)
         dirs = out.dirs.setdefault(run.name, {})
-        cka_settings = {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256, **settings.get("cka", {})}
-        dirs["cka"] = _cached(
-            "cka",
-            run_dir,
-            cka_settings,
-            functools.partial(cka.analyze_runs, [run_dir], data_dir=data_dir, **cka_settings),
-            timings,
+
+        def analysis(kind, compute, defaults, target=None, run_dir=run_dir, dirs=dirs):
+            """The folder of one analysis of this run: cached under its settings (defaults, then the spec's)."""
+            kind_settings = {**defaults, **settings.get(kind, {})}
+            compute = functools.partial(compute, target or run_dir, data_dir=data_dir, **kind_settings)
+            dirs[kind] = _cached(kind, run_dir, kind_settings, compute, timings)
+            return dirs[kind]
+
+        cka_dir = analysis(
+            "cka", cka.analyze_runs, {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256}, [run_dir]
         )
-        loaded = cka.load(os.path.join(dirs["cka"], "cka.npz"))
+        loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
         analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
-        pc_settings = {"taps": "all", "examples": 1000, "batch_size": 250, **settings.get("pc", {})}
-        dirs["pc"] = _cached(
-            "pc",
-            run_dir,
-            pc_settings,
-            functools.partial(pca.analyze_run, run_dir, data_dir=data_dir, **pc_settings),
-            timings,
-        )
-        analysed.pc = pca.load(os.path.join(dirs["pc"], "pc.npz"))
+        pc_dir = analysis("pc", pca.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
+        analysed.pc = pca.load(os.path.join(pc_dir, "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
-            probe_settings = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024, **settings.get("probes", {})}
-            dirs["probes"] = _cached(
-                "probes",
-                run_dir,
-                probe_settings,
-                functools.partial(probes.analyze_run, run_dir, data_dir=data_dir, **probe_settings),
-                timings,
-            )
-            analysed.probes = probes.load(dirs["probes"])
-            prune_settings = {"examples": 2000, **settings.get("prune_blocks", {})}
-            dirs["prune_blocks"] = _cached(
-                "prune_blocks",
-                run_dir,
-                prune_settings,
-                functools.partial(pruning.analyze_run, run_dir, data_dir=data_dir, **prune_settings),
-                timings,
-            )
-            analysed.prune_blocks = pruning.load(dirs["prune_blocks"])
+            defaults = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024}
+            analysed.probes = probes.load(analysis("probes", probes.analyze_run, defaults))
+            analysed.prune_blocks = pruning.load(analysis("prune_blocks", pruning.analyze_run, {"examples": 2000}))
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
         if block.found and "dominant" in settings:
-            dominant_settings = {"examples": 1000, "top": 10, **settings["dominant"]}
-            dirs["dominant"] = _cached(
-                "dominant",
-                run_dir,
-                dominant_settings,
-                functools.partial(dominant.analyze_run, run_dir, data_dir=data_dir, **dominant_settings),
-                timings,
-            )
-            out.dominant[run.name] = dominant.load(dirs["dominant"])
+            dominant_dir = analysis("dominant", dominant.analyze_run, {"examples": 1000, "top": 10})
+            out.dominant[run.name] = dominant.load(dominant_dir)
         out.runs.append(analysed)
         out.opened[run.name] = run
         out.blocks[run.name] = block
