@@ -94,6 +94,7 @@ def test_unknown_dataset_is_a_flag_error(root, bin_env, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@SLOW  # one training through the binary; tests/runlock_test.py checks the message in-process
 def test_unwritable_out_dir(root, bin_env, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -128,11 +129,12 @@ def _one_error(stderr):
 @pytest.mark.parametrize(
     "args,fault,message",
     [
-        (
+        pytest.param(  # tests/training_test.py checks both in-process
             ["--learning_rate=1e30", "--epochs=2"],
             None,
             "error: The training loss is {loss} at epoch 1: training diverged. No checkpoint was written yet in {run}; "
             "lower --learning_rate and rerun with --overwrite.",
+            marks=SLOW,
         ),
         pytest.param(
             ["--epochs=3"],

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfwd import run_settings, runs, training
+from tfwd import checkpoints, errors, run_settings, runs, training
 from tfwd.data import DataConfig
 
 TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32"]
@@ -219,8 +219,8 @@ def test_concurrent_trainings_of_one_run_are_refused(tmp_path, root, bin_env):
     overwrite = _start(root, bin_env, tmp_path, "--epochs=2", "--overwrite")
     for proc in (second, overwrite):
         _, err = proc.communicate(timeout=600)
-        errors = [line for line in err.splitlines() if line.startswith(("error:", "Traceback"))]
-        assert proc.returncode == 1 and errors == [
+        lines = [line for line in err.splitlines() if line.startswith(("error:", "Traceback"))]
+        assert proc.returncode == 1 and lines == [
             f"error: {run_dir} is being trained by another process (pid {first.pid}); wait for it to finish or "
             "stop it, then rerun."
         ], err[-2000:]
@@ -240,7 +240,8 @@ def test_concurrent_trainings_of_one_run_are_refused(tmp_path, root, bin_env):
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["ckpt-1.data-00000-of-00001", "ckpt-1.index", "latest.json"]
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, root, bin_env):
+@pytest.mark.slow  # through the binary; test_a_corrupt_checkpoint_is_a_clear_error checks it in-process
+def test_bin_train_corrupt_checkpoint_is_a_clear_error(tmp_path, root, bin_env):
     killed = _train(root, bin_env, tmp_path, "--epochs=2", fault="after_checkpoint:1")
     assert killed.returncode == -9
     data = next((tmp_path / "cifar10-resnet8-w0.25-n256-s0" / "checkpoints").glob("ckpt-1.data-*"))
@@ -251,7 +252,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, root, bin_env):
     assert last.startswith("error: Checkpoint ") and "corrupt" in last and "--overwrite" in last
 
 
-def test_finished_run_is_reported_and_conflicts_are_refused(tmp_path, root, bin_env):
+@pytest.mark.slow  # three trainings through the binary; the in-process resume test checks the same
+def test_bin_train_finished_run_is_reported_and_conflicts_are_refused(tmp_path, root, bin_env):
     first = _train(root, bin_env, tmp_path, "--epochs=1")
     assert first.returncode == 0, first.stderr[-2000:]
     run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
@@ -317,6 +319,37 @@ def test_divergence_after_a_checkpoint_keeps_it_and_a_rerun_resumes_from_it(tmp_
     with caplog.at_level("INFO"):
         training.train(config, str(tmp_path), verbose=0, tensorboard=False)
     assert "from epoch 1." in caplog.text and runs.Run(str(run_dir)).results()["epochs"] == 3
+    # The finished run is reported, not retrained; other settings in the same directory are refused.
+    stamp = os.stat(run_dir / "model.keras").st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert training.train(config, str(tmp_path), verbose=0, tensorboard=False) == str(run_dir)
+    assert "already finished" in caplog.text and os.stat(run_dir / "model.keras").st_mtime_ns == stamp
+    other = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
+    with pytest.raises(runs.RunError) as info:
+        training.train(other, str(tmp_path), verbose=0, tensorboard=False)
+    assert str(info.value) == (
+        f"{run_dir} holds a run with other settings (train.epochs: 3 != 2). Use --overwrite to replace it, "
+        "or another --out_dir."
+    )
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, tfds_dir, monkeypatch):
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=64),
+        runs.TrainConfig(epochs=2, batch_size=32),
+    )
+    monkeypatch.setenv("TFWD_FAULT", "diverge:2")  # leaves epoch 1's checkpoint and stops
+    with pytest.raises(training.TrainingDivergedError):
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+    monkeypatch.delenv("TFWD_FAULT")
+    data = next((tmp_path / config.name / "checkpoints").glob("ckpt-1.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(checkpoints.CheckpointError) as info:
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+    message = errors.one_line(info.value)
+    assert message.startswith("Checkpoint ") and "corrupt" in message and "--overwrite" in message
 
 
 @pytest.mark.parametrize(
