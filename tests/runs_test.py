@@ -34,6 +34,16 @@ def test_every_arch_setting_has_an_architecture():
     assert {s.arch for s in run_settings.SETTINGS if s.arch} <= set(models.ARCHITECTURES)
 
 
+@pytest.mark.parametrize("use", ["name", "validate", "build"])
+def test_an_unknown_arch_is_an_error_not_the_default_family(use):
+    # A config read from JSON is never validated: its arch used to read as cifar_resnet.
+    config = runs.ModelConfig(20, 1.0, arch="vgg")
+    with pytest.raises(
+        ValueError, match=r"`arch` must be one of \('cifar_resnet', 'imagenet_resnet'\)\. Received: arch='vgg'"
+    ):
+        {"name": lambda: config.name, "validate": config.validate, "build": lambda: config.build(10, 32)}[use]()
+
+
 def test_config_round_trips_through_json():
     config = runs.RunConfig(
         runs.ModelConfig(20, 2.0, False), DataConfig(train_examples=100, data_seed=4), runs.TrainConfig(epochs=3)

@@ -96,9 +96,14 @@ class ModelConfig:
 
     @property
     def architecture(self) -> models.Architecture:
-        """The family's entry in tfwd.models.ARCHITECTURES (an arch outside it, in a config never
-        validated, reads as the default family, cifar_resnet, as it always has)."""
-        return models.ARCHITECTURES.get(self.arch, models.ARCHITECTURES["cifar_resnet"])
+        """The family's entry in tfwd.models.ARCHITECTURES.
+
+        Raises:
+            ValueError: for an arch outside it (a config that was never validated).
+        """
+        if self.arch not in models.ARCHITECTURES:
+            raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={self.arch!r}")
+        return models.ARCHITECTURES[self.arch]
 
     @property
     def name(self) -> str:
@@ -111,8 +116,6 @@ class ModelConfig:
         return self.architecture.build(self, num_classes, (image_size, image_size, 3), weight_decay, synchronized_bn)
 
     def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={self.arch!r}")
         self.architecture.validate(self)
 
 
