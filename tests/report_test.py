@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tfwd import report, runs
+from tfwd import html, report, runs
 
 
 def test_spec_validation(tmp_path):
@@ -240,3 +240,19 @@ def test_science_spec_in_miniature(tmp_path, root, bin_env):
         seeds = {row["run"] for row in claims[key]["seeds"]}
         assert seeds, key  # every block run is measured
     assert saved["dominant_datapoints"] and all(len(d["examples"]) == 5 for d in saved["dominant_datapoints"].values())
+
+
+def test_findings_json_names_runs_instead_of_locating_them(tmp_path):
+    # The dominant-datapoint settings hold the run's path; findings.json is shared, so it keeps the name.
+    run = str(tmp_path / "runs" / "cifar10-resnet56-w1-n782-s1")
+    section = {"examples": [3, 1], "settings": {"run": run, "examples": 1000, "top": 2}}
+    analyses = report.Analyses([], {}, {}, {}, {os.path.basename(run): section}, {})
+    saved = html.findings_json({"name": "s"}, analyses, [], {"training": 3600.0}, 7200.0)
+    assert saved["dominant_datapoints"] == {
+        "cifar10-resnet56-w1-n782-s1": {
+            "examples": [3, 1],
+            "settings": {"run": "cifar10-resnet56-w1-n782-s1", "examples": 1000, "top": 2},
+        }
+    }
+    assert str(tmp_path) not in json.dumps(saved) and saved["hours"] == {"training": 1.0, "total": 2.0}
+    assert section["settings"]["run"] == run  # the analysis' own record is left as it is

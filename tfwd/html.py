@@ -126,7 +126,11 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
         "timings_seconds": timings,
         "runs": runs_,
         "claims": claims,
-        "dominant_datapoints": analyses.dominant,
+        # A run is named, not located: the file is meant to be shared, and the path is this machine's.
+        "dominant_datapoints": {
+            name: {**d, "settings": {**d["settings"], "run": name}} if "settings" in d else d
+            for name, d in analyses.dominant.items()
+        },
     }
 
 
