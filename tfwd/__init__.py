@@ -11,8 +11,9 @@ minibatch CKA metric, and the block-structure analyses.
 - tfwd.metrics: the streaming `CKA` metric and full-batch references (`linear_cka`).
 - tfwd.data: TFDS input pipelines (`Data`, `DataConfig`).
 - tfwd.cka: CKA of several models in one pass over the data (`compare_models`, `analyze_runs`).
-- tfwd.blocks, tfwd.findings, tfwd.dominant, tfwd.pca, tfwd.probes, tfwd.pruning,
-  tfwd.populations: the paper's analyses.
+- tfwd.blocks, tfwd.findings, tfwd.dominant_datapoints, tfwd.pc, tfwd.probes, tfwd.prune_blocks,
+  tfwd.compare_predictions: the paper's analyses. An analysis with a binary has one name for its
+  module, its binary and its output folder: tfwd.pc, bin/pc, RUN/pc_<taps>_<split>/.
 - tfwd.report, tfwd.runs, tfwd.sweeps, tfwd.training: run directories, training, sweeps, reports.
 - tfwd.plots: matplotlib figures of the analyses' results.
 
@@ -51,11 +52,11 @@ PUBLIC_MODULES = (
     "cka",
     "blocks",
     "findings",
-    "dominant",
-    "pca",
+    "dominant_datapoints",
+    "pc",
     "probes",
-    "pruning",
-    "populations",
+    "prune_blocks",
+    "compare_predictions",
     "report",
     "runs",
     "sweeps",

@@ -536,7 +536,7 @@ def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutation
     """Compares the finished runs matching two glob patterns and writes the results (see `write_comparison`).
 
     Example (needs two populations of finished runs, e.g. from bin/sweep --spec=data/sweeps/figure7.json;
-    tests/populations_test.py runs it on small ones)::
+    tests/compare_predictions_test.py runs it on small ones)::
 
         analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")  # -> 'out/62_vs_14'
     """

@@ -442,7 +442,7 @@ def analyze_run(
         tfwd.runs.RunError: for a missing or unfinished run.
         ValueError: for a plain (residual=False) model or out-of-range arguments.
 
-    Example (needs a finished run; tests/pruning_test.py runs it on a tiny one)::
+    Example (needs a finished run; tests/prune_blocks_test.py runs it on a tiny one)::
 
         analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)  # -> 'runs/cifar10-resnet38-w10-s0/prune_blocks'
     """
