@@ -61,6 +61,10 @@ from scipy import stats
 from tfwd import runs
 from tfwd.data import Data
 
+# The analysis' one name: this module, bin/compare_predictions and the kind of folder it writes
+# (the --out_dir a user names), whose marker (tfwd.runs.OUTPUT_MARKER) holds it.
+# tests/names_test.py checks that they agree.
+OUTPUT_KIND = "compare_predictions"
 ALPHA = 0.05  # the paper's significance level (Figure 7c)
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -504,7 +508,7 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
     groups = summary.get("groups", {})
     label_a, label_b = (groups.get(k, {}).get("label", f"group {k.upper()}") for k in "ab")
     h = summary["departure"]["h"]
-    with runs.atomic_dir(out_dir, "compare_predictions") as tmp:
+    with runs.atomic_dir(out_dir, OUTPUT_KIND) as tmp:
         runs.write_json(os.path.join(tmp, "summary.json"), summary)
         runs.write_csv(os.path.join(tmp, "per_class.csv"), summary["per_class"])
         runs.write_npz(os.path.join(tmp, "per_example.npz"), **ex)
@@ -540,7 +544,7 @@ def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutation
 
         analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")  # -> 'out/62_vs_14'
     """
-    runs.check_output_dir(out_dir, "compare_predictions")
+    runs.check_output_dir(out_dir, OUTPUT_KIND)
     result = compare_groups(find_runs(group_a), find_runs(group_b), seed, permutations, top_k)
     result["summary"]["groups"]["a"]["pattern"] = group_a
     result["summary"]["groups"]["b"]["pattern"] = group_b

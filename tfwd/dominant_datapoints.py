@@ -38,6 +38,10 @@ from absl import logging
 
 from tfwd import blocks, cka, models, runs
 
+# The analysis' one name: this module, bin/dominant_datapoints and its output folder
+# (RUN/dominant_datapoints/), whose marker (tfwd.runs.OUTPUT_MARKER) holds it.
+# tests/names_test.py checks that they agree.
+OUTPUT_KIND = "dominant_datapoints"
 JSON = "dominant_datapoints.json"
 
 
@@ -203,7 +207,7 @@ def load(out_dir: str) -> dict[str, Any]:
 
 
 # RUN_DIR/dominant_datapoints.
-default_out_dir = functools.partial(runs.analysis_dir, kind="dominant_datapoints")
+default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
 
 
 def analyze_run(
@@ -234,7 +238,7 @@ def analyze_run(
         raise ValueError(
             f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}"
         )
-    run, out_dir = runs.open_analysis(run_dir, "dominant_datapoints", out_dir)
+    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir)
     model = run.model()
     if layer is not None:
         check_layer(layer, models.tap_names(model, "all"))
@@ -250,7 +254,7 @@ def analyze_run(
     settings = {"run": run.path, "split": "test", "examples": examples, "top": top, "batch_size": batch_size}
     info = summary(result, labels, data.class_names, settings)
     label = runs.run_label(run.name)
-    with runs.atomic_dir(out_dir, "dominant_datapoints") as tmp:
+    with runs.atomic_dir(out_dir, OUTPUT_KIND) as tmp:
         runs.write_json(os.path.join(tmp, JSON), info)
         runs.write_npz(
             os.path.join(tmp, "dominant_datapoints.npz"),

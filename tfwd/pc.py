@@ -55,6 +55,9 @@ from absl import logging
 
 from tfwd import models, runs
 
+# The analysis' one name: this module, bin/pc and its output folders (RUN/pc_<taps>_<split>/),
+# whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py checks that they agree.
+OUTPUT_KIND = "pc"
 # A layer whose PC-removed self-HSIC is below this fraction of its full self-HSIC has only
 # rounding left once its first PC is removed (a rank-one layer); its CKA w/o the first PC
 # is defined as 0 with every other layer rather than a ratio of rounding errors.
@@ -432,7 +435,7 @@ def load(path: str) -> dict[str, Any]:
 
 
 # RUN_DIR/pc_{taps}_{split} ("custom" for a pattern or a list of layer names).
-default_out_dir = functools.partial(runs.analysis_dir, kind="pc")
+default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
 
 
 def analyze_run(
@@ -475,7 +478,7 @@ def analyze_run(
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
-    run, out_dir = runs.open_analysis(run_dir, "pc", out_dir, taps=taps, split=split)
+    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir, taps=taps, split=split)
     data = run.data(data_dir)
     available = data.num_examples(split)
     if examples is not None and not 4 <= examples <= available:
@@ -495,7 +498,7 @@ def analyze_run(
     )
     title = f"{runs.run_label(run.name)} ({split}, n={n})"
     pooled = dict(last_stages_fraction=result["last_stages_fraction"], last_stages=result["last_stages"])
-    with runs.writing_output(out_dir, "pc", f"First-PC analyses of {run.name}") as tmp:
+    with runs.writing_output(out_dir, OUTPUT_KIND, f"First-PC analyses of {run.name}") as tmp:
         save(os.path.join(tmp, "pc.npz"), result, settings)
         figure = pc_plots.first_pc_figure(
             result["cka"],

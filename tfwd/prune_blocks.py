@@ -41,6 +41,10 @@ from absl import logging
 
 from tfwd import runs
 
+# The analysis' one name: this module, bin/prune_blocks and its output folder
+# (RUN/prune_blocks/), whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py
+# checks that they agree.
+OUTPUT_KIND = "prune_blocks"
 _BLOCK = re.compile(r"^(stage(\d+)_block(\d+))_")
 DEFAULT_RECALIBRATION_EXAMPLES = 2048
 
@@ -455,7 +459,7 @@ def analyze_run(
         raise ValueError(
             f"`recalibration_examples` must be >= 1. Received: recalibration_examples={recalibration_examples!r}"
         )
-    run, out_dir = runs.open_analysis(run_dir, "prune_blocks", out_dir)
+    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir)
     model = run.model()
     deletion_schedule(model)  # a plain model fails here, before any data is read
     data = run.data(data_dir)
@@ -476,7 +480,7 @@ def analyze_run(
         recalibration = data.eval_dataset("train", batch, n)
     result = stagewise_deletion(model, data.eval_dataset("test", batch_size, examples), recalibration)
     rows = [{**step, "deleted": " ".join(step["deleted"])} for step in result["steps"]]
-    with runs.writing_output(out_dir, "prune_blocks", f"Block deletion of {run.name}") as tmp:
+    with runs.writing_output(out_dir, OUTPUT_KIND, f"Block deletion of {run.name}") as tmp:
         runs.write_csv(os.path.join(tmp, "prune_blocks.csv"), rows)
         runs.write_json(os.path.join(tmp, "prune_blocks.json"), {**result, "model": model.name, "settings": settings})
         ax = deletion_accuracy(
