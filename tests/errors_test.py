@@ -326,7 +326,7 @@ def _tree(path):
     "app,target",
     [
         ("pc", "run"),
-        pytest.param("probe", "run", marks=SLOW),
+        pytest.param("probes", "run", marks=SLOW),
         pytest.param("prune_blocks", "run", marks=SLOW),
         ("cka", "holder"),
         pytest.param("compare_predictions", "holder", marks=SLOW),
@@ -335,7 +335,7 @@ def _tree(path):
     ],
     ids=[
         "pc-into-its-run",
-        "probe-into-its-run",
+        "probes-into-its-run",
         "prune-into-its-run",
         "cka-into-the-runs-folder",
         "compare-into-the-runs-folder",
@@ -350,7 +350,7 @@ def test_an_analysis_refuses_an_out_dir_it_did_not_write(root, bin_env, tmp_path
     out = {"run": run_a, "holder": holder, "file": tmp_path / "notes.txt", "cwd": "."}[target]
     args = {
         "pc": [f"--run={run_a}"],
-        "probe": [f"--run={run_a}"],
+        "probes": [f"--run={run_a}"],
         "prune_blocks": [f"--ckpt={run_a}"],
         "cka": [f"--runs={run_a},{run_b}"],
         "compare_predictions": [f"--group_a={run_a}", f"--group_b={run_b}"],

@@ -192,9 +192,9 @@ def test_probes_flat_inside_the_block_and_against_the_control():
 def _prune(depth, loss):
     """Deletion rows backwards per stage; loss(stage, block) is the accuracy lost deleting that block."""
     model = models.cifar_resnet(depth=depth, width=0.25)
-    from tfwd import pruning
+    from tfwd import prune_blocks
 
-    steps, _ = pruning.deletion_schedule(model)
+    steps, _ = prune_blocks.deletion_schedule(model)
     full, rows = 0.8, []
     for stage, deleted in steps:
         accuracy = full - sum(loss(stage, b) for b in deleted)

@@ -1,4 +1,4 @@
-"""tfwd.probes, tfwd.plots.probes and bin/probe: frozen bases, joint heads, validation-only selection."""
+"""tfwd.probes, tfwd.plots.probes and bin/probes: frozen bases, joint heads, validation-only selection."""
 
 import csv
 import json
@@ -236,7 +236,7 @@ def test_probes_with_cka_aligns_heatmap_and_accuracies():
         probe_plots.probes_with_cka(np.eye(3), TABLE)
 
 
-# --- runs and bin/probe -----------------------------------------------------------------------
+# --- runs and bin/probes ----------------------------------------------------------------------
 
 
 def _read_csv(path):
@@ -326,11 +326,11 @@ def _plain_run(path, tfds_dir):
     return path
 
 
-def test_bin_probe_smoke(tiny_runs, tmp_path, root, bin_env, tfds_dir):
+def test_bin_probes_smoke(tiny_runs, tmp_path, root, bin_env, tfds_dir):
     out = tmp_path / "o"
     cmd = [
         sys.executable,
-        str(root / "bin" / "probe"),
+        str(root / "bin" / "probes"),
         f"--run={tiny_runs[0]}",
         "--epochs=1",
         "--train_examples=64",

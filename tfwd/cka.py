@@ -34,6 +34,10 @@ from absl import logging
 from tfwd import distribute, metrics, models, runs
 from tfwd.data import Data, DataConfig, shuffle_seed
 
+# The analysis' one name: this module, bin/cka and its output folders (RUN/cka_<taps>_<split>/,
+# or named after the runs or models), whose marker (tfwd.runs.OUTPUT_MARKER) holds it.
+# tests/names_test.py checks that they agree.
+OUTPUT_KIND = "cka"
 PIXELS = ("unit", "raw")  # images in [0, 1] (tfwd's models) or [0, 255] (models that scale their own input)
 MODEL_DATASETS = ("cifar10", "cifar100", "image_folder")
 MODEL_SPLITS = ("test", "train")
@@ -205,8 +209,8 @@ def _joined(names: Sequence[str], what: str) -> str:
 def default_out_dir(run_dirs: Sequence[str], taps: str | Sequence[str], split: str) -> str:
     """RUN/cka_{taps}_{split} for one run; beside the runs, named after them, for several."""
     if len(run_dirs) == 1:
-        return runs.analysis_dir(run_dirs[0], taps, split, kind="cka")
-    tag = f"cka_{runs.taps_tag(taps)}_{split}"
+        return runs.analysis_dir(run_dirs[0], taps, split, kind=OUTPUT_KIND)
+    tag = f"{OUTPUT_KIND}_{runs.taps_tag(taps)}_{split}"
     names = _joined([os.path.basename(os.path.normpath(r)) for r in run_dirs], "runs")
     return os.path.join(os.path.dirname(os.path.normpath(run_dirs[0])), f"{tag}_{names}")
 
@@ -224,7 +228,8 @@ def model_labels(model_paths: Sequence[str]) -> list[str]:
 def default_models_out_dir(model_paths: Sequence[str], taps: str | Sequence[str], split: str) -> str:
     """<first model's folder>/<stem>[__<stem>...]_cka_{taps}_{split}: beside the models, named after them."""
     folder = os.path.dirname(os.path.abspath(model_paths[0]))
-    return os.path.join(folder, f"{_joined(model_labels(model_paths), 'models')}_cka_{runs.taps_tag(taps)}_{split}")
+    stems = _joined(model_labels(model_paths), "models")
+    return os.path.join(folder, f"{stems}_{OUTPUT_KIND}_{runs.taps_tag(taps)}_{split}")
 
 
 def _write(
@@ -233,7 +238,7 @@ def _write(
     """cka.npz, within_<name>.png, cross_<a>__<b>.png and (several models) grid.png, as a whole."""
     from tfwd import plots  # matplotlib only when figures are drawn
 
-    with runs.writing_output(out_dir, "cka", what) as tmp:
+    with runs.writing_output(out_dir, OUTPUT_KIND, what) as tmp:
         save(os.path.join(tmp, "cka.npz"), result, names, settings)
         for (i, j), matrix in result["blocks"].items():
             file = f"within_{names[i]}.png" if i == j else f"cross_{names[i]}__{names[j]}.png"
@@ -302,7 +307,7 @@ def analyze_runs(
             f"CKA compares models on the same examples; these runs use different datasets: {sorted(datasets)}."
         )
     out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
-    runs.check_output_dir(out_dir, "cka")
+    runs.check_output_dir(out_dir, OUTPUT_KIND)
     data = opened[0].data(data_dir)
     _check_examples(data, split, examples)
     strategy = strategy or tf.distribute.get_strategy()
@@ -488,7 +493,7 @@ def analyze_models(
     if not model_paths:
         raise ValueError("`models` must list at least one saved Keras model. Received: []")
     out_dir = out_dir or default_models_out_dir(model_paths, taps, split)
-    runs.check_output_dir(out_dir, "cka")
+    runs.check_output_dir(out_dir, OUTPUT_KIND)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         loaded = [models.load_model(p) for p in model_paths]

@@ -73,9 +73,9 @@ class Run:
         config: its tfwd.runs.RunConfig.
         names: the layers of the within-model CKA (taps="all"), in depth order.
         cka: (L, L) within-model CKA.
-        pc: tfwd.pca result ("names", "fraction", ...) or None.
+        pc: tfwd.pc result ("names", "fraction", ...) or None.
         probes: probe rows ("tap", "kind", "test_accuracy", ...) or None.
-        prune_blocks: tfwd.pruning.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
+        prune_blocks: tfwd.prune_blocks.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
             "deleted" (block names, last first), "accuracy"}]}) or None.
     """
 

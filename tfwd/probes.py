@@ -62,6 +62,9 @@ from absl import logging
 from tfwd import cka, models, runs
 from tfwd.data import Data, shuffle_seed
 
+# The analysis' one name: this module, bin/probes and its output folders (RUN/probes_<taps>/),
+# whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py checks that they agree.
+OUTPUT_KIND = "probes"
 POOLINGS = ("flatten", "gap", "maxpool2")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LEARNING_RATES = {"adam": (1e-4, 1e-3, 1e-2), "sgd": (1e-3, 1e-2, 1e-1)}
@@ -369,7 +372,7 @@ def _train_step(tapped, pooling, heads, settings, optimizers):
 
 
 # RUN_DIR/probes_<taps> ("custom" for a pattern or a list of layer names).
-default_out_dir = functools.partial(runs.analysis_dir, kind="probes")
+default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
 
 
 def probe_table(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -508,7 +511,7 @@ def analyze_run(
         ValueError: for taps the model lacks (taps="residual" on a plain network),
             bad settings, or more examples than the run has.
     """
-    run, out_dir = runs.open_analysis(run_dir, "probes", out_dir, taps=taps)
+    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir, taps=taps)
     model = run.model()
     names = models.tap_names(model, taps)  # fails fast, before any data is read
     _grid(optimizer, learning_rates, l2)
@@ -572,7 +575,7 @@ def _write(out_dir, result, settings, run_name, chance, within) -> None:
 
     table = probe_table(result)
     title = f"{runs.run_label(run_name)}: linear probes"
-    with runs.writing_output(out_dir, "probes", f"Probes of {run_name}") as tmp:
+    with runs.writing_output(out_dir, OUTPUT_KIND, f"Probes of {run_name}") as tmp:
         runs.write_csv(os.path.join(tmp, "probes.csv"), table)
         runs.write_csv(os.path.join(tmp, "probes_grid.csv"), grid_table(result))
         runs.write_json(os.path.join(tmp, "probes.json"), settings)

@@ -8,11 +8,11 @@ A report spec (data/reports/*.json) is a JSON object:
       "runs": {"flags": {...}, "grid": [...]},       a sweep spec body (tfwd.sweeps)
       "analyses": {                                  settings of each analysis (all optional)
         "cka": {"examples": 2048, "passes": 2},      tfwd.cka.analyze_runs, every run
-        "pc": {"examples": 1000},                    tfwd.pca.analyze_run, every run
+        "pc": {"examples": 1000},                    tfwd.pc.analyze_run, every run
         "probes": {"epochs": 5},                     tfwd.probes.analyze_run, every residual run
-        "prune_blocks": {"examples": 2000},          tfwd.pruning.analyze_run, every residual run
+        "prune_blocks": {"examples": 2000},          tfwd.prune_blocks.analyze_run, every residual run
         "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell
-        "dominant": {"examples": 1000, "top": 10}    tfwd.dominant.analyze_run, every run with a block
+        "dominant": {"examples": 1000, "top": 10}    tfwd.dominant_datapoints.analyze_run, every run with a block
       },
       "block_structure": {"threshold": 0.85, ...}    tfwd.blocks.find_block_structure
     }
@@ -43,7 +43,7 @@ from typing import Any
 
 from absl import logging
 
-from tfwd import blocks, cka, dominant, findings, pca, probes, pruning, runs, sweeps
+from tfwd import blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
 
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure")
 ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant")
@@ -75,11 +75,11 @@ def validate(spec: Any, where: str = "report spec") -> dict[str, Any]:
 def _analysis_functions() -> dict[str, Callable]:
     return {
         "cka": cka.analyze_runs,
-        "pc": pca.analyze_run,
+        "pc": pc.analyze_run,
         "probes": probes.analyze_run,
-        "prune_blocks": pruning.analyze_run,
+        "prune_blocks": prune_blocks.analyze_run,
         "cross_seed": cka.analyze_runs,
-        "dominant": dominant.analyze_run,
+        "dominant": dominant_datapoints.analyze_run,
     }
 
 
@@ -187,7 +187,7 @@ class Analyses:
         opened: the tfwd.runs.Run of each, by name.
         blocks: the detected block structure of each (the spec's detector settings).
         cross_seed: findings.CrossSeed per cell trained with seeds 0 and 1, by cell label.
-        dominant: tfwd.dominant summaries of the runs with a block, by name.
+        dominant: tfwd.dominant_datapoints summaries of the runs with a block, by name.
         dirs: the folder of each analysis of each run, by name and kind ("cross_seed" by cell).
     """
 
@@ -228,16 +228,17 @@ def analyze(
         )
         loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
         analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
-        pc_dir = analysis("pc", pca.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
-        analysed.pc = pca.load(os.path.join(pc_dir, "pc.npz"))
+        pc_dir = analysis("pc", pc.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
+        analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
             defaults = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024}
             analysed.probes = probes.load(analysis("probes", probes.analyze_run, defaults))
-            analysed.prune_blocks = pruning.load(analysis("prune_blocks", pruning.analyze_run, {"examples": 2000}))
+            prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, {"examples": 2000})
+            analysed.prune_blocks = prune_blocks.load(prune_dir)
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
         if block.found and "dominant" in settings:
-            dominant_dir = analysis("dominant", dominant.analyze_run, {"examples": 1000, "top": 10})
-            out.dominant[run.name] = dominant.load(dominant_dir)
+            dominant_dir = analysis("dominant", dominant_datapoints.analyze_run, {"examples": 1000, "top": 10})
+            out.dominant[run.name] = dominant_datapoints.load(dominant_dir)
         out.runs.append(analysed)
         out.opened[run.name] = run
         out.blocks[run.name] = block

@@ -1,4 +1,4 @@
-"""Figures of the dominant-datapoint analysis (tfwd.dominant)."""
+"""Figures of the dominant-datapoint analysis (tfwd.dominant_datapoints)."""
 
 from __future__ import annotations
 

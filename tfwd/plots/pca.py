@@ -1,6 +1,6 @@
 """First-principal-component figures (the paper's Figure 3 and the label of Figure D.5).
 
-The arrays come from `tfwd.pca.analyze_grams` (or `tfwd.pca.load`).
+The arrays come from `tfwd.pc.analyze_grams` (or `tfwd.pc.load`).
 """
 
 from __future__ import annotations

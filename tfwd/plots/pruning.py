@@ -28,7 +28,7 @@ def deletion_accuracy(
     line marks the full model's accuracy.
 
     Args:
-        stages: (K,) stage of each deletion (`tfwd.pruning.stagewise_deletion` steps).
+        stages: (K,) stage of each deletion (`tfwd.prune_blocks.stagewise_deletion` steps).
         blocks_deleted: (K,) blocks deleted from that stage.
         accuracy: (K,) test accuracies in [0, 1].
         full_accuracy: accuracy of the model without deletions, in [0, 1].

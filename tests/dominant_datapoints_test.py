@@ -1,4 +1,4 @@
-"""tfwd.dominant and bin/dominant_datapoints: first-PC scores against an independent float64 SVD."""
+"""tfwd.dominant_datapoints and bin/dominant_datapoints: first-PC scores against an independent float64 SVD."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfwd import blocks, dominant, models
+from tfwd import blocks, dominant_datapoints, models
 
 
 def _svd_reference(x, top):
@@ -34,7 +34,7 @@ def _svd_reference(x, top):
 def test_scores_and_shares_match_an_svd(shape, top):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=shape[1:])
-    got, want = dominant.first_pc_scores(x, top), _svd_reference(x, top)
+    got, want = dominant_datapoints.first_pc_scores(x, top), _svd_reference(x, top)
     sign = np.sign(np.dot(got["scores"], want["scores"]))
     np.testing.assert_allclose(got["scores"], sign * want["scores"], rtol=1e-9, atol=1e-9)
     assert got["scores"][np.argmax(np.abs(got["scores"]))] > 0
@@ -48,14 +48,14 @@ def test_planted_dominant_examples_are_found():
     x = rng.normal(size=(200, 30))
     planted = [17, 88, 150]
     x[planted] += 40.0 * rng.normal(size=30)  # large activations along one shared direction
-    result = dominant.first_pc_scores(x, top=3)
+    result = dominant_datapoints.first_pc_scores(x, top=3)
     assert sorted(result["top"].tolist()) == planted
     assert result["top_share"] > 0.9 and result["norm_ratio"] > 5 and result["first_pc_fraction"] > 0.5
 
 
 def test_top_must_leave_examples():
     with pytest.raises(ValueError, match="`top` must be in"):
-        dominant.first_pc_scores(np.zeros((5, 3)), top=5)
+        dominant_datapoints.first_pc_scores(np.zeros((5, 3)), top=5)
 
 
 def test_default_layer_is_the_block_output_nearest_the_middle_of_the_block():
@@ -64,11 +64,11 @@ def test_default_layer_is_the_block_output_nearest_the_middle_of_the_block():
     c[10:30, 10:30] = 1.0
     block = blocks.find_block_structure(c, names)
     assert block.found
-    chosen = dominant.default_layer(names, block)
+    chosen = dominant_datapoints.default_layer(names, block)
     outs = [i for i, n in enumerate(names) if n.endswith("_out") and 10 <= i <= 29]
     assert chosen in [names[i] for i in outs]
     assert abs(names.index(chosen) - 19.5) == min(abs(i - 19.5) for i in outs)
-    assert dominant.default_layer(names, blocks.BlockStructure(False)) == "stage3_block1_out"
+    assert dominant_datapoints.default_layer(names, blocks.BlockStructure(False)) == "stage3_block1_out"
 
 
 @pytest.mark.parametrize("residual", [True, False], ids=["resnet", "plain"])
@@ -79,7 +79,7 @@ def test_analyze_model_removes_the_top_examples_from_the_cka(residual):
 
     model = models.cifar_resnet(depth=8, width=0.25, residual=residual)
     images = np.random.default_rng(2).uniform(size=(40, 32, 32, 3)).astype("float32")
-    result = dominant.analyze_model(model, images, top=4, batch_size=18)
+    result = dominant_datapoints.analyze_model(model, images, top=4, batch_size=18)
     assert result["layer"].endswith("_out") and len(result["names"]) == result["cka"].shape[0]
     keep = np.setdiff1d(np.arange(40), result["top"])
     reference = cka.cka_matrices(
@@ -88,10 +88,10 @@ def test_analyze_model_removes_the_top_examples_from_the_cka(residual):
     np.testing.assert_allclose(result["cka_without_top"], reference["blocks"][(0, 0)], atol=1e-6)
     acts = models.activation_model(model, [result["layer"]])(images, training=False)
     np.testing.assert_allclose(
-        result["scores"], dominant.first_pc_scores(acts.numpy(), 4)["scores"], rtol=1e-4, atol=1e-6
+        result["scores"], dominant_datapoints.first_pc_scores(acts.numpy(), 4)["scores"], rtol=1e-4, atol=1e-6
     )
     with pytest.raises(ValueError, match="nearest: stage1_block1_out"):
-        dominant.analyze_model(model, images, layer="stage1_block1_outt")
+        dominant_datapoints.analyze_model(model, images, layer="stage1_block1_outt")
 
 
 def _run(root, env, *args):

@@ -1,4 +1,4 @@
-"""tfwd.pca, tfwd.plots.pca and bin/pc: first-PC analyses against planted structure and float64 references."""
+"""tfwd.pc, tfwd.plots.pca and bin/pc: first-PC analyses against planted structure and float64 references."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tfwd import metrics, models, pca
+from tfwd import metrics, models, pc
 from tfwd.plots import pca as pc_plots
 
 NAMES = ["stem_relu", "stage1_block1_out", "stage2_block1_out", "stage2_block2_out", "stage3_block1_out", "logits"]
@@ -51,30 +51,31 @@ def test_planted_first_pc_and_fraction(n, p, singular_values):
     s = np.array(singular_values)
     u, v = centred_orthonormal(rng, n, len(s)), np.linalg.qr(rng.normal(size=(p, len(s))))[0]
     x = (u * s) @ v.T + 7.0 + rng.normal(size=p)  # a common offset: the PC is of the centred features
-    pc = pca.first_pc(x @ x.T)
-    assert pc.fraction == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-10)
-    assert abs(pc.scores @ u[:, 0]) == pytest.approx(1.0, abs=1e-8)
-    assert pc.eigenvalue == pytest.approx(s[0] ** 2, rel=1e-9) and pc.total == pytest.approx(np.sum(s**2), rel=1e-9)
-    assert np.linalg.norm(pc.scores) == pytest.approx(1.0, abs=1e-12)
-    assert pc.scores[np.argmax(np.abs(pc.scores))] > 0  # the sign convention
+    first = pc.first_pc(x @ x.T)
+    assert first.fraction == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-10)
+    assert abs(first.scores @ u[:, 0]) == pytest.approx(1.0, abs=1e-8)
+    assert first.eigenvalue == pytest.approx(s[0] ** 2, rel=1e-9)
+    assert first.total == pytest.approx(np.sum(s**2), rel=1e-9)
+    assert np.linalg.norm(first.scores) == pytest.approx(1.0, abs=1e-12)
+    assert first.scores[np.argmax(np.abs(first.scores))] > 0  # the sign convention
 
 
 def test_fraction_matches_svd_of_unstructured_features():
     x = np.random.default_rng(1).normal(size=(50, 3, 4)) * np.arange(1, 13).reshape(3, 4)
     u, s, _ = svd_reference(x)
-    pc = pca.first_pc(metrics.gram(x))
-    assert pc.fraction == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-12)
-    assert abs(pc.scores @ u[:, 0]) == pytest.approx(1.0, abs=1e-8)
+    first = pc.first_pc(metrics.gram(x))
+    assert first.fraction == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-12)
+    assert abs(first.scores @ u[:, 0]) == pytest.approx(1.0, abs=1e-8)
     # The Gram of Xc - s1 u1 v1^T, built in feature space, is what remove_first_pc returns.
-    np.testing.assert_allclose(pca.remove_first_pc(metrics.gram(x), pc), metrics.gram(without_first_pc(x)), atol=1e-9)
+    np.testing.assert_allclose(pc.remove_first_pc(metrics.gram(x), first), metrics.gram(without_first_pc(x)), atol=1e-9)
 
 
 def test_constant_layer_is_defined_not_nan():
     x = np.random.default_rng(2).normal(size=(16, 5))
     grams = np.stack([metrics.gram(x), metrics.gram(np.ones((16, 5)) * 3.0)])
-    pc = pca.first_pc(grams[1])
-    assert pc.fraction == 0.0 and not np.any(pc.scores)
-    out = pca.analyze_grams(grams, ["stage3_block1_out", "stage3_block2_out"])
+    first = pc.first_pc(grams[1])
+    assert first.fraction == 0.0 and not np.any(first.scores)
+    out = pc.analyze_grams(grams, ["stage3_block1_out", "stage3_block2_out"])
     np.testing.assert_array_equal(out["cka"], np.eye(2))
     np.testing.assert_array_equal(out["cka_without_pc"], np.eye(2))
     np.testing.assert_array_equal(out["pc_cosine"], np.eye(2))
@@ -100,7 +101,7 @@ def test_streamed_grams_equal_one_shot_float64(dtype, sizes, memory_limit, rtol)
     model = models.cifar_resnet(8, 0.25)
     images = np.random.default_rng(3).random((sum(sizes), 32, 32, 3)).astype("float32")
     batches = np.split(images, np.cumsum(sizes)[:-1])
-    grams = pca.layer_grams(model, batches, taps="all", dtype=dtype, memory_limit=memory_limit)
+    grams = pc.layer_grams(model, batches, taps="all", dtype=dtype, memory_limit=memory_limit)
     assert grams.shape == (28, 40, 40) and grams.dtype == np.dtype(dtype)
     assert isinstance(grams, np.memmap) == (memory_limit == 0)
     np.testing.assert_array_equal(grams, grams.transpose(0, 2, 1))
@@ -109,9 +110,9 @@ def test_streamed_grams_equal_one_shot_float64(dtype, sizes, memory_limit, rtol)
     outputs = [tapped(b, training=False) for b in batches]
     for layer in range(28):
         x = np.concatenate([np.asarray(o[layer], np.float64).reshape(len(o[layer]), -1) for o in outputs])
-        reference = pca.double_center(x @ x.T)  # the store holds shifted features: compare centred
+        reference = pc.double_center(x @ x.T)  # the store holds shifted features: compare centred
         scale = np.abs(reference).max()
-        np.testing.assert_allclose(pca.double_center(grams[layer]), reference, rtol=0, atol=rtol * scale + 1e-30)
+        np.testing.assert_allclose(pc.double_center(grams[layer]), reference, rtol=0, atol=rtol * scale + 1e-30)
 
 
 # --- analyses across layers ------------------------------------------------------------------
@@ -129,7 +130,7 @@ def shared_direction_layers(n=200, strength=10.0, seed=4):
 @pytest.mark.parametrize("tile_bytes", [1, 64 * 1024**2], ids=["one_row_tiles", "one_tile"])
 def test_removing_a_shared_dominant_direction_collapses_cka(tile_bytes):
     a, b = shared_direction_layers()
-    out = pca.analyze_grams(np.stack([metrics.gram(a), metrics.gram(b)]), NAMES[3:5], tile_bytes=tile_bytes)
+    out = pc.analyze_grams(np.stack([metrics.gram(a), metrics.gram(b)]), NAMES[3:5], tile_bytes=tile_bytes)
     assert out["cka"][0, 1] > 0.95 and out["pc_cosine"][0, 1] > 0.99
     assert abs(out["cka_without_pc"][0, 1]) < 0.1
     # Both panels against explicit float64 references: unbiased CKA of the features, and of the
@@ -145,7 +146,7 @@ def test_without_shared_direction_cka_stays():
     rng = np.random.default_rng(5)
     a = rng.normal(size=(150, 12)) * np.linspace(1.0, 1.5, 12)
     b = a @ np.linalg.qr(rng.normal(size=(12, 12)))[0]  # a rotation of a: same representation
-    out = pca.analyze_grams(np.stack([metrics.gram(a), metrics.gram(b)]), NAMES[3:5])
+    out = pc.analyze_grams(np.stack([metrics.gram(a), metrics.gram(b)]), NAMES[3:5])
     assert out["cka"][0, 1] == pytest.approx(1.0, abs=1e-10)
     assert out["cka_without_pc"][0, 1] == pytest.approx(1.0, abs=1e-10)
 
@@ -154,18 +155,18 @@ def test_pc_cosine_ignores_sign():
     rng = np.random.default_rng(6)
     scores = rng.normal(size=(4, 30))
     scores /= np.linalg.norm(scores, axis=1, keepdims=True)
-    cosine = pca.pc_cosine(scores)
-    flipped = pca.pc_cosine(scores * np.array([[1.0], [-1.0], [-1.0], [1.0]]))
+    cosine = pc.pc_cosine(scores)
+    flipped = pc.pc_cosine(scores * np.array([[1.0], [-1.0], [-1.0], [1.0]]))
     np.testing.assert_array_equal(cosine, flipped)
     np.testing.assert_allclose(cosine, np.abs(scores @ scores.T), atol=1e-15)
-    both = pca.pc_cosine(np.stack([scores[0], -scores[0]]))
+    both = pc.pc_cosine(np.stack([scores[0], -scores[0]]))
     assert both[0, 1] == pytest.approx(1.0, abs=1e-15)
 
 
 def test_sign_flipped_layer_has_the_same_first_pc():
     a, _ = shared_direction_layers()
     a = a - a.mean(0)
-    out = pca.analyze_grams(np.stack([metrics.gram(a), metrics.gram(-a)]), NAMES[3:5])
+    out = pc.analyze_grams(np.stack([metrics.gram(a), metrics.gram(-a)]), NAMES[3:5])
     np.testing.assert_allclose(out["scores"][0], out["scores"][1], atol=1e-12)  # sign fixed the same way
     assert out["pc_cosine"][0, 1] == pytest.approx(1.0, abs=1e-12)
 
@@ -174,13 +175,13 @@ def test_last_stages_fraction_is_the_fraction_of_the_concatenated_features():
     rng = np.random.default_rng(7)
     feats = [rng.normal(size=(40, w)) * rng.uniform(0.5, 3.0, size=w) + 2.0 for w in (12, 30, 25, 20, 16, 10)]
     grams = np.stack([metrics.gram(f) for f in feats])
-    out = pca.analyze_grams(grams, NAMES)
+    out = pc.analyze_grams(grams, NAMES)
     assert out["last_stages"] == (2, 3)
     _, s, _ = svd_reference(np.concatenate(feats[2:5], axis=1))  # stage2 x2 and stage3, not the head
     assert out["last_stages_fraction"] == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-12)
-    only_stage3 = pca.analyze_grams(grams, NAMES, stages=(3,))
+    only_stage3 = pc.analyze_grams(grams, NAMES, stages=(3,))
     assert only_stage3["last_stages_fraction"] == pytest.approx(out["fraction"][4], abs=1e-12)
-    assert np.isnan(pca.analyze_grams(grams, NAMES, stages=(7,))["last_stages_fraction"])
+    assert np.isnan(pc.analyze_grams(grams, NAMES, stages=(7,))["last_stages_fraction"])
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,7 @@ def test_last_stages_fraction_is_the_fraction_of_the_concatenated_features():
 )
 def test_analyze_grams_errors(grams, names, match):
     with pytest.raises(ValueError, match=match):
-        pca.analyze_grams(grams, names)
+        pc.analyze_grams(grams, names)
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -230,12 +231,12 @@ def test_first_pc_figure_panels(tmp_path):
 def test_analyze_run_matches_in_memory_reference(tiny_runs, tmp_path):
     from tfwd import runs
 
-    out = pca.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "pc"), taps="blocks", examples=64, batch_size=24)
+    out = pc.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "pc"), taps="blocks", examples=64, batch_size=24)
     assert sorted(os.listdir(out)) == [".tfwd_output", "first_pc.png", "pc.npz", "variance_explained.png"]
     for png in ("first_pc.png", "variance_explained.png"):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    result = pca.load(os.path.join(out, "pc.npz"))
+    result = pc.load(os.path.join(out, "pc.npz"))
     run = runs.Run(tiny_runs[0])
     names = models.tap_names(run.model(), "blocks")
     assert result["names"] == names and result["settings"]["examples"] == 64 and result["last_stages"] == (2, 3)
@@ -263,13 +264,13 @@ def test_analyze_run_matches_in_memory_reference(tiny_runs, tmp_path):
 )
 def test_analyze_run_errors(tiny_runs, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pca.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "x"), **kwargs)
+        pc.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "x"), **kwargs)
     assert not os.path.exists(tmp_path / "x")
 
 
 def test_default_out_dir():
-    assert pca.default_out_dir("/r/a", "all", "test") == "/r/a/pc_all_test"
-    assert pca.default_out_dir("/r/a", ["stem_relu"], "validation") == "/r/a/pc_custom_validation"
+    assert pc.default_out_dir("/r/a", "all", "test") == "/r/a/pc_all_test"
+    assert pc.default_out_dir("/r/a", ["stem_relu"], "validation") == "/r/a/pc_custom_validation"
 
 
 def test_bin_pc_smoke(tiny_runs, tmp_path, root, bin_env):
@@ -284,7 +285,7 @@ def test_bin_pc_smoke(tiny_runs, tmp_path, root, bin_env):
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"First-PC analyses: {tmp_path / 'o'}"
-    loaded = pca.load(str(tmp_path / "o" / "pc.npz"))
+    loaded = pc.load(str(tmp_path / "o" / "pc.npz"))
     assert len(loaded["names"]) == 21 * 1 + 7 and loaded["settings"]["taps"] == "all"  # taps="all" of ResNet-8
     assert loaded["scores"].shape == (28, 64)
     missing = subprocess.run(

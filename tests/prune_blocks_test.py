@@ -1,4 +1,4 @@
-"""tfwd.pruning and bin/prune_blocks: exact block deletion, the Figure 5 schedule, BN recalibration."""
+"""tfwd.prune_blocks and bin/prune_blocks: exact block deletion, the Figure 5 schedule, BN recalibration."""
 
 import csv
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfwd import models, pruning, runs
+from tfwd import models, prune_blocks, runs
 from tfwd.plots.pruning import deletion_accuracy
 
 
@@ -71,7 +71,7 @@ def resnet14():
 @pytest.mark.parametrize("copy", [False, True], ids=["shared", "copied"])
 def test_deleting_no_blocks_reproduces_the_model_exactly(resnet14, copy):
     x = _images(16)
-    rebuilt = pruning.delete_blocks(resnet14, [], copy=copy)
+    rebuilt = prune_blocks.delete_blocks(resnet14, [], copy=copy)
     np.testing.assert_array_equal(rebuilt(x, training=False).numpy(), resnet14(x, training=False).numpy())
     assert [l.name for l in rebuilt.layers] == [l.name for l in resnet14.layers]
     shared = [a is b for a, b in zip(rebuilt.weights, resnet14.weights)]
@@ -92,7 +92,7 @@ def test_deleting_no_blocks_reproduces_the_model_exactly(resnet14, copy):
 )
 def test_deleted_block_passes_its_input_through(resnet14, deleted, reads, source):
     x = _images(8, seed=1)
-    pruned = pruning.delete_blocks(resnet14, deleted, copy=True)  # own layers: .input refers to the pruned graph
+    pruned = prune_blocks.delete_blocks(resnet14, deleted, copy=True)  # own layers: .input refers to the pruned graph
     expected = models.activation_model(resnet14, [source])(x, training=False).numpy()
     for name in reads:
         inputs = keras.tree.flatten(pruned.get_layer(name).input)
@@ -106,12 +106,12 @@ def test_deleted_block_passes_its_input_through(resnet14, deleted, reads, source
 
 def test_pruned_resnet20_has_the_expected_layers():
     model = _random_resnet(20)
-    pruned = pruning.delete_blocks(model, ["stage3_block3", "stage3_block2"])
+    pruned = prune_blocks.delete_blocks(model, ["stage3_block3", "stage3_block2"])
     assert len(model.layers) - len(pruned.layers) == 2 * 7
     names = [l.name for l in pruned.layers]
     assert not [n for n in names if n.startswith(("stage3_block2_", "stage3_block3_"))]
     kept = [f"stage{s}_block{b}" for s in (1, 2) for b in (1, 2, 3)] + ["stage3_block1"]
-    assert [b.name for b in pruning.residual_blocks(pruned)] == kept
+    assert [b.name for b in prune_blocks.residual_blocks(pruned)] == kept
     branch = ("conv1", "bn1", "conv2", "bn2")
     removed = sum(model.get_layer(f"stage3_block{b}_{k}").count_params() for b in (2, 3) for k in branch)
     assert model.count_params() - pruned.count_params() == removed
@@ -120,7 +120,7 @@ def test_pruned_resnet20_has_the_expected_layers():
 
 
 def test_projection_blocks_are_skipped_and_refused(resnet14):
-    blocks = pruning.residual_blocks(resnet14)
+    blocks = prune_blocks.residual_blocks(resnet14)
     assert [(b.name, b.deletable) for b in blocks] == [
         ("stage1_block1", True),
         ("stage1_block2", True),
@@ -129,18 +129,18 @@ def test_projection_blocks_are_skipped_and_refused(resnet14):
         ("stage3_block1", False),
         ("stage3_block2", True),
     ]
-    steps, skipped = pruning.deletion_schedule(resnet14)
+    steps, skipped = prune_blocks.deletion_schedule(resnet14)
     assert skipped == ["stage2_block1", "stage3_block1"]
     assert not any(b in d for _, d in steps for b in skipped)
     refused = r"\['stage3_block1'\] have a projection shortcut.*Received: blocks=\['stage3_block2', 'stage3_block1'\]"
     with pytest.raises(ValueError, match=refused):
-        pruning.delete_blocks(resnet14, ["stage3_block2", "stage3_block1"])
+        prune_blocks.delete_blocks(resnet14, ["stage3_block2", "stage3_block1"])
     with pytest.raises(ValueError, match="does not have: \\['stage1_block9'\\]"):
-        pruning.delete_blocks(resnet14, ["stage1_block9"])
+        prune_blocks.delete_blocks(resnet14, ["stage1_block9"])
     with pytest.raises(ValueError, match=r"at most once.*repeats \['stage1_block2'\]"):
-        pruning.delete_blocks(resnet14, ["stage1_block2", "stage1_block2"])
+        prune_blocks.delete_blocks(resnet14, ["stage1_block2", "stage1_block2"])
     with pytest.raises(ValueError, match="sequence of block names"):
-        pruning.delete_blocks(resnet14, "stage1_block2")
+        prune_blocks.delete_blocks(resnet14, "stage1_block2")
 
 
 @pytest.mark.parametrize("call", ["residual_blocks", "deletion_schedule", "delete_blocks"])
@@ -148,11 +148,11 @@ def test_plain_model_is_refused(call):
     plain = models.cifar_resnet(14, 0.25, residual=False)
     args = (plain, ["stage1_block2"]) if call == "delete_blocks" else (plain,)
     with pytest.raises(ValueError, match=r"residual connections.*Received: a plain network \(residual=False\)"):
-        getattr(pruning, call)(*args)
+        getattr(prune_blocks, call)(*args)
 
 
 def test_schedule_of_resnet20():
-    steps, _ = pruning.deletion_schedule(models.cifar_resnet(20, 0.25))
+    steps, _ = prune_blocks.deletion_schedule(models.cifar_resnet(20, 0.25))
     assert steps == [
         (1, ["stage1_block3"]),
         (1, ["stage1_block3", "stage1_block2"]),
@@ -169,7 +169,7 @@ def test_stagewise_deletion_evaluates_the_figure5_sequence(resnet14):
     full = _reference_logits(resnet14, x).argmax(-1)
     labels = np.where(np.arange(50) < 35, full, (full + 1) % 10).astype(np.int32)  # full model: 35/50 right
     dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)  # ragged last batch of 2
-    result = pruning.stagewise_deletion(resnet14, dataset)
+    result = prune_blocks.stagewise_deletion(resnet14, dataset)
     assert result["full_accuracy"] == 0.7 and result["examples"] == 50
     assert result["skipped"] == ["stage2_block1", "stage3_block1"]
     expected = [
@@ -189,7 +189,7 @@ def test_stagewise_deletion_evaluates_the_figure5_sequence(resnet14):
 def test_recalibrated_stats_equal_the_batch_statistics(resnet14):
     before = [w.copy() for w in resnet14.get_weights()]
     x = _images(64, seed=3)
-    fixed = pruning.recalibrate_bn(resnet14, tf.data.Dataset.from_tensor_slices(x).batch(32))
+    fixed = prune_blocks.recalibrate_bn(resnet14, tf.data.Dataset.from_tensor_slices(x).batch(32))
     # stem_bn sees the stem conv's output in any mode: its statistics in float64 NumPy.
     conv = keras.Model(resnet14.input, resnet14.get_layer("stem_conv").output)(x).numpy().astype(np.float64)
     halves = conv.reshape(2, 32, 32, 32, -1)
@@ -210,10 +210,10 @@ def test_recalibrated_stats_equal_the_batch_statistics(resnet14):
 def test_recalibration_on_one_batch_makes_inference_match_training_mode(resnet14):
     """Closed form: with stats from one batch, inference mode normalizes exactly as training mode did."""
     x = _images(32, seed=4)
-    fixed = pruning.recalibrate_bn(
+    fixed = prune_blocks.recalibrate_bn(
         resnet14, tf.data.Dataset.from_tensor_slices((x, tf.zeros([32], tf.int32))).batch(32)
     )
-    scratch = pruning.delete_blocks(resnet14, [], copy=True)  # training mode updates BN stats: not on resnet14
+    scratch = prune_blocks.delete_blocks(resnet14, [], copy=True)  # training mode updates BN stats: not on resnet14
     training_mode = scratch(x, training=True).numpy()
     np.testing.assert_allclose(fixed(x, training=False).numpy(), training_mode, rtol=1e-4, atol=1e-4)
     assert not np.allclose(resnet14(x, training=False).numpy(), training_mode, atol=1e-2)  # stored stats differ
@@ -224,14 +224,15 @@ def test_stagewise_deletion_with_recalibration(resnet14):
     labels = _reference_logits(resnet14, x).argmax(-1).astype(np.int32)
     test = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)
     calib = tf.data.Dataset.from_tensor_slices(_images(48, seed=6)).batch(16)
-    result = pruning.stagewise_deletion(resnet14, test, calib)
+    result = prune_blocks.stagewise_deletion(resnet14, test, calib)
     assert result["full_accuracy"] == 1.0
-    assert result["full_accuracy_recalibrated"] == pruning.accuracy(pruning.recalibrate_bn(resnet14, calib), test)[0]
+    recalibrated = prune_blocks.recalibrate_bn(resnet14, calib)
+    assert result["full_accuracy_recalibrated"] == prune_blocks.accuracy(recalibrated, test)[0]
     step = result["steps"][-1]
-    pruned = pruning.recalibrate_bn(pruning.delete_blocks(resnet14, step["deleted"]), calib)
-    assert step["accuracy"] == pruning.accuracy(pruned, test)[0]
+    pruned = prune_blocks.recalibrate_bn(prune_blocks.delete_blocks(resnet14, step["deleted"]), calib)
+    assert step["accuracy"] == prune_blocks.accuracy(pruned, test)[0]
     # the recalibrated pruned model differs from the plain pruned one (else the option would do nothing)
-    plain = pruning.delete_blocks(resnet14, step["deleted"])
+    plain = prune_blocks.delete_blocks(resnet14, step["deleted"])
     assert not np.allclose(pruned(x, training=False).numpy(), plain(x, training=False).numpy(), atol=1e-3)
 
 
@@ -281,7 +282,7 @@ def plain_run(resnet14_run, tmp_path_factory):
 
 
 def test_analyze_run_writes_consistent_results(resnet14_run, tmp_path):
-    out = pruning.analyze_run(resnet14_run, out_dir=str(tmp_path / "p"), examples=200, batch_size=64)
+    out = prune_blocks.analyze_run(resnet14_run, out_dir=str(tmp_path / "p"), examples=200, batch_size=64)
     assert sorted(os.listdir(out)) == [".tfwd_output", "prune_blocks.csv", "prune_blocks.json", "prune_blocks.png"]
     with open(os.path.join(out, "prune_blocks.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -306,7 +307,7 @@ def test_analyze_run_writes_consistent_results(resnet14_run, tmp_path):
 
 
 def test_analyze_run_recalibration_settings(resnet14_run, tmp_path):
-    out = pruning.analyze_run(
+    out = prune_blocks.analyze_run(
         resnet14_run, out_dir=str(tmp_path / "r"), recalibrate_bn=True, recalibration_examples=1000, examples=64
     )
     with open(os.path.join(out, "prune_blocks.json")) as f:
@@ -330,7 +331,7 @@ def test_analyze_run_recalibration_settings(resnet14_run, tmp_path):
 )
 def test_analyze_run_errors(resnet14_run, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pruning.analyze_run(resnet14_run, out_dir=str(tmp_path / "x"), **kwargs)
+        prune_blocks.analyze_run(resnet14_run, out_dir=str(tmp_path / "x"), **kwargs)
     assert not os.path.exists(tmp_path / "x")
 
 

@@ -1,4 +1,4 @@
-"""tfwd.populations: per-example and per-class comparisons of model populations on synthetic runs.
+"""tfwd.compare_predictions: per-example and per-class comparisons of model populations on synthetic runs.
 
 Synthetic populations draw each model's correctness on each test example from known
 probabilities, so planted differences (and their absence) are known exactly.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tfwd import populations, runs
+from tfwd import compare_predictions, runs
 from tfwd.data import DataConfig
 from tfwd.plots import populations as population_plots
 
@@ -54,7 +54,7 @@ def test_planted_class_differences_are_found():
     planted = [2, 5, 7]
     acc_b[planted] += 0.10  # +10 points for group B, 30 models per group, 100 examples per class
     a, b, labels = class_population(acc_a, acc_b, per_class=100)
-    out = populations.compare_correctness(a, b, labels, seed=0, permutations=50, top_k=3)
+    out = compare_predictions.compare_correctness(a, b, labels, seed=0, permutations=50, top_k=3)
     classes, summary = out["classes"], out["summary"]
     assert set(np.flatnonzero(classes["p"] < 0.05)) == set(planted)
     assert set(np.flatnonzero(classes["p_bh"] < 0.05)) == set(planted)
@@ -68,7 +68,7 @@ def test_false_positive_rate_near_alpha_without_planted_differences():
     rng = np.random.default_rng(1)
     acc = rng.uniform(0.6, 0.95, size=1000)  # 1000 classes, the same in both groups
     a, b, labels = class_population(acc, acc, per_class=20, seed=1)
-    summary = populations.compare_correctness(a, b, labels, seed=0, permutations=20)["summary"]
+    summary = compare_predictions.compare_correctness(a, b, labels, seed=0, permutations=20)["summary"]
     rate = summary["classes_significant_p05"] / 1000
     assert abs(rate - 0.05) <= 3.5 * np.sqrt(0.05 * 0.95 / 1000), rate  # binomial tolerance, 3.5 SD
     assert summary["classes_significant_bh05"] == 0  # BH under the global null: FWER <= 0.05
@@ -79,7 +79,7 @@ def test_statistics_equal_scipy():
         np.linspace(0.5, 0.9, 5), np.linspace(0.55, 0.85, 5), per_class=40, models=12, seed=3
     )
     b = b[:9]  # unequal group sizes
-    out = populations.compare_correctness(a, b, labels, seed=0, permutations=20)
+    out = compare_predictions.compare_correctness(a, b, labels, seed=0, permutations=20)
     for c in range(5):
         # per-model class accuracies, computed independently of the library
         xa = np.array([row[labels == c].mean() for row in a])
@@ -103,7 +103,7 @@ def test_statistics_equal_scipy():
 
 def test_constant_class_has_no_test_and_is_not_counted():
     a, b, labels = class_population([1.0, 0.6, 0.6, 0.6], [1.0, 0.6, 0.6, 0.9], per_class=50, seed=4)
-    out = populations.compare_correctness(a, b, labels, seed=0, permutations=20)
+    out = compare_predictions.compare_correctness(a, b, labels, seed=0, permutations=20)
     assert np.isnan(out["classes"]["t"][0]) and np.isnan(out["classes"]["p_bh"][0])
     assert out["summary"]["per_class"][0]["p"] is None  # JSON null, not NaN
     # BH over the 3 testable classes only
@@ -125,13 +125,13 @@ def test_constant_class_has_no_test_and_is_not_counted():
     ],
 )
 def test_benjamini_hochberg_by_hand(p, expected):
-    np.testing.assert_allclose(populations.benjamini_hochberg(np.array(p)), expected, rtol=1e-12)
+    np.testing.assert_allclose(compare_predictions.benjamini_hochberg(np.array(p)), expected, rtol=1e-12)
 
 
 def test_benjamini_hochberg_equals_scipy():
     p = np.random.default_rng(5).uniform(size=(7, 40)) ** 3
     np.testing.assert_allclose(
-        populations.benjamini_hochberg(p), stats.false_discovery_control(p.ravel()).reshape(p.shape), rtol=1e-12
+        compare_predictions.benjamini_hochberg(p), stats.false_discovery_control(p.ravel()).reshape(p.shape), rtol=1e-12
     )
 
 
@@ -139,26 +139,26 @@ def test_benjamini_hochberg_equals_scipy():
 
 
 def test_split_halves_are_disjoint_and_sized_to_the_smaller_side():
-    idx = populations.split_halves(11, 4, seed=7)
+    idx = compare_predictions.split_halves(11, 4, seed=7)
     assert len(idx["half1"]) == len(idx["half2"]) == len(idx["sub_b"]) == 4
     assert not set(idx["half1"]) & set(idx["half2"]) and max(idx["sub_b"]) < 4
-    again = populations.split_halves(11, 4, seed=7)
+    again = compare_predictions.split_halves(11, 4, seed=7)
     assert all(np.array_equal(idx[k], again[k]) for k in idx)
-    assert len(populations.split_halves(100, 100)["half1"]) == 50
+    assert len(compare_predictions.split_halves(100, 100)["half1"]) == 50
     with pytest.raises(ValueError, match=">= 2 models in group A"):
-        populations.split_halves(1, 5)
+        compare_predictions.split_halves(1, 5)
 
 
 def test_same_architecture_is_not_flagged():
     a, b, labels = example_population(models_a=30, models_b=30)
-    departure = populations.compare_correctness(a, b, labels, seed=0, permutations=200)["summary"]["departure"]
+    departure = compare_predictions.compare_correctness(a, b, labels, seed=0, permutations=200)["summary"]["departure"]
     assert departure["p"] > 0.05
     assert departure["ratio"] == pytest.approx(1.0, abs=0.1)
 
 
 def test_planted_per_example_differences_are_flagged():
     a, b, labels = example_population(shuffle_b=True)
-    out = populations.compare_correctness(a, b, labels, seed=0, permutations=200)
+    out = compare_predictions.compare_correctness(a, b, labels, seed=0, permutations=200)
     departure = out["summary"]["departure"]
     assert departure["p"] == pytest.approx(1 / 201)  # no shuffle reaches the observed value
     assert departure["ratio"] > 3
@@ -168,7 +168,7 @@ def test_planted_per_example_differences_are_flagged():
 def test_subsampling_matches_the_noise_of_the_halves():
     """Halves of 20 against a full group of 100 would look different; h against h does not."""
     a, b, labels = example_population(models_a=40, models_b=100, per_class=1000, seed=2)
-    out = populations.compare_correctness(a, b, labels, seed=0, permutations=20)
+    out = compare_predictions.compare_correctness(a, b, labels, seed=0, permutations=20)
     ex, departure = out["examples"], out["summary"]["departure"]
     assert departure["h"] == 20
     assert departure["ratio"] == pytest.approx(1.0, abs=0.05)
@@ -210,27 +210,27 @@ def population_dirs(tmp_path):
 
 def test_compare_groups_reads_runs(population_dirs):
     root, a, b, labels = population_dirs
-    out = populations.compare_groups(
-        populations.find_runs(str(root / "*resnet62*")),
-        populations.find_runs(str(root / "*resnet14*")),
+    out = compare_predictions.compare_groups(
+        compare_predictions.find_runs(str(root / "*resnet62*")),
+        compare_predictions.find_runs(str(root / "*resnet14*")),
         permutations=50,
     )
     summary = out["summary"]
     assert summary["groups"]["a"] == {"label": "resnet62-w1", "runs": [f"cifar10-resnet62-w1-s{s}" for s in range(4)]}
     assert summary["groups"]["b"]["label"] == "resnet14-w2" and summary["dataset"] == "cifar10"
     np.testing.assert_array_equal(out["examples"]["acc_a"], a.mean(0))
-    assert [row["name"] for row in summary["per_class"]] == list(populations.CIFAR10_NAMES)
+    assert [row["name"] for row in summary["per_class"]] == list(compare_predictions.CIFAR10_NAMES)
     assert summary["top_b"][0]["name"] == "cat"  # class 3
 
 
 def test_unfinished_runs_are_skipped_and_empty_globs_are_errors(population_dirs, tmp_path):
     root, _, _, labels = population_dirs
     write_run(root, 62, 1, 9, np.ones(len(labels), bool), labels, finished=False)
-    assert len(populations.find_runs(str(root / "*resnet62*"))) == 4
+    assert len(compare_predictions.find_runs(str(root / "*resnet62*"))) == 4
     with pytest.raises(ValueError, match=r"No run directory .* matches the pattern '.*nothing\*'"):
-        populations.find_runs(str(tmp_path / "nothing*"))
+        compare_predictions.find_runs(str(tmp_path / "nothing*"))
     with pytest.raises(ValueError, match="None of the 1 runs matching .* has finished"):
-        populations.find_runs(str(root / "*resnet62-w1-s9"))
+        compare_predictions.find_runs(str(root / "*resnet62-w1-s9"))
 
 
 @pytest.mark.parametrize("change", ["labels", "order", "dataset"])
@@ -242,9 +242,10 @@ def test_runs_on_other_examples_are_named(population_dirs, change):
     elif change == "order":
         other = other[::-1].copy()
     bad = write_run(root, 14, 2, 7, a[0], other, dataset="cifar100" if change == "dataset" else "cifar10")
-    group_a = populations.find_runs(str(root / "*resnet62*"))
+    group_a = compare_predictions.find_runs(str(root / "*resnet62*"))
     with pytest.raises(ValueError, match=f"Run {bad} "):
-        populations.compare_groups(group_a, populations.find_runs(str(root / "*resnet14*")), permutations=10)
+        group_b = compare_predictions.find_runs(str(root / "*resnet14*"))
+        compare_predictions.compare_groups(group_a, group_b, permutations=10)
 
 
 def test_plots_draw_both_clouds():
@@ -306,7 +307,7 @@ def test_class_names_never_fetch_a_dataset(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path))  # CIFAR-10 prepared nowhere
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda *a, **k: pytest.fail("downloaded"))
-    assert populations.class_names(DataConfig("cifar10"), 10) == list(populations.CIFAR10_NAMES)
+    assert compare_predictions.class_names(DataConfig("cifar10"), 10) == list(compare_predictions.CIFAR10_NAMES)
 
 
 @pytest.mark.parametrize(

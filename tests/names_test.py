@@ -1,0 +1,134 @@
+"""One name per analysis: its module tfwd.<name>, its binary bin/<name> and the kind of folder it writes.
+
+Former names keep working: tfwd.pca, tfwd.pruning, tfwd.dominant and tfwd.populations are the
+renamed modules themselves and warn once; bin/probe is a link to bin/probes. Nothing here trains
+or reads data: the analyses are stopped where they reserve their output folder.
+"""
+
+import importlib
+import os
+import re
+import sys
+import warnings
+
+import pytest
+
+import tfwd
+from tfwd import runs
+
+ANALYSES = ("cka", "pc", "probes", "prune_blocks", "dominant_datapoints", "compare_predictions")
+RENAMED = {
+    "pca": "pc",
+    "pruning": "prune_blocks",
+    "dominant": "dominant_datapoints",
+    "populations": "compare_predictions",
+}
+
+RUN = os.path.join("runs", "cifar10-resnet38-w1-s0")
+SAVED = os.path.join(os.sep, "models", "net.keras")
+# Each analysis' entry point with defaults, and the folder it writes by default: these folder
+# names are what users' scripts and earlier results depend on.
+CALLS = {
+    "cka": (lambda m: m.analyze_models([SAVED]), os.path.join(os.sep, "models", "net_cka_all_test")),
+    "pc": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "pc_all_test")),
+    "probes": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "probes_residual")),
+    "prune_blocks": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "prune_blocks")),
+    "dominant_datapoints": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "dominant_datapoints")),
+    "compare_predictions": (lambda m: m.analyze("runs/a-*", "runs/b-*", "out"), "out"),
+}
+
+
+class _Reserved(Exception):
+    """Raised by the stand-ins for runs.open_analysis and runs.check_output_dir: where, and as what kind."""
+
+    def __init__(self, out_dir, kind):
+        super().__init__(out_dir, kind)
+        self.out_dir, self.kind = out_dir, kind
+
+
+def test_the_analyses_are_public_modules_and_the_former_names_are_not():
+    assert set(ANALYSES) <= set(tfwd.PUBLIC_MODULES)
+    assert not set(RENAMED) & (set(tfwd.PUBLIC_MODULES) | set(tfwd.__all__) | set(dir(tfwd)))
+
+
+@pytest.mark.parametrize("name", ANALYSES)
+def test_module_binary_and_output_kind_share_the_analysis_name(name, root, monkeypatch):
+    module = importlib.import_module(f"tfwd.{name}")
+    assert module.__name__ == f"tfwd.{name}" and module.OUTPUT_KIND == name
+
+    binary = root / "bin" / name
+    assert binary.is_file() and os.access(binary, os.X_OK)
+    imported = re.findall(r"^\s+from tfwd import (.+)$", binary.read_text(), flags=re.M)
+    assert any(name in line.split(", ") for line in imported), f"bin/{name} does not call tfwd.{name}"
+
+    def open_analysis(run_dir, kind, out_dir, **name_parts):
+        raise _Reserved(out_dir or runs.analysis_dir(run_dir, **name_parts, kind=kind), kind)
+
+    def check_output_dir(out_dir, kind):
+        raise _Reserved(out_dir, kind)
+
+    monkeypatch.setattr(runs, "open_analysis", open_analysis)
+    monkeypatch.setattr(runs, "check_output_dir", check_output_dir)
+    call, folder = CALLS[name]
+    with pytest.raises(_Reserved) as reserved:
+        call(module)
+    assert (reserved.value.kind, reserved.value.out_dir) == (name, folder)
+
+
+def test_cka_of_runs_writes_its_kind_beside_the_runs():
+    from tfwd import cka
+
+    assert cka.default_out_dir([RUN], "all", "test") == os.path.join(RUN, "cka_all_test")
+    assert cka.default_out_dir(["runs/a", "runs/b"], "blocks", "test") == os.path.join("runs", "cka_blocks_test_a__b")
+
+
+def _forget(old, monkeypatch):
+    """Undoes an earlier use of a former name in this process, so that the next use runs its alias again."""
+    monkeypatch.delitem(sys.modules, f"tfwd.{old}", raising=False)
+    monkeypatch.delitem(vars(tfwd), old, raising=False)  # not delattr: hasattr would call tfwd.__getattr__
+
+
+@pytest.mark.parametrize("old,new", RENAMED.items())
+def test_importing_a_former_name_warns_once_and_gives_the_renamed_module(old, new, monkeypatch):
+    renamed = importlib.import_module(f"tfwd.{new}")  # first, so that the block below warns only for the alias
+    _forget(old, monkeypatch)
+    message = rf"^tfwd\.{old} is now tfwd\.{new}; the old name will be removed\.$"
+    with pytest.warns(DeprecationWarning, match=message) as record:
+        __import__(f"tfwd.{old}")  # as an import statement does
+    # At the importing line, so that Python's default filters show it in a user's script.
+    assert [w.filename for w in record] == [__file__]
+    assert sys.modules[f"tfwd.{old}"] is renamed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: neither a second import nor the attribute warns again
+        assert importlib.import_module(f"tfwd.{old}") is renamed and getattr(tfwd, old) is renamed
+
+
+@pytest.mark.parametrize("old,new", RENAMED.items())
+def test_a_former_name_as_an_attribute_of_tfwd_warns_once_at_the_callers_line(old, new, monkeypatch):
+    renamed = importlib.import_module(f"tfwd.{new}")
+    _forget(old, monkeypatch)
+    with pytest.warns(DeprecationWarning, match=rf"^tfwd\.{old} is now tfwd\.{new};") as record:
+        assert getattr(tfwd, old) is renamed
+    assert [w.filename for w in record] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert getattr(tfwd, old) is renamed and importlib.import_module(f"tfwd.{old}") is renamed
+
+
+def test_the_former_names_keep_public_and_private_names():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from tfwd import pruning
+        from tfwd.pca import _top_eigenpair, first_pc
+
+    from tfwd import pc, prune_blocks
+
+    assert pruning.recalibrate_bn is prune_blocks.recalibrate_bn
+    assert (first_pc, _top_eigenpair) == (pc.first_pc, pc._top_eigenpair)
+
+
+def test_bin_probe_is_a_link_to_bin_probes(root):
+    alias, binary = root / "bin" / "probe", root / "bin" / "probes"
+    assert binary.is_file() and not binary.is_symlink() and os.access(binary, os.X_OK)
+    assert alias.is_symlink() and os.readlink(alias) == "probes"  # relative: works in any checkout
+    assert alias.resolve() == binary.resolve()
