@@ -78,6 +78,7 @@ def test_train_bad_inputs(root, bin_env, tmp_path, args, message):
     assert os.listdir(out) == []
 
 
+@SLOW  # the same case as tests/training_test.py::test_bad_flags_fail_with_one_line[dataset]
 def test_unknown_dataset_is_a_flag_error(root, bin_env, tmp_path):
     result = subprocess.run(
         [sys.executable, str(root / "bin" / "train"), "--dataset=mnist", f"--out_dir={tmp_path}"],
