@@ -40,3 +40,20 @@ def test_grid_shows_upper_triangle(tmp_path):
     assert titles == ["a", "a (y) vs b (x)", "b"]
     assert not axes[2].axison  # (1, 0) is empty
     plots.save_figure(fig, str(tmp_path / "g.png"))
+
+
+def test_dominant_image_grid_titles_stay_clear_of_the_row_above():
+    # Two rows of five, each titled with two lines: no title may overlap an image of the row above.
+    from tfwd.plots.dominant import image_grid
+
+    images = np.random.default_rng(0).uniform(size=(10, 32, 32, 3))
+    fig = image_grid(images, ["airplane"] * 10, np.linspace(636, 411, 10), range(10), title="top 10 by |score|")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    assert len(axes) == 10
+    for above, below in zip(axes[:5], axes[5:]):
+        image_bottom = above.get_window_extent(renderer).y0
+        title_top = below.title.get_window_extent(renderer).y1
+        assert title_top < image_bottom, (title_top, image_bottom)
+    assert [a.get_title() for a in axes[:2]] == ["#0 airplane\nscore 636", "#1 airplane\nscore 611"]

@@ -29,7 +29,8 @@ def image_grid(
     """
     k = len(images)
     rows, cols = max(1, math.ceil(k / columns)), min(columns, max(1, k))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows + 0.4), squeeze=False)
+    # Constrained layout keeps each row's two-line titles clear of the images above (tight_layout let them overlap).
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows + 0.4), squeeze=False, layout="constrained")
     for ax, image, label, score, index in zip(axes.flat, images, labels, scores, indices):
         ax.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
         ax.set_title(f"#{index} {label}\nscore {score:.3g}", fontsize=8)
@@ -40,7 +41,6 @@ def image_grid(
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
