@@ -45,6 +45,33 @@ def test_joint_pass_equals_models_computed_separately():
     np.testing.assert_allclose(result["blocks"][(0, 1)], cross.result().numpy(), atol=1e-6)
 
 
+def test_bn_taps_share_their_convs_grams_and_match_float64(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = models.cifar_resnet(8, 0.5)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-like BN statistics, so that each BN rescales its channels unevenly
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(-2, 2, c))
+            layer.beta.assign(rng.normal(size=c))
+            layer.moving_mean.assign(rng.normal(size=c))
+            layer.moving_variance.assign(rng.uniform(0.1, 4, c))
+    names = models.tap_names(model)
+    hinted = cka.joint_channel_affine([model], [names])
+    assert [names[j] for j in sorted(hinted)] == [n for n in names if "bn" in n]
+    assert all(names[i] == names[j].replace("_bn", "_conv") for j, (i, _) in hinted.items())
+    result = cka.cka_matrices([model], _dataset, passes=1)["blocks"][(0, 0)]
+    x = np.concatenate([b.numpy() for b, _ in _dataset(0)])
+    acts = [a.numpy().astype(np.float64) for a in models.activation_model(model)(x, training=False)]
+    sums = np.zeros((len(acts), len(acts)))
+    for lo in range(0, len(x), 32):
+        u = [metrics.u_center(metrics.gram(a[lo : lo + 32])) for a in acts]
+        sums += np.array([[np.sum(k * l) for l in u] for k in u])
+    np.testing.assert_allclose(result, sums / np.sqrt(np.outer(np.diag(sums), np.diag(sums))), atol=1e-6)
+
+
 def test_save_and_load_round_trip(tmp_path):
     result = {
         "names": [["a", "b"], ["c"]],

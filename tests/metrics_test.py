@@ -319,6 +319,49 @@ class TestDegenerate:
             cka.update_state([np.eye(5)] * 3)
 
 
+class TestChannelAffine:
+    """A layer that is another times a per-channel scale plus a constant (BN in inference mode) shares its Grams."""
+
+    @staticmethod
+    def conv_and_bn(seed=0, n=40, shape=(16, 16, 5)):
+        rng = np.random.default_rng(seed)
+        conv = rng.normal(size=(n, *shape)) + rng.normal(size=shape[-1])
+        scale = rng.uniform(0.2, 3.0, size=shape[-1]) * rng.choice([-1.0, 1.0], size=shape[-1])
+        scale[1] = 0.0  # a channel the BN switches off
+        bn = conv * scale + rng.normal(size=shape[-1])
+        relu = np.maximum(bn, 0)
+        return conv, bn, relu, scale
+
+    def test_derived_gram_equals_float64_reference_without_reading_the_layer(self):
+        batches = [self.conv_and_bn(seed) for seed in range(2)]
+        cka = CKA()
+        for conv, bn, relu, scale in batches:
+            # The BN's activations are replaced by noise: the result can only be right if they are not read.
+            noise = np.random.default_rng(9).normal(size=bn.shape).astype(np.float32)
+            cka.update_state([conv.astype(np.float32), noise, relu.astype(np.float32)], channel_affine={1: (0, scale)})
+        for a, b in [(0, 1), (0, 2), (1, 2)]:
+            expected = minibatch_cka_reference([v[a] for v in batches], [v[b] for v in batches])
+            assert cka.result().numpy()[a, b] == pytest.approx(expected, abs=1e-6)
+        assert cka.result().numpy()[0, 1] < 0.99  # the scale is not uniform: CKA(conv, BN) is not 1
+
+    def test_small_layers_compute_their_own_gram(self):
+        conv, bn, _, scale = self.conv_and_bn(shape=(4, 4, 3))  # 16 positions: below CHANNEL_GRAM_MIN_POSITIONS
+        hinted, plain = CKA(), CKA()
+        hinted.update_state([conv, bn], channel_affine={1: (0, scale)})
+        plain.update_state([conv, bn])
+        np.testing.assert_allclose(hinted.result().numpy(), plain.result().numpy(), atol=1e-12)
+
+    @pytest.mark.parametrize(
+        "hint,match",
+        [({0: (1, np.ones(5))}, "source must come first"), ({1: (0, np.ones(4))}, "not a per-channel rescaling")],
+        ids=["order", "scale-shape"],
+    )
+    def test_bad_hints(self, hint, match):
+        conv, bn, _, _ = self.conv_and_bn()
+        with pytest.raises(ValueError, match=match):
+            CKA().update_state([conv, bn], channel_affine=hint)
+
+
 class TestKerasContract:
     def test_get_config_round_trip_and_reset(self):
         acts = layers(n=32)

@@ -138,3 +138,25 @@ def test_subclassed_model_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"^Model 'mine' \(Subclassed\) has no graph of layers to tap") as info:
         models.activation_model(model)
     assert "\n" not in str(info.value)
+
+
+def test_channel_affine_taps_pair_each_tapped_bn_with_its_tapped_input(resnet14):
+    import keras
+
+    names = models.tap_names(resnet14)
+    pairs = models.channel_affine_taps(resnet14, names)
+    assert {names[j]: names[i] for j, (i, _) in pairs.items()} == {
+        n: n.replace("_bn", "_conv") for n in names if "_bn" in n
+    }
+    # An untapped input leaves its BN on its own.
+    only_bn = models.tap_names(resnet14, "re:_bn")
+    assert models.channel_affine_taps(resnet14, only_bn) == {}
+    # Any functional model: a Conv2D -> BatchNormalization pair of a Sequential.
+    seq = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="c"), keras.layers.BatchNormalization(name="b")]
+    )
+    assert list(models.channel_affine_taps(seq, ["c", "b"])) == [1]
+    bn = seq.get_layer("b")
+    bn.moving_variance.assign(np.full(4, 3.0))
+    bn.gamma.assign(np.arange(4.0))
+    np.testing.assert_allclose(models.channel_scale(bn), np.arange(4.0) / np.sqrt(3.0 + bn.epsilon), rtol=1e-6)

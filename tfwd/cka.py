@@ -94,7 +94,7 @@ def cka_matrices(
         acts = []
         for model, size in zip(tapped, sizes):
             acts += model(_resized(images, size), training=False)
-        cka.update_state(acts)
+        cka.update_state(acts, channel_affine=joint_channel_affine(model_list, names))
         return tf.constant(True)
 
     def replica_step(images):
@@ -134,6 +134,21 @@ def cka_matrices(
         "examples": examples,
         "batches": int(cka.batches.numpy()),
         "skipped_batches": skipped,
+    }
+
+
+def joint_channel_affine(model_list: Sequence[keras.Model], names: Sequence[Sequence[str]]) -> dict:
+    """`CKA.update_state`'s channel_affine for the joint tap list of several models.
+
+    Each tapped BatchNormalization fed by a tapped layer of the same model
+    (`tfwd.models.channel_affine_taps`), with its current inference-mode scale:
+    BN taps (2 of the 7 taps of a ResNet block) then cost no Gram matrix of their own.
+    """
+    offsets = np.cumsum([0] + [len(n) for n in names])
+    return {
+        int(offset) + j: (int(offset) + i, models.channel_scale(bn))
+        for model, layer_names, offset in zip(model_list, names, offsets)
+        for j, (i, bn) in models.channel_affine_taps(model, layer_names).items()
     }
 
 

@@ -205,8 +205,50 @@ def _time_formulations() -> str:
     return min(best, key=best.get)
 
 
-def _centered_grams(acts, gram_dtype, check_finite):
+# Positions (product of the non-batch, non-channel dimensions) from which a layer that
+# another layer rescales per channel gets its Gram matrix from per-channel Grams (see
+# `_centered_grams`): on fewer the (C, n, n) products are too thin to pay off.
+CHANNEL_GRAM_MIN_POSITIONS = 256
+
+
+def _channel_grams(x):
+    """Per-channel Gram matrices X_c X_c^T of (n, ..., C) activations: (C, n, n)."""
+    n, c = ops.shape(x)[0], x.shape[-1]
+    per_channel = ops.reshape(ops.moveaxis(x, -1, 0), (c, n, -1))
+    return ops.matmul(per_channel, ops.transpose(per_channel, (0, 2, 1)))
+
+
+def _channel_sources(acts, channel_affine) -> dict[int, list[tuple[int, object]]]:
+    """Source layer -> [(derived layer, per-channel scale)] for the hints of `channel_affine` that pay off."""
+    sources: dict[int, list[tuple[int, object]]] = {}
+    for j, (i, scale) in (channel_affine or {}).items():
+        if not 0 <= i < j < len(acts) or i in channel_affine:
+            raise ValueError(
+                f"`channel_affine` derives layer {j} from layer {i}: both must index the {len(acts)} layers, "
+                "the source must come first and must not itself be derived."
+            )
+        x = acts[i]
+        if tuple(x.shape[1:]) != tuple(acts[j].shape[1:]) or tuple(ops.shape(scale)) != (x.shape[-1],):
+            raise ValueError(
+                f"`channel_affine`: layer {j} {tuple(acts[j].shape)} is not a per-channel rescaling of layer {i} "
+                f"{tuple(x.shape)} by a scale of shape {tuple(ops.shape(scale))}."
+            )
+        positions = int(np.prod([d or 0 for d in x.shape[1:-1]])) if len(x.shape) > 2 else 1
+        if positions >= CHANNEL_GRAM_MIN_POSITIONS:
+            sources.setdefault(i, []).append((j, scale))
+    return sources
+
+
+def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
     """U-centred Gram matrices of a list of layers, each divided by its largest entry: ((L, n, n), (L,), n).
+
+    `channel_affine` ({j: (i, s)}, see `CKA.update_state`) says that layer j is layer i
+    times s per channel (the last axis) plus a constant, as a BatchNormalization in
+    inference mode is of its input. U-centring removes the constant, so
+    K_j = sum_c s_c^2 G_c and K_i = sum_c G_c with G_c = X_c X_c^T the Grams of layer
+    i's channels: one batched product of the same FLOPs as K_i gives both Grams, and
+    layer j's activations are not read (for layers of CHANNEL_GRAM_MIN_POSITIONS or
+    more positions; smaller ones are computed as usual).
 
     U-centring runs in the Gram matrix's dtype, widened to float32 for 16-bit Grams:
     in float64 it cost about 4x more and changed CKA by less than 1e-6 (tests compare
@@ -217,17 +259,31 @@ def _centered_grams(acts, gram_dtype, check_finite):
     dtype.
     """
     n = ops.shape(acts[0])[0]
+    sources = _channel_sources(acts, channel_affine)
+    derived = {j: (i, scale) for i, pairs in sources.items() for j, scale in pairs}
+    per_channel = {}
     grams, scales = [], []
     for i, a in enumerate(acts):
-        x = ops.reshape(a, (n, -1))
-        # U-centring removes any a1^T + 1b^T term, so subtracting one example from
-        # every example leaves U(K) unchanged and changes only the rounding: features
-        # with a large common offset (post-ReLU) keep their precision, and a layer
-        # that is constant over the batch gives K = 0, hence U(K) = 0, exactly.
-        x = x - x[:1]
-        if gram_dtype is not None:
-            x = ops.cast(x, gram_dtype)
-        k = _gram(x)
+        if i in derived:
+            source, scale = derived[i]
+            grams_c = per_channel[source]
+            k = ops.tensordot(ops.square(ops.cast(scale, grams_c.dtype)), grams_c, axes=1)
+        else:
+            # U-centring removes any a1^T + 1b^T term, so subtracting one example from
+            # every example leaves U(K) unchanged and changes only the rounding: features
+            # with a large common offset (post-ReLU) keep their precision, and a layer
+            # that is constant over the batch gives K = 0, hence U(K) = 0, exactly.
+            x = a - a[:1]
+            if gram_dtype is not None:
+                x = ops.cast(x, gram_dtype)
+            if i in sources:
+                grams_c = _channel_grams(x)
+                if grams_c.dtype in ("bfloat16", "float16"):
+                    grams_c = ops.cast(grams_c, "float32")
+                per_channel[i] = grams_c
+                k = ops.sum(grams_c, axis=0)
+            else:
+                k = _gram(ops.reshape(x, (n, -1)))
         if check_finite and keras.backend.backend() == "tensorflow":
             import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
@@ -379,13 +435,21 @@ class CKA(keras.metrics.Metric):
     def cross(self) -> bool:
         return isinstance(self.num_layers, tuple)
 
-    def update_state(self, acts_a, acts_b=None, sample_weight=None):
+    def update_state(self, acts_a, acts_b=None, sample_weight=None, channel_affine=None, channel_affine_b=None):
         """Accumulates one minibatch.
 
         Args:
             acts_a: list of L tensors (n, ...), one per layer, all on the same n examples.
             acts_b: optional list of Lb tensors (n, ...) of a second model on the same examples.
             sample_weight: not supported (must be None).
+            channel_affine: optional {j: (i, scale)} over acts_a, i < j: layer j is layer i
+                times `scale` (shape (C,), per channel of the last axis) plus a per-channel
+                constant, as a BatchNormalization's output in inference mode is of its input
+                (scale = gamma / sqrt(moving_variance + epsilon); `tfwd.models.channel_affine_taps`
+                finds such pairs). Both Gram matrices then come from one batched product of
+                layer i's per-channel Grams, and acts_a[j] is not read (on layers with at least
+                CHANNEL_GRAM_MIN_POSITIONS positions). The result is the same up to rounding.
+            channel_affine_b: the same over acts_b.
         """
         if sample_weight is not None:
             raise ValueError("CKA does not support sample_weight.")
@@ -412,7 +476,7 @@ class CKA(keras.metrics.Metric):
                 stacklevel=2,
             )
 
-        ga, scales_a, n = _centered_grams(acts_a, self.gram_dtype, self.check_finite)
+        ga, scales_a, n = _centered_grams(acts_a, self.gram_dtype, self.check_finite, channel_affine)
         nf = ops.cast(n, self.dtype)
         valid = ops.cast(nf >= 4, self.dtype)  # n(n-3) > 0: the batch has pairs
         if acts_b is None:
@@ -422,7 +486,7 @@ class CKA(keras.metrics.Metric):
             self.hsic_xx.assign_add(diag)
             self.hsic_yy.assign_add(diag)
         else:
-            gb, scales_b, n_b = _centered_grams(acts_b, self.gram_dtype, self.check_finite)
+            gb, scales_b, n_b = _centered_grams(acts_b, self.gram_dtype, self.check_finite, channel_affine_b)
             if keras.backend.backend() == "tensorflow":
                 import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 

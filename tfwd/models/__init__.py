@@ -5,4 +5,4 @@ from tfwd.models.cifar_resnet import blocks_per_stage, cifar_resnet, model_name,
 from tfwd.models.imagenet_resnet import check_stages, imagenet_depth, imagenet_model_name, imagenet_resnet
 from tfwd.models.registry import ARCHITECTURES, Architecture
 from tfwd.models.saved import image_input, load_model
-from tfwd.models.taps import activation_model, parse_taps, tap_names
+from tfwd.models.taps import activation_model, channel_affine_taps, channel_scale, parse_taps, tap_names

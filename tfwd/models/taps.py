@@ -225,6 +225,41 @@ def _graph_outputs(graph: keras.Model, model_name: str, names: Sequence[str]) ->
     return outputs
 
 
+def channel_affine_taps(model: keras.Model, names: Sequence[str]) -> dict[int, tuple[int, keras.layers.Layer]]:
+    """Tapped BatchNormalizations fed by another tap: {j: (i, bn)} for `tfwd.metrics.CKA`.
+
+    In inference mode names[j], a BatchNormalization over the last axis, is names[i]'s
+    output times `channel_scale(bn)` per channel plus a constant, so the CKA metric can
+    build both Gram matrices from one product (`CKA.update_state(channel_affine=...)`).
+
+    Example:
+        >>> model = tfwd.models.cifar_resnet(depth=8)
+        >>> names = tap_names(model, "re:^stage1_block1_(conv1|bn1|relu1)$")
+        >>> {j: (i, bn.name) for j, (i, bn) in channel_affine_taps(model, names).items()}
+        {1: (0, 'stage1_block1_bn1')}
+    """
+    graph = _graph(model)
+    outputs = _graph_outputs(graph, model.name, names)
+    index = {id(t): i for i, t in enumerate(outputs)}
+    pairs = {}
+    for j, name in enumerate(names):
+        layer = graph.get_layer(name)
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        nodes = [node for depth in graph._nodes_by_depth.values() for node in depth if node.operation is layer]
+        inputs = nodes[0].input_tensors if len(nodes) == 1 else []
+        rank = len(outputs[j].shape)
+        if len(inputs) == 1 and id(inputs[0]) in index and layer.axis in (-1, rank - 1) and index[id(inputs[0])] < j:
+            pairs[j] = (index[id(inputs[0])], layer)
+    return pairs
+
+
+def channel_scale(bn: keras.layers.BatchNormalization):
+    """gamma / sqrt(moving_variance + epsilon): the per-channel factor of a BatchNormalization in inference mode."""
+    scale = keras.ops.rsqrt(keras.ops.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+    return scale * keras.ops.convert_to_tensor(bn.gamma) if bn.scale else scale
+
+
 def parse_taps(text: str) -> str | list[str]:
     """A --taps flag value as `tap_names` takes it: a kind, "re:PATTERN", or a comma-separated list of names.
 
