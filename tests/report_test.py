@@ -171,7 +171,7 @@ def test_unfinished_runs_without_training_is_an_error(tmp_path, tfds_dir):
 
 @pytest.mark.slow
 def test_demo_report_end_to_end(tmp_path, root, bin_env):
-    """./run.sh demo's job from scratch: 3 trainings and every analysis (about 5 minutes on 2 cores)."""
+    """./run.sh demo's job from scratch: one 300-epoch training, a block, every analysis (5-10 minutes on 2 cores)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -190,10 +190,12 @@ def test_demo_report_end_to_end(tmp_path, root, bin_env):
     saved = json.load(open(tmp_path / "report_demo" / "findings.json"))
     assert [f["id"] for f in saved["claims"]] == list("abcdef")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cifar10-")) == [
-        "cifar10-resnet14-w1-n782-s0",
-        "cifar10-resnet14-w1-n782-s1",
-        "cifar10-resnet26-w1-n782-s0",
+        "cifar10-resnet38-w1-n128-s0"
     ]
+    # The demo shows the phenomenon: a block (docs/science/demo_cell.md: three seeds of three) and its
+    # dominant datapoints.
+    assert saved["runs"]["cifar10-resnet38-w1-n128-s0"]["block"]["found"]
+    assert saved["dominant_datapoints"]
 
 
 @pytest.mark.slow
