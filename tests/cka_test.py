@@ -45,7 +45,7 @@ def test_joint_pass_equals_models_computed_separately():
     np.testing.assert_allclose(result["blocks"][(0, 1)], cross.result().numpy(), atol=1e-6)
 
 
-def test_bn_taps_share_their_convs_grams_and_match_float64(tmp_path):
+def test_bn_taps_share_their_convs_grams_and_match_float64():
     import keras
 
     keras.utils.set_random_seed(1)

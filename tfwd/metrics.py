@@ -218,9 +218,9 @@ def _channel_grams(x):
     return ops.matmul(per_channel, ops.transpose(per_channel, (0, 2, 1)))
 
 
-def _channel_sources(acts, channel_affine) -> dict[int, list[tuple[int, object]]]:
-    """Source layer -> [(derived layer, per-channel scale)] for the hints of `channel_affine` that pay off."""
-    sources: dict[int, list[tuple[int, object]]] = {}
+def _channel_derived(acts, channel_affine) -> dict[int, tuple[int, object]]:
+    """The hints of `channel_affine` ({j: (i, scale)}) that pay off, after checking them all."""
+    derived = {}
     for j, (i, scale) in (channel_affine or {}).items():
         if not 0 <= i < j < len(acts) or i in channel_affine:
             raise ValueError(
@@ -235,8 +235,8 @@ def _channel_sources(acts, channel_affine) -> dict[int, list[tuple[int, object]]
             )
         positions = int(np.prod([d or 0 for d in x.shape[1:-1]])) if len(x.shape) > 2 else 1
         if positions >= CHANNEL_GRAM_MIN_POSITIONS:
-            sources.setdefault(i, []).append((j, scale))
-    return sources
+            derived[j] = (i, scale)
+    return derived
 
 
 def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
@@ -259,8 +259,8 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
     dtype.
     """
     n = ops.shape(acts[0])[0]
-    sources = _channel_sources(acts, channel_affine)
-    derived = {j: (i, scale) for i, pairs in sources.items() for j, scale in pairs}
+    derived = _channel_derived(acts, channel_affine)
+    sources = {i for i, _ in derived.values()}
     per_channel = {}
     grams, scales = [], []
     for i, a in enumerate(acts):

@@ -198,6 +198,15 @@ def _graph(model: keras.Model) -> keras.Model:
     return graph
 
 
+def _nodes_by_name(graph: keras.Model) -> dict[str, list]:
+    """Layer name -> the nodes (calls) of that layer in `graph`."""
+    nodes: dict[str, list] = {}
+    for depth_nodes in graph._nodes_by_depth.values():
+        for node in depth_nodes:
+            nodes.setdefault(node.operation.name, []).append(node)
+    return nodes
+
+
 def _graph_outputs(graph: keras.Model, model_name: str, names: Sequence[str]) -> list:
     """Each named layer's output in `graph` itself.
 
@@ -205,10 +214,7 @@ def _graph_outputs(graph: keras.Model, model_name: str, names: Sequence[str]) ->
     graph when the layer is a model nested in several models or rebuilt on loading;
     the node of `graph` is the one that is connected to `graph.inputs`.
     """
-    nodes: dict[str, list] = {}
-    for depth_nodes in graph._nodes_by_depth.values():
-        for node in depth_nodes:
-            nodes.setdefault(node.operation.name, []).append(node)
+    nodes = _nodes_by_name(graph)
     outputs = []
     for name in names:
         found = nodes.get(name, [])
@@ -239,18 +245,18 @@ def channel_affine_taps(model: keras.Model, names: Sequence[str]) -> dict[int, t
         {1: (0, 'stage1_block1_bn1')}
     """
     graph = _graph(model)
-    outputs = _graph_outputs(graph, model.name, names)
+    outputs = _graph_outputs(graph, model.name, names)  # also checks that each tap is called once
+    nodes = _nodes_by_name(graph)
     index = {id(t): i for i, t in enumerate(outputs)}
     pairs = {}
     for j, name in enumerate(names):
-        layer = graph.get_layer(name)
-        if not isinstance(layer, keras.layers.BatchNormalization):
+        node = nodes[name][0]
+        layer, inputs = node.operation, node.input_tensors
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(inputs) != 1:
             continue
-        nodes = [node for depth in graph._nodes_by_depth.values() for node in depth if node.operation is layer]
-        inputs = nodes[0].input_tensors if len(nodes) == 1 else []
-        rank = len(outputs[j].shape)
-        if len(inputs) == 1 and id(inputs[0]) in index and layer.axis in (-1, rank - 1) and index[id(inputs[0])] < j:
-            pairs[j] = (index[id(inputs[0])], layer)
+        i = index.get(id(inputs[0]))
+        if i is not None and i < j and layer.axis in (-1, len(outputs[j].shape) - 1):
+            pairs[j] = (i, layer)
     return pairs
 
 
