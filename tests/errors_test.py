@@ -138,7 +138,7 @@ def _one_error(stderr):
             marks=SLOW,
         ),
         pytest.param(
-            ["--epochs=3"],
+            ["--epochs=3", "--checkpoint_seconds=0"],
             "diverge:2",
             "error: The training loss is nan at epoch 2: training diverged. The last good checkpoint (epoch 1) is kept in "
             "{run}; lower --learning_rate and rerun with --overwrite.",

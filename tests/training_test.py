@@ -18,7 +18,8 @@ import pytest
 from tfwd import checkpoints, errors, run_settings, runs, training
 from tfwd.data import DataConfig
 
-TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32"]
+# A checkpoint after every epoch: the kill tests below count on it.
+TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32", "--checkpoint_seconds=0"]
 
 
 def _train(root, env, out_dir, *args, fault=None):
@@ -308,7 +309,7 @@ def test_divergence_after_a_checkpoint_keeps_it_and_a_rerun_resumes_from_it(tmp_
     run_dir = tmp_path / config.name
     monkeypatch.setenv("TFWD_FAULT", "diverge:2")  # epoch 2's loss is NaN
     with pytest.raises(training.TrainingDivergedError) as info:
-        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False, checkpoint_seconds=0)
     assert str(info.value) == (
         f"The training loss is nan at epoch 2: training diverged. The last good checkpoint (epoch 1) is kept in "
         f"{run_dir}; lower --learning_rate and rerun with --overwrite."
@@ -334,6 +335,29 @@ def test_divergence_after_a_checkpoint_keeps_it_and_a_rerun_resumes_from_it(tmp_
     )
 
 
+@pytest.mark.parametrize("seconds,saved", [(0, ["1", "2"]), (1e9, [])], ids=["every-epoch", "not-yet-due"])
+def test_checkpoints_are_saved_once_checkpoint_seconds_have_passed(tmp_path, tfds_dir, monkeypatch, seconds, saved):
+    # Epoch 3 diverges; what it keeps is what was saved before. With a long interval nothing
+    # is saved before the last epoch, and history.csv still records every finished epoch.
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=64),
+        runs.TrainConfig(epochs=4, batch_size=32),
+    )
+    monkeypatch.setenv("TFWD_FAULT", "diverge:3")
+    with pytest.raises(training.TrainingDivergedError, match="No checkpoint was written" if not saved else "epoch 2"):
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False, checkpoint_seconds=seconds)
+    folder = tmp_path / config.name / "checkpoints"
+    assert sorted(p.name[5:-6] for p in folder.glob("ckpt-*.index")) == saved
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / config.name / "history.csv"))] == ["1", "2"]
+    monkeypatch.delenv("TFWD_FAULT")
+    # The last epoch always saves, so a finished run's last checkpoint is its final state.
+    run_dir = training.train(
+        config, str(tmp_path), verbose=0, tensorboard=False, checkpoint_seconds=1e9, overwrite=True
+    )
+    assert json.loads((folder / "latest.json").read_text())["step"] == 4 and runs.Run(run_dir).finished
+
+
 def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, tfds_dir, monkeypatch):
     config = runs.RunConfig(
         runs.ModelConfig(8, 0.25),
@@ -342,7 +366,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, tfds_dir, monkeypatch):
     )
     monkeypatch.setenv("TFWD_FAULT", "diverge:2")  # leaves epoch 1's checkpoint and stops
     with pytest.raises(training.TrainingDivergedError):
-        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False, checkpoint_seconds=0)
     monkeypatch.delenv("TFWD_FAULT")
     data = next((tmp_path / config.name / "checkpoints").glob("ckpt-1.data-*"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])

@@ -171,6 +171,15 @@ SETTINGS: tuple[Setting, ...] = (
         default=1,
         lower_bound=1,
     ),
+    Setting(
+        "checkpoint_seconds",
+        "float",
+        "launch",
+        "Save a resumable checkpoint once this many seconds have passed since the last one, and after the last "
+        "epoch; 0 saves after every epoch. A kill loses at most this much training (plus the epoch under way).",
+        default=60.0,
+        lower_bound=0,
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 # Name -> kind, in SETTINGS order (the sweep spec keys).
