@@ -180,7 +180,7 @@ def activation_model(model: keras.Model, taps: str | Sequence[str] = "all") -> k
     """
     names = tap_names(model, taps)
     graph = _graph(model)
-    outputs = _graph_outputs(graph, model.name, names)
+    outputs = [node.output_tensors[0] for node in _tap_nodes(graph, model.name, names)]
     inputs = graph.inputs[0] if len(graph.inputs) == 1 else graph.inputs
     return keras.Model(inputs, outputs, name=f"{model.name}_taps")
 
@@ -198,24 +198,18 @@ def _graph(model: keras.Model) -> keras.Model:
     return graph
 
 
-def _nodes_by_name(graph: keras.Model) -> dict[str, list]:
-    """Layer name -> the nodes (calls) of that layer in `graph`."""
-    nodes: dict[str, list] = {}
-    for depth_nodes in graph._nodes_by_depth.values():
-        for node in depth_nodes:
-            nodes.setdefault(node.operation.name, []).append(node)
-    return nodes
-
-
-def _graph_outputs(graph: keras.Model, model_name: str, names: Sequence[str]) -> list:
-    """Each named layer's output in `graph` itself.
+def _tap_nodes(graph: keras.Model, model_name: str, names: Sequence[str]) -> list:
+    """Each named layer's node (its one call, with one output) in `graph` itself.
 
     `layer.output` is the output of the layer's first call, which belongs to another
     graph when the layer is a model nested in several models or rebuilt on loading;
     the node of `graph` is the one that is connected to `graph.inputs`.
     """
-    nodes = _nodes_by_name(graph)
-    outputs = []
+    nodes: dict[str, list] = {}
+    for depth_nodes in graph._nodes_by_depth.values():
+        for node in depth_nodes:
+            nodes.setdefault(node.operation.name, []).append(node)
+    taps = []
     for name in names:
         found = nodes.get(name, [])
         if len(found) != 1:
@@ -227,8 +221,8 @@ def _graph_outputs(graph: keras.Model, model_name: str, names: Sequence[str]) ->
                 f"Layer {name!r} of model {model_name!r} has {len(found[0].output_tensors)} outputs; "
                 "a tap must have one output tensor."
             )
-        outputs.append(found[0].output_tensors[0])
-    return outputs
+        taps.append(found[0])
+    return taps
 
 
 def channel_affine_taps(model: keras.Model, names: Sequence[str]) -> dict[int, tuple[int, keras.layers.Layer]]:
@@ -244,13 +238,11 @@ def channel_affine_taps(model: keras.Model, names: Sequence[str]) -> dict[int, t
         >>> {j: (i, bn.name) for j, (i, bn) in channel_affine_taps(model, names).items()}
         {1: (0, 'stage1_block1_bn1')}
     """
-    graph = _graph(model)
-    outputs = _graph_outputs(graph, model.name, names)  # also checks that each tap is called once
-    nodes = _nodes_by_name(graph)
+    nodes = _tap_nodes(_graph(model), model.name, names)
+    outputs = [node.output_tensors[0] for node in nodes]
     index = {id(t): i for i, t in enumerate(outputs)}
     pairs = {}
-    for j, name in enumerate(names):
-        node = nodes[name][0]
+    for j, node in enumerate(nodes):
         layer, inputs = node.operation, node.input_tensors
         if not isinstance(layer, keras.layers.BatchNormalization) or len(inputs) != 1:
             continue
