@@ -262,7 +262,7 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
     derived = _channel_derived(acts, channel_affine)
     sources = {i for i, _ in derived.values()}
     per_channel = {}
-    grams, scales = [], []
+    grams = []
     for i, a in enumerate(acts):
         if i in derived:
             source, scale = derived[i]
@@ -292,11 +292,13 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
             )
         if k.dtype in ("bfloat16", "float16"):
             k = ops.cast(k, "float32")
-        scale = ops.max(ops.abs(k), initial=0.0)  # an empty batch (n = 0) has no entries
-        scale = ops.where(scale > 0, scale, ops.ones_like(scale))  # K = 0 (a constant layer) stays 0
-        grams.append(_u_center(k / scale, n))
-        scales.append(scale)
-    return ops.stack(grams), ops.stack(scales), n
+        grams.append(k)
+    # Scaled and U-centred all at once: a few ops on (L, n, n) instead of a dozen per layer,
+    # which keeps the traced graph small (tracing cost grows with the op count).
+    grams = ops.stack(grams)
+    scales = ops.max(ops.abs(grams), axis=(1, 2), initial=0.0)  # an empty batch (n = 0) has no entries
+    scales = ops.where(scales > 0, scales, ops.ones_like(scales))  # K = 0 (a constant layer) stays 0
+    return _u_center(grams / scales[:, None, None], n), scales, n
 
 
 def _pair_products(ga, scales_a, gb, scales_b, dtype):
@@ -321,13 +323,14 @@ def _self_products(g, scales, dtype):
 
 
 def _u_center(k, n):
-    """U(K) (see the module docstring); finite for any n (a batch of n <= 3 is then weighted 0)."""
+    """U(K) of one (n, n) or a stack (..., n, n) of symmetric Grams (see the module docstring);
+    finite for any n (a batch of n <= 3 is then weighted 0)."""
     nf = ops.cast(n, k.dtype)
     off_diagonal = 1.0 - ops.eye(n, dtype=k.dtype)
     k = k * off_diagonal
-    means = ops.sum(k, axis=0) / ops.maximum(nf - 2.0, 1.0)
-    means = means - ops.sum(means) / ops.maximum(2.0 * (nf - 1.0), 1.0)
-    return (k - means[:, None] - means[None, :]) * off_diagonal
+    means = ops.sum(k, axis=-2) / ops.maximum(nf - 2.0, 1.0)  # column means = row means (K symmetric)
+    means = means - ops.sum(means, axis=-1, keepdims=True) / ops.maximum(2.0 * (nf - 1.0), 1.0)
+    return (k - means[..., :, None] - means[..., None, :]) * off_diagonal
 
 
 def _check_batch(acts, argname: str) -> None:

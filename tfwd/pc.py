@@ -229,13 +229,15 @@ def layer_grams(
     shift_spec = [tf.TensorSpec((w,), dtype) for w in widths]
 
     # Fixed signatures: one trace per call of layer_grams, whatever the (ragged) batch sizes.
-    @tf.function(input_signature=[tf.TensorSpec((None, *tapped.inputs[0].shape[1:]), tf.float32), shift_spec])
+    @tf.function(
+        input_signature=[tf.TensorSpec((None, *tapped.inputs[0].shape[1:]), tf.float32), shift_spec], autograph=False
+    )
     def features(images, shift):
         acts = tapped(images, training=False)
         acts = acts if isinstance(acts, (list, tuple)) else [acts]
         return [tf.reshape(tf.cast(a, dtype), [tf.shape(a)[0], -1]) - s for a, s in zip(acts, shift)]
 
-    @tf.function(input_signature=[flat, flat])
+    @tf.function(input_signature=[flat, flat], autograph=False)
     def tiles(xs, ys):
         # einsum: about 2x faster than matmul(transpose_b=True) on TF 2.21 CPUs (see tfwd.metrics).
         return tf.stack([tf.einsum("ip,jp->ij", x, y) for x, y in zip(xs, ys)])

@@ -277,7 +277,7 @@ def _warn_at_grid_edge(settings, chosen, names) -> None:
 def _evaluate(tapped: keras.Model, pooling: str, heads, dataset: tf.data.Dataset, split: str) -> np.ndarray:
     """Accuracy of heads[i][g] on tap i of `tapped` over `dataset`: an (L, G) float64 array."""
 
-    @tf.function(input_signature=_signature(tapped))
+    @tf.function(input_signature=_signature(tapped), autograph=False)
     def step(inputs, labels):
         acts = _as_list(tapped(inputs, training=False))
         return tf.stack([_correct(h(pool_features(a, pooling)), labels) for a, row in zip(acts, heads) for h in row])
@@ -342,7 +342,7 @@ def _optimizers(kind: str, settings, heads) -> list[tuple[keras.optimizers.Optim
 def _train_step(tapped, pooling, heads, settings, optimizers):
     variables = [v for _, vs in optimizers for v in vs]
 
-    @tf.function(input_signature=_signature(tapped))
+    @tf.function(input_signature=_signature(tapped), autograph=False)
     def step(inputs, labels):
         # The base runs outside the tape, in inference mode, and stop_gradient cuts it
         # off: nothing can flow back into it, and BN statistics stay as they are.

@@ -252,7 +252,9 @@ def accuracy(model: keras.Model, dataset: tf.data.Dataset) -> tuple[float, int]:
     """
     # One trace per model. A partial (no __code__) keeps TensorFlow from counting the
     # traces of different models as retracing of one function and warning about it.
-    logits = tf.function(functools.partial(model, training=False), input_signature=[_image_spec(model)])
+    logits = tf.function(
+        functools.partial(model, training=False), input_signature=[_image_spec(model)], autograph=False
+    )
     correct = total = 0
     for images, labels in dataset:
         predicted = np.argmax(logits(tf.cast(images, tf.float32)).numpy(), axis=-1)
@@ -309,7 +311,9 @@ def recalibrate_bn(model: keras.Model, dataset: tf.data.Dataset) -> keras.Model:
     probe = keras.Model(copy.input, [bn.input for bn in bns])
     axes = [[i for i in range(len(bn.input.shape)) if i != bn.axis % len(bn.input.shape)] for bn in bns]
 
-    moments = tf.function(functools.partial(_moments, probe, axes), input_signature=[_image_spec(copy)])
+    moments = tf.function(
+        functools.partial(_moments, probe, axes), input_signature=[_image_spec(copy)], autograph=False
+    )
 
     sums, total = None, 0
     for batch in dataset:

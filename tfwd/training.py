@@ -160,12 +160,12 @@ class _Loop:
             self.loss.update_state(per_example + regularization)
             self.accuracy.update_state(labels, logits)
 
-        @tf.function
+        @tf.function(autograph=False)
         def train_step(iterator):
             images, labels = next(iterator)
             strategy.run(replica_step, args=(images, labels))
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def eval_step(images, labels):
             logits = model(images, training=False)
             self.loss.update_state(self.loss_fn(labels, logits) + (tf.add_n(model.losses) if model.losses else 0.0))
