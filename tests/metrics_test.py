@@ -443,6 +443,16 @@ class TestKerasContract:
         np.testing.assert_allclose(cka.result().numpy(), eager.result().numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("features", [metrics.SYMMETRIC_MIN_FEATURES - 1, metrics.SYMMETRIC_MIN_FEATURES + 3])
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_gram_equals_the_float64_product_whole_or_from_row_halves(features, n):
+    # From SYMMETRIC_MIN_FEATURES on, the Gram is built from row halves; an odd n gives unequal
+    # halves, n = 1 an empty one; a None batch dimension is the traced case.
+    x = np.random.default_rng(n).normal(size=(n, features))
+    gram = tf.function(metrics._gram, input_signature=[tf.TensorSpec([None, features], tf.float64)])
+    np.testing.assert_allclose(gram(tf.constant(x)).numpy(), x @ x.T, rtol=1e-12, atol=1e-10)
+
+
 def test_mirrored_strategy_equals_single_device_on_the_same_split(tmp_path):
     """Two logical CPUs: each replica's half of a global batch is one minibatch, summed across replicas."""
     script = textwrap.dedent(

@@ -201,6 +201,10 @@ class RunConfig:
 # --- reading runs -----------------------------------------------------------------------------
 
 
+# The last model a Run loaded in this process (see Run.model).
+_LAST_MODEL: dict[tuple, keras.Model] = {}
+
+
 class Run:
     """A finished run directory, opened for analysis.
 
@@ -227,17 +231,30 @@ class Run:
         return os.path.exists(os.path.join(self.path, RESULTS))
 
     def model(self) -> keras.Model:
-        """The final trained model (model.keras), loaded once."""
+        """The final trained model (model.keras), loaded once.
+
+        The last model loaded in this process is kept, keyed on the file's path, size and
+        modification time: the analyses of a report open the same run one after another,
+        and loading a ResNet-38 takes 2-3 s. The analyses only read it (inference mode,
+        layers shared or copied), so sharing it changes no result.
+        """
         if self._model is None:
             path = os.path.join(self.path, MODEL)
             if not os.path.exists(path):
                 raise RunError(
                     f"Run {self.path} has no {MODEL}: it has not finished training (rerun bin/train to resume)."
                 )
-            try:
-                model = keras.models.load_model(path, compile=False)
-            except Exception as e:  # noqa: BLE001 - a corrupt zip or config raises many types
-                raise RunError(f"Cannot load {path} ({type(e).__name__}: {e}); retrain with --overwrite.") from e
+            stat = os.stat(path)
+            key = (path, stat.st_size, stat.st_mtime_ns)
+            if key in _LAST_MODEL:
+                model = _LAST_MODEL[key]
+            else:
+                try:
+                    model = keras.models.load_model(path, compile=False)
+                except Exception as e:  # noqa: BLE001 - a corrupt zip or config raises many types
+                    raise RunError(f"Cannot load {path} ({type(e).__name__}: {e}); retrain with --overwrite.") from e
+                _LAST_MODEL.clear()
+                _LAST_MODEL[key] = model
             if model.name != self.config.model.name:
                 raise RunError(
                     f"{path} holds model {model.name!r} but {CONFIG} describes {self.config.model.name!r}: the run "
