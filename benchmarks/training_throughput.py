@@ -7,7 +7,8 @@ distributed input, one compiled step per batch) against Model.fit on the same
 images held in memory as one NumPy array, without augmentation, same model,
 optimizer and batch size. Both in one process; images/s of the best of a few
 epochs after a warm-up epoch. The target: tfwd / fit >= 0.95 (the input pipeline
-is not the bottleneck).
+is not the bottleneck). A diagnostic row runs the same loop with the augmentation replaced
+by the identity, to show what the per-example augmentation costs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from common import machine  # noqa: E402
 
+import tfwd.data  # noqa: E402
 from tfwd import runs, training  # noqa: E402
 from tfwd.data import Data, DataConfig  # noqa: E402
 
@@ -43,6 +45,16 @@ def main():
     images = np.concatenate([x for x, _ in data.eval_dataset("train", 512)])
     labels = data.labels("train")
     model_config = runs.ModelConfig(args.depth, args.width)
+
+    def tfwd_loop_unaugmented():
+        # Diagnostic: the same loop with the augmentation replaced by the identity, to see what the
+        # per-example augmentation in tf.data costs on this machine (bin/train always augments).
+        augment = tfwd.data.cifar_augment
+        tfwd.data.cifar_augment = lambda image, seed: image
+        try:
+            return tfwd_loop()
+        finally:
+            tfwd.data.cifar_augment = augment
 
     def tfwd_loop():
         keras.utils.set_random_seed(0)
@@ -94,6 +106,7 @@ def main():
     for name, fn in (
         ("Model.fit, in-memory arrays", keras_fit),
         ("tfwd loop (bin/train)", tfwd_loop),
+        ("tfwd loop without augmentation (diagnostic)", tfwd_loop_unaugmented),
         ("Model.fit, in-memory arrays (again)", keras_fit),
     ):
         times = fn()[1:]  # the first epoch traces and warms up
@@ -106,6 +119,8 @@ def main():
     print("| --- | --- | --- |")
     print(f"| Model.fit (best of two runs) | {fit:.0f} | 1.00 |")
     print(f"| tfwd (bin/train) | {ours:.0f} | {ours / fit:.2f} |")
+    plain = results["tfwd loop without augmentation (diagnostic)"]
+    print(f"| tfwd without augmentation (diagnostic) | {plain:.0f} | {plain / fit:.2f} |")
 
 
 if __name__ == "__main__":
