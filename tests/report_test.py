@@ -101,6 +101,33 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     assert sorted(d for d in os.listdir(tiny_runs[0]) if d.startswith("report_")) == made
 
 
+def test_analyses_set_to_false_are_skipped(tiny_runs, tfds_dir, tmp_path):
+    spec = {
+        "name": "cka_only",
+        "runs": {
+            "flags": {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32},
+            "grid": [{"seed": [0, 1]}],
+        },
+        "analyses": {
+            "cka": {"examples": 96, "passes": 1, "batch_size": 48},  # settings no other test uses: a fresh folder
+            **{k: False for k in ("pc", "probes", "prune_blocks", "cross_seed", "dominant")},
+        },
+    }
+    runs_before = {r: set(os.listdir(r)) for r in tiny_runs}
+    path = report.build(report.validate(spec), os.path.dirname(tiny_runs[0]), data_dir=tfds_dir, train=False)
+    for run in tiny_runs:  # one new folder per run: its CKA
+        made = set(os.listdir(run)) - runs_before[run]
+        assert [d.rsplit("_", 1)[0] for d in made] == ["report_cka"]
+    saved = json.load(open(os.path.join(os.path.dirname(path), "findings.json")))
+    verdicts = {f["id"]: f["verdict"] for f in saved["claims"]}
+    assert verdicts["c"] == verdicts["d"] == verdicts["e"] == verdicts["f"] == "not measured"
+    assert {"pc", "probes", "prune_blocks", "cross_seed"}.isdisjoint(saved["timings_seconds"])
+    for run in tiny_runs:
+        for d in set(os.listdir(run)) - runs_before[run]:
+            shutil.rmtree(os.path.join(run, d))  # leave the shared runs as other tests expect them
+    shutil.rmtree(os.path.dirname(path))
+
+
 @pytest.mark.parametrize("retrained", ["results", "model", "other-seed"])
 def test_cached_analyses_are_keyed_on_the_runs_content(tiny_runs, tmp_path, retrained):
     run, other = (shutil.copytree(r, tmp_path / os.path.basename(r)) for r in tiny_runs)
@@ -139,6 +166,9 @@ def test_cached_analyses_are_keyed_on_the_runs_content(tiny_runs, tmp_path, retr
         ({"dominant": {"layer": "x", "top": 3, "topk": 3}}, r"analyses.dominant has no setting 'topk'"),
         ({"pc": {"data_dir": "x"}}, r"analyses.pc has no setting 'data_dir' \(the report sets it\)"),
         ({"cka": []}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings"),
+        ({k: False for k in ("pc", "probes", "prune_blocks", "cross_seed", "dominant")}, None),
+        ({"cka": False}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings. Received: False"),
+        ({"probes": True}, r"analyses.probes must be an object .* \(or false to skip it\). Received: True"),
     ],
     ids=[
         "pc",
@@ -151,6 +181,9 @@ def test_cached_analyses_are_keyed_on_the_runs_content(tiny_runs, tmp_path, retr
         "unknown",
         "report-sets-it",
         "not-an-object",
+        "skipped",
+        "cka-cannot-be-skipped",
+        "true-is-not-settings",
     ],
 )
 def test_analysis_settings_are_checked_against_the_functions(analyses, message):

@@ -13,7 +13,7 @@ A report spec (data/reports/*.json) is a JSON object:
         "prune_blocks": {"examples": 2000},          tfwd.prune_blocks.analyze_run, every residual run
         "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell
         "dominant": {"examples": 1000, "top": 10}    tfwd.dominant_datapoints.analyze_run, every run with a block
-      },
+      },                                             (only when given); false skips an analysis (not cka)
       "block_structure": {"threshold": 0.85, ...}    tfwd.blocks.find_block_structure
     }
 
@@ -99,8 +99,13 @@ def check_analysis_settings(analyses: Any, where: str = "report spec") -> None:
     for kind, settings in analyses.items():
         function = _analysis_functions()[kind]
         name = f"{function.__module__}.{function.__name__}"
+        if settings is False and kind != "cka":  # skipped
+            continue
         if not isinstance(settings, dict):
-            raise ValueError(f"{where}: analyses.{kind} must be an object of {name} settings. Received: {settings!r}")
+            skip = "" if kind == "cka" else " (or false to skip it)"
+            raise ValueError(
+                f"{where}: analyses.{kind} must be an object of {name} settings{skip}. Received: {settings!r}"
+            )
         hints = typing.get_type_hints(function)
         allowed = [p for p in inspect.signature(function).parameters if p not in _REPORT_SETS]
         for key, value in settings.items():
@@ -205,8 +210,10 @@ def analyze(
     """Runs every analysis of the spec on every finished run (all seeds); returns what was measured.
 
     CKA, first PC, probes and block deletion (the last two for residual networks) on every
-    run; cross-seed CKA for every cell with seeds 0 and 1; dominant datapoints for every run
-    in which the spec's detector finds a block.
+    run; cross-seed CKA for every cell with seeds 0 and 1; dominant datapoints, when the spec
+    gives their settings, for every run in which the spec's detector finds a block. An
+    analysis the spec sets to false is skipped (the findings that need it read "not
+    measured").
     """
     timings = {} if timings is None else timings
     settings = spec.get("analyses", {})
@@ -228,21 +235,25 @@ def analyze(
         )
         loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
         analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
-        pc_dir = analysis("pc", pc.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
-        analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
+        if settings.get("pc") is not False:
+            pc_dir = analysis("pc", pc.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
+            analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
-            defaults = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024}
-            analysed.probes = probes.load(analysis("probes", probes.analyze_run, defaults))
-            prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, {"examples": 2000})
-            analysed.prune_blocks = prune_blocks.load(prune_dir)
+            if settings.get("probes") is not False:
+                defaults = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024}
+                analysed.probes = probes.load(analysis("probes", probes.analyze_run, defaults))
+            if settings.get("prune_blocks") is not False:
+                prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, {"examples": 2000})
+                analysed.prune_blocks = prune_blocks.load(prune_dir)
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
-        if block.found and "dominant" in settings:
+        if block.found and settings.get("dominant") not in (None, False):
             dominant_dir = analysis("dominant", dominant_datapoints.analyze_run, {"examples": 1000, "top": 10})
             out.dominant[run.name] = dominant_datapoints.load(dominant_dir)
         out.runs.append(analysed)
         out.opened[run.name] = run
         out.blocks[run.name] = block
-    _cross_seed(run_dirs, settings.get("cross_seed", {}), data_dir, timings, out)
+    if settings.get("cross_seed") is not False:
+        _cross_seed(run_dirs, settings.get("cross_seed", {}), data_dir, timings, out)
     return out
 
 
