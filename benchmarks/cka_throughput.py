@@ -2,7 +2,9 @@
 
     python benchmarks/cka_throughput.py [--quick]
 
-Table 1, per model (taps="all", n=256), in images/s:
+Table 1, per model (taps="all", n=256), in images/s (the best of `--rounds` rounds, each of
+which times every column once, in turn; the reference / tfwd ratio of each round is printed
+too, since on a shared machine a ratio within a round is steadier than one of two best-ofs):
 - inference: the model's forward pass alone;
 - reference algorithm: the paper's reference code's MinibatchCKA as written
   (matmul(x, x^T), float32 U-centring and accumulation), re-implemented here;
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -98,20 +101,19 @@ def pair_step_fn(a, b, taps):
 
 def throughput_table(configs, peak, repeats):
     x = tf.random.uniform([N, 32, 32, 3])
-    rows = []
+    rows, rounds = [], []
     for depth, width in configs:
         keras.utils.set_random_seed(0)
         model = models.cifar_resnet(depth, width)
         names = models.tap_names(model, "all")
         infer = tf.function(lambda x, model=model: model(x, training=False))
-        r_inf = rate(infer, x, items=N, repeats=repeats)
-        r_ref = rate(step_fn([model], "all", ReferenceMinibatchCKA), x, items=N, repeats=repeats)
+        reference = step_fn([model], "all", ReferenceMinibatchCKA)
         every_gram = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L))
         exact = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L), reuse_bn=True)
         fast = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L, gram_dtype="bfloat16"), reuse_bn=True)
-        r_every = rate(every_gram, x, items=N, repeats=repeats)
-        r_cka = rate(exact, x, items=N, repeats=repeats)
-        r_bf16 = rate(fast, x, items=N, repeats=repeats)
+        times = interleaved([infer, reference, every_gram, exact, fast], x, rounds=repeats)
+        r_inf, r_ref, r_every, r_cka, r_bf16 = (N / min(t) for t in times)
+        ratios = np.asarray(times[1]) / np.asarray(times[3])  # reference / tfwd, round by round
         delta = float(np.abs(exact.metric.result().numpy() - fast.metric.result().numpy()).max())
         reuse = float(np.abs(exact.metric.result().numpy() - every_gram.metric.result().numpy()).max())
         flops = forward_flops(model) + gram_flops(feature_sizes(model, names), N) + 2.0 * len(names) ** 2 * N
@@ -119,6 +121,7 @@ def throughput_table(configs, peak, repeats):
         rows.append(
             (f"ResNet-{depth} ({width:g}x)", len(names), r_inf, r_ref, r_every, r_cka, reuse, floor, r_bf16, delta)
         )
+        rounds.append((rows[-1][0], ratios))
         print(f"  measured {rows[-1][0]}", flush=True)
     print("\nCKA throughput, taps='all', n=256 (images/s)")
     print(
@@ -131,6 +134,27 @@ def throughput_table(configs, peak, repeats):
             f"| {name} | {layers} | {r_inf:.0f} | {r_ref:.0f} | {r_every:.0f} | {r_cka:.0f} | {reuse:.0e} | "
             f"{floor:.0f} | {floor / r_cka:.2f} | {r_cka / r_ref:.2f} | {r_bf16:.0f} | {delta:.1e} |"
         )
+    print(f"\ntfwd / reference in each of {repeats} rounds (every column timed once per round, in turn)")
+    for name, ratios in rounds:
+        listed = " ".join(f"{r:.2f}" for r in ratios)
+        print(f"  {name}: {listed}; median {np.median(ratios):.2f}")
+
+
+def interleaved(fns, x, rounds):
+    """Seconds of each fn(x) in each round: every fn once per round, in turn, after one warm-up call each.
+
+    On a shared machine whose speed drifts, a ratio of two columns taken within one round
+    compares like with like; best-of-N columns timed one after the other need not.
+    """
+    for fn in fns:
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, fn(x))
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, fn(x))
+            spent.append(time.perf_counter() - start)
+    return times
 
 
 def many_models_table(ks, depth, repeats):
@@ -154,6 +178,7 @@ def many_models_table(ks, depth, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="ResNet-20 (1x) and K = 2, 4 only")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds of table 1 (each column once per round)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     peak = matmul_flops_per_second()
@@ -161,7 +186,7 @@ def main():
     print(f"Gram formulation chosen by tfwd.metrics.gram_formulation(): {metrics.gram_formulation()}")
     print(f"native bfloat16 (AVX512_BF16 or AMX): {metrics.native_bfloat16()}")
     configs = [(20, 1)] if args.quick else [(20, 1), (20, 4), (56, 1)]
-    throughput_table(configs, peak, repeats=3)
+    throughput_table(configs, peak, repeats=args.rounds)
     many_models_table([2, 4] if args.quick else [2, 4, 8], 14, repeats=2)
 
 
