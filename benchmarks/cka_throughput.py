@@ -121,7 +121,7 @@ def throughput_table(configs, peak, repeats):
         rows.append(
             (f"ResNet-{depth} ({width:g}x)", len(names), r_inf, r_ref, r_every, r_cka, reuse, floor, r_bf16, delta)
         )
-        rounds.append((rows[-1][0], ratios))
+        rounds.append((rows[-1][0], ratios, floor * np.asarray(times[3]) / N))  # and floor / tfwd
         print(f"  measured {rows[-1][0]}", flush=True)
     print("\nCKA throughput, taps='all', n=256 (images/s)")
     print(
@@ -134,10 +134,10 @@ def throughput_table(configs, peak, repeats):
             f"| {name} | {layers} | {r_inf:.0f} | {r_ref:.0f} | {r_every:.0f} | {r_cka:.0f} | {reuse:.0e} | "
             f"{floor:.0f} | {floor / r_cka:.2f} | {r_cka / r_ref:.2f} | {r_bf16:.0f} | {delta:.1e} |"
         )
-    print(f"\ntfwd / reference in each of {repeats} rounds (every column timed once per round, in turn)")
-    for name, ratios in rounds:
-        listed = " ".join(f"{r:.2f}" for r in ratios)
-        print(f"  {name}: {listed}; median {np.median(ratios):.2f}")
+    print(f"\nRatios in each of {repeats} rounds (every column timed once per round, in turn)")
+    for name, ratios, floors in rounds:
+        print(f"  {name}, tfwd / reference: {' '.join(f'{r:.2f}' for r in ratios)}; median {np.median(ratios):.2f}")
+        print(f"  {name}, floor / tfwd: {' '.join(f'{r:.2f}' for r in floors)}; median {np.median(floors):.2f}")
 
 
 def interleaved(fns, x, rounds):
