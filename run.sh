@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two entry points of the README:
-#   ./run.sh demo [flags]   trains ResNet-38 on 128 CIFAR-10 images (300 epochs: a block), runs every
-#                           analysis, writes runs/demo/report_demo/report.html (flags go to bin/report)
+#   ./run.sh demo [flags]   trains ResNet-38 on 128 CIFAR-10 images (300 epochs: a block), measures the
+#                           block, its first PC and its dominant datapoints, writes
+#                           runs/demo/report_demo/report.html (flags go to bin/report)
 #   ./run.sh test [args]    runs the test suite (extra args go to pytest)
 #   ./run.sh lint [args]    runs `ruff check .` and `ruff format --check .` (pyproject.toml [tool.ruff];
 #                           extra args go to ruff check)

@@ -206,7 +206,8 @@ def test_unfinished_runs_without_training_is_an_error(tmp_path, tfds_dir):
 
 @pytest.mark.slow
 def test_demo_report_end_to_end(tmp_path, root, bin_env):
-    """./run.sh demo's job from scratch: one 300-epoch training, a block, every analysis (5-10 minutes on 2 cores)."""
+    """./run.sh demo's job from scratch: one 300-epoch training, a block, its first PC and dominant datapoints
+    (5-10 minutes on 2 cores)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -231,6 +232,8 @@ def test_demo_report_end_to_end(tmp_path, root, bin_env):
     # dominant datapoints.
     assert saved["runs"]["cifar10-resnet38-w1-n128-s0"]["block"]["found"]
     assert saved["dominant_datapoints"]
+    made = sorted(p.name.rsplit("_", 1)[0] for p in (tmp_path / "cifar10-resnet38-w1-n128-s0").glob("report_*"))
+    assert made == ["report_cka", "report_dominant", "report_pc"]  # probes and deletion are skipped
 
 
 @pytest.mark.slow
