@@ -104,23 +104,6 @@ def test_deleted_block_passes_its_input_through(resnet14, deleted, reads, source
     )
 
 
-def test_gated_model_deletes_the_blocks_whose_gates_are_zero(resnet14):
-    x = _images(8, seed=3)
-    gated, gates = prune_blocks.gated_model(resnet14)
-    assert sorted(gates) == ["stage1_block1", "stage1_block2", "stage2_block2", "stage3_block2"]  # not the projections
-    shared = {id(w) for w in gated.weights}
-    assert all(id(w) in shared for w in resnet14.weights)  # the trained layers are shared
-    assert len(gated.weights) == len(resnet14.weights) + len(gates)
-    np.testing.assert_array_equal(gated(x, training=False).numpy(), resnet14(x, training=False).numpy())
-    for deleted in (["stage1_block2"], ["stage1_block2", "stage1_block1"], ["stage3_block2", "stage2_block2"]):
-        for name, gate in gates.items():
-            gate.assign(0.0 if name in deleted else 1.0)
-        np.testing.assert_allclose(
-            gated(x, training=False).numpy(), _reference_logits(resnet14, x, deleted), rtol=1e-5, atol=1e-5
-        )
-        assert not np.allclose(gated(x, training=False).numpy(), _reference_logits(resnet14, x), atol=1e-3)
-
-
 def test_pruned_resnet20_has_the_expected_layers():
     model = _random_resnet(20)
     pruned = prune_blocks.delete_blocks(model, ["stage3_block3", "stage3_block2"])

@@ -252,14 +252,9 @@ def accuracy(model: keras.Model, dataset: tf.data.Dataset) -> tuple[float, int]:
     """
     # One trace per model. A partial (no __code__) keeps TensorFlow from counting the
     # traces of different models as retracing of one function and warning about it.
-    return _accuracy(_logits_fn(model), dataset)
-
-
-def _logits_fn(model: keras.Model):
-    return tf.function(functools.partial(model, training=False), input_signature=[_image_spec(model)], autograph=False)
-
-
-def _accuracy(logits, dataset: tf.data.Dataset) -> tuple[float, int]:
+    logits = tf.function(
+        functools.partial(model, training=False), input_signature=[_image_spec(model)], autograph=False
+    )
     correct = total = 0
     for images, labels in dataset:
         predicted = np.argmax(logits(tf.cast(images, tf.float32)).numpy(), axis=-1)
@@ -268,55 +263,6 @@ def _accuracy(logits, dataset: tf.data.Dataset) -> tuple[float, int]:
     if not total:
         raise ValueError("`dataset` must yield at least one example. Received: an empty dataset.")
     return correct / total, total
-
-
-class _Gate(keras.layers.Layer):
-    """Its input times a scalar held in a variable: 1 keeps a residual branch, 0 deletes its block."""
-
-    def build(self, input_shape):
-        self.value = self.add_weight(shape=(), initializer="ones", trainable=False, name="value")
-
-    def call(self, x):
-        return x * keras.ops.cast(self.value, x.dtype)
-
-
-def gated_model(model: keras.Model) -> tuple[keras.Model, dict[str, keras.Variable]]:
-    """`model` with a gate on the residual branch of every deletable block, sharing its layers.
-
-    A block with its gate at 1 computes what it computes in `model`; at 0 it outputs
-    ReLU(x + 0) = x, its input, as `delete_blocks` does (module docstring). One
-    model, hence one traced function, then serves every deletion of a schedule:
-    only the gates change. The deleted branches are still computed (and multiplied
-    by 0), which costs less than building and tracing a model per deletion.
-
-    Returns:
-        (the gated model, {block name: its gate variable, 1.0 as built}).
-    """
-    deletable = [b.name for b in residual_blocks(model) if b.deletable]
-    gates = {name: _Gate(name=f"{name}_gate") for name in deletable}
-    block_inputs = {}
-
-    def call(layer, *args, **kwargs):
-        match = _BLOCK.match(layer.name)
-        block = match.group(1) if match else None
-        if block in gates and block not in block_inputs:
-            # The first layer of a block to be called reads the block's input x.
-            inputs = {id(t): t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)}
-            if len(inputs) != 1:
-                raise ValueError(f"Cannot gate {block!r}: its first layer {layer.name!r} reads {len(inputs)} tensors.")
-            (block_inputs[block],) = inputs.values()
-        if block in gates and layer.name == f"{block}_add":
-            (branches,) = args
-            x = block_inputs[block]
-            if sum(t is x for t in branches) != 1 or len(branches) != 2:
-                raise ValueError(f"Cannot gate {layer.name!r}: it does not add the block's input to one branch.")
-            return layer([t if t is x else gates[block](t) for t in branches], **kwargs)
-        return layer(*args, **kwargs)
-
-    gated = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
-    return keras.Model(gated.input, gated.output, name=f"{model.name}-gated"), {
-        name: gate.value for name, gate in gates.items()
-    }
 
 
 def recalibrate_bn(model: keras.Model, dataset: tf.data.Dataset) -> keras.Model:
@@ -406,10 +352,8 @@ def stagewise_deletion(
 ) -> dict[str, Any]:
     """The paper's Figure 5 procedure: test accuracy after each deletion of `deletion_schedule`.
 
-    Every deletion is evaluated in one pass over `dataset` (read once and cached in
-    memory) by one traced function of `gated_model(model)`, whose gates change from one
-    deletion to the next; with recalibration, each pruned model is a recalibrated copy
-    built by `delete_blocks`.
+    Each pruned model is built once, sharing the trained layers (or, with
+    recalibration, as a recalibrated copy), and evaluated in one pass over `dataset`.
 
     Args:
         model: a trained tfwd ResNet with residual connections.
@@ -437,7 +381,6 @@ def stagewise_deletion(
         ([(1, ['stage1_block1'])], ['stage2_block1', 'stage3_block1'])
     """
     steps, skipped = deletion_schedule(model)
-    dataset = dataset.cache()  # read once, evaluated once per deletion
     if skipped:
         logging.info("Skipping blocks with a projection shortcut (they cannot be deleted): %s.", ", ".join(skipped))
     full, examples = accuracy(model, dataset)
@@ -445,16 +388,11 @@ def stagewise_deletion(
     logging.info("Full model %s: test accuracy %.4f on %d examples.", model.name, full, examples)
     if recalibration_dataset is not None:
         result["full_accuracy_recalibrated"] = accuracy(recalibrate_bn(model, recalibration_dataset), dataset)[0]
-    if recalibration_dataset is None:  # one gated model and one trace serve every deletion
-        gated, gates = gated_model(model)
-        logits = _logits_fn(gated)
     for stage, deleted in steps:
-        if recalibration_dataset is None:
-            for name, gate in gates.items():
-                gate.assign(0.0 if name in deleted else 1.0)
-            acc = _accuracy(logits, dataset)[0]
-        else:
-            acc = accuracy(recalibrate_bn(delete_blocks(model, deleted), recalibration_dataset), dataset)[0]
+        pruned = delete_blocks(model, deleted)
+        if recalibration_dataset is not None:
+            pruned = recalibrate_bn(pruned, recalibration_dataset)
+        acc = accuracy(pruned, dataset)[0]
         logging.info("Stage %d, %d block(s) deleted (%s): accuracy %.4f.", stage, len(deleted), ", ".join(deleted), acc)
         result["steps"].append({"stage": stage, "blocks_deleted": len(deleted), "deleted": deleted, "accuracy": acc})
     return result
