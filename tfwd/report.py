@@ -217,6 +217,7 @@ def analyze(
     """
     timings = {} if timings is None else timings
     settings = spec.get("analyses", {})
+    skipped = {kind for kind, value in settings.items() if value is False}
     detector = spec.get("block_structure", {})
     out = Analyses([], {}, {}, {}, {}, {})
     for run_dir in run_dirs:
@@ -235,24 +236,24 @@ def analyze(
         )
         loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
         analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
-        if settings.get("pc") is not False:
+        if "pc" not in skipped:
             pc_dir = analysis("pc", pc.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
             analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
-            if settings.get("probes") is not False:
+            if "probes" not in skipped:
                 defaults = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024}
                 analysed.probes = probes.load(analysis("probes", probes.analyze_run, defaults))
-            if settings.get("prune_blocks") is not False:
+            if "prune_blocks" not in skipped:
                 prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, {"examples": 2000})
                 analysed.prune_blocks = prune_blocks.load(prune_dir)
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
-        if block.found and settings.get("dominant") not in (None, False):
+        if block.found and "dominant" in settings and "dominant" not in skipped:
             dominant_dir = analysis("dominant", dominant_datapoints.analyze_run, {"examples": 1000, "top": 10})
             out.dominant[run.name] = dominant_datapoints.load(dominant_dir)
         out.runs.append(analysed)
         out.opened[run.name] = run
         out.blocks[run.name] = block
-    if settings.get("cross_seed") is not False:
+    if "cross_seed" not in skipped:
         _cross_seed(run_dirs, settings.get("cross_seed", {}), data_dir, timings, out)
     return out
 
