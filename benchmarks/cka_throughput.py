@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +40,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import feature_sizes, forward_flops, gram_flops, machine, matmul_flops_per_second, rate  # noqa: E402
+from common import (  # noqa: E402
+    feature_sizes,
+    forward_flops,
+    gram_flops,
+    interleaved,
+    machine,
+    matmul_flops_per_second,
+    rate,
+)
 
 from tfwd import cka, metrics, models  # noqa: E402
 
@@ -138,23 +145,6 @@ def throughput_table(configs, peak, repeats):
     for name, ratios, floors in rounds:
         print(f"  {name}, tfwd / reference: {' '.join(f'{r:.2f}' for r in ratios)}; median {np.median(ratios):.2f}")
         print(f"  {name}, floor / tfwd: {' '.join(f'{r:.2f}' for r in floors)}; median {np.median(floors):.2f}")
-
-
-def interleaved(fns, x, rounds):
-    """Seconds of each fn(x) in each round: every fn once per round, in turn, after one warm-up call each.
-
-    On a shared machine whose speed drifts, a ratio of two columns taken within one round
-    compares like with like; best-of-N columns timed one after the other need not.
-    """
-    for fn in fns:
-        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, fn(x))
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for fn, spent in zip(fns, times):
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, fn(x))
-            spent.append(time.perf_counter() - start)
-    return times
 
 
 def many_models_table(ks, depth, repeats):

@@ -41,6 +41,11 @@ def machine() -> str:
     )
 
 
+def _finished(out):
+    """`out` with every tensor in it read back, so that a timing includes the work that made it."""
+    return tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+
+
 def rate(fn, *args, items: int, repeats: int = 5, warmup: int = 1) -> float:
     """Items per second of fn(*args), best of `repeats` after `warmup` calls."""
     for _ in range(warmup):
@@ -48,10 +53,26 @@ def rate(fn, *args, items: int, repeats: int = 5, warmup: int = 1) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        out = fn(*args)
-        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+        _finished(fn(*args))
         best = min(best, time.perf_counter() - start)
     return items / best
+
+
+def interleaved(fns, *args, rounds: int) -> list[list[float]]:
+    """Seconds of each fn(*args) in each round: every fn once per round, in turn, after one warm-up call each.
+
+    On a shared machine whose speed drifts, a ratio of two fns timed within one round
+    compares like with like; best-of-N rates (`rate`) taken one after the other need not.
+    """
+    for fn in fns:
+        _finished(fn(*args))
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            _finished(fn(*args))
+            spent.append(time.perf_counter() - start)
+    return times
 
 
 def matmul_flops_per_second(size: int = 2048) -> float:
