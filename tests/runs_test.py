@@ -96,19 +96,25 @@ def test_opening_bad_run_directories(tmp_path, setup, match):
         runs.Run(str(path))
 
 
-def test_a_model_file_is_loaded_once_until_it_changes(tmp_path):
+def test_runs_share_a_model_only_inside_sharing_models_and_until_the_file_changes(tmp_path):
     config = runs.RunConfig(model=runs.ModelConfig(depth=8, width=0.25))
     runs.write_json(str(tmp_path / "config.json"), config.to_dict())
     path = str(tmp_path / runs.MODEL)
     config.model.build(10, 32).save(path)
-    first = runs.Run(str(tmp_path)).model()
-    assert runs.Run(str(tmp_path)).model() is first  # another Run of the same file: no second load
-    stat = os.stat(path)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was rewritten
-    reloaded = runs.Run(str(tmp_path)).model()
-    assert reloaded is not first
+    alone = runs.Run(str(tmp_path))
+    assert alone.model() is alone.model()  # a Run loads its model once
+    assert runs.Run(str(tmp_path)).model() is not alone.model()  # outside the block, nothing is shared
+    with runs.sharing_models():
+        first = runs.Run(str(tmp_path)).model()
+        assert first is not alone.model()
+        assert runs.Run(str(tmp_path)).model() is first  # another Run of the same file: no second load
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was rewritten
+        reloaded = runs.Run(str(tmp_path)).model()
+        assert reloaded is not first
     for a, b in zip(first.get_weights(), reloaded.get_weights()):
         np.testing.assert_array_equal(a, b)
+    assert not runs._SHARED  # released when the block ends
 
 
 def test_unfinished_run_has_no_model(tmp_path):

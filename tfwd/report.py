@@ -204,6 +204,7 @@ class Analyses:
     dirs: dict[str, dict[str, str]]
 
 
+@runs.sharing_models()  # the analyses of a run open it one after another: load its model once
 def analyze(
     run_dirs: list[str], spec: dict[str, Any], data_dir: str | None = None, timings: dict | None = None
 ) -> Analyses:

@@ -201,8 +201,25 @@ class RunConfig:
 # --- reading runs -----------------------------------------------------------------------------
 
 
-# The last model a Run loaded in this process (see Run.model).
-_LAST_MODEL: dict[tuple, keras.Model] = {}
+# The last model loaded inside each active `sharing_models` block (innermost last).
+_SHARED: list[dict[tuple, keras.Model]] = []
+
+
+@contextlib.contextmanager
+def sharing_models() -> Iterator[None]:
+    """Within this block, Runs of the same model file share one loaded model: the last one loaded.
+
+    Several analyses of one run (a report) each open it anew, and loading a ResNet-38
+    takes 2-3 s. The model is keyed on the file's path, size and modification time, so a
+    retrained run is loaded again; it is released when the block ends. Outside such a
+    block every Run loads its own model. The analyses only read it (inference mode,
+    layers shared or copied), so sharing it changes no result.
+    """
+    _SHARED.append({})
+    try:
+        yield
+    finally:
+        _SHARED.pop()
 
 
 class Run:
@@ -231,13 +248,7 @@ class Run:
         return os.path.exists(os.path.join(self.path, RESULTS))
 
     def model(self) -> keras.Model:
-        """The final trained model (model.keras), loaded once.
-
-        The last model loaded in this process is kept, keyed on the file's path, size and
-        modification time: the analyses of a report open the same run one after another,
-        and loading a ResNet-38 takes 2-3 s. The analyses only read it (inference mode,
-        layers shared or copied), so sharing it changes no result.
-        """
+        """The final trained model (model.keras), loaded once (see `sharing_models` to share it between Runs)."""
         if self._model is None:
             path = os.path.join(self.path, MODEL)
             if not os.path.exists(path):
@@ -246,15 +257,16 @@ class Run:
                 )
             stat = os.stat(path)
             key = (path, stat.st_size, stat.st_mtime_ns)
-            if key in _LAST_MODEL:
-                model = _LAST_MODEL[key]
+            shared = _SHARED[-1] if _SHARED else {}
+            if key in shared:
+                model = shared[key]
             else:
                 try:
                     model = keras.models.load_model(path, compile=False)
                 except Exception as e:  # noqa: BLE001 - a corrupt zip or config raises many types
                     raise RunError(f"Cannot load {path} ({type(e).__name__}: {e}); retrain with --overwrite.") from e
-                _LAST_MODEL.clear()
-                _LAST_MODEL[key] = model
+                shared.clear()
+                shared[key] = model
             if model.name != self.config.model.name:
                 raise RunError(
                     f"{path} holds model {model.name!r} but {CONFIG} describes {self.config.model.name!r}: the run "
