@@ -15,7 +15,7 @@ import pytest
 from tfwd import errors, runs
 
 # Each case below runs a binary in a fresh process (5-40 s each). The default tier keeps one or two
-# cases per binary and kind of failure; the rest run in the slow tier (`./run.sh test -m slow`).
+# cases per binary and kind of failure; the rest run in the slow tier (`./run.sh test -m slow -n 0`).
 SLOW = pytest.mark.slow
 
 TINY = ["--depth=8", "--width=0.25", "--train_examples=256", "--batch_size=32", "--epochs=1"]
