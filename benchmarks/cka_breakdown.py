@@ -32,19 +32,19 @@ from common import interleaved, machine  # noqa: E402
 from tfwd import cka, metrics, models  # noqa: E402
 
 
-def gram_plan(model, names):
-    """{layer: "channel" | "halves" | "full"} for the Grams tfwd computes (derived layers left out)."""
-    tapped = models.activation_model(model, names)
+def gram_plan(model, tapped, names):
+    """({layer: "channel" | "halves" | "full"} for the Grams tfwd computes, derived layers left out;
+    the features of every layer), as tfwd.metrics._centered_grams decides them."""
     acts = [tf.zeros([4, *o.shape[1:]]) for o in tapped.outputs]
     derived = metrics._channel_derived(acts, cka.joint_channel_affine([model], [names]))
     sources = {i for i, _ in derived.values()}
-    plan = {}
-    for i, a in enumerate(acts):
-        if i in derived:
-            continue
-        features = int(np.prod(a.shape[1:]))
-        plan[i] = "channel" if i in sources else "halves" if features >= metrics.SYMMETRIC_MIN_FEATURES else "full"
-    return plan, [int(np.prod(a.shape[1:])) for a in acts]
+    features = [int(np.prod(a.shape[1:])) for a in acts]
+    plan = {
+        i: "channel" if i in sources else "halves" if p >= metrics.SYMMETRIC_MIN_FEATURES else "full"
+        for i, p in enumerate(features)
+        if i not in derived
+    }
+    return plan, features
 
 
 def main():
@@ -57,7 +57,7 @@ def main():
     model = models.cifar_resnet(args.depth, 1)
     names = models.tap_names(model, "all")
     tapped = models.activation_model(model, "all")
-    plan, features = gram_plan(model, names)
+    plan, features = gram_plan(model, tapped, names)
     reference_flops = sum(2.0 * N * N * p for p in features)
     tfwd_flops = sum(2.0 * N * N * features[i] * (0.75 if kind == "halves" else 1.0) for i, kind in plan.items())
     share = tfwd_flops / reference_flops
@@ -89,10 +89,11 @@ def main():
     print("| --- | --- | --- | --- |")
     for label, t in zip(labels, times):
         print(f"| {label} | {np.median(t):.3f} | {min(t):.3f} | {max(t):.3f} |")
-    f, s, r = (float(np.median(times[i])) for i in (0, 2, 3))
+    forward_s, reference_s = float(np.median(times[0])), float(np.median(times[3]))
     ratios = np.asarray(times[3]) / np.asarray(times[2])
     print(f"\ntfwd / reference: median of rounds {np.median(ratios):.2f} ({ratios.min():.2f}-{ratios.max():.2f})")
-    print(f"bound at equal Gram rates, (F + R) / (F + g R): {(r) / (f + share * (r - f)):.2f}")
+    bound = reference_s / (forward_s + share * (reference_s - forward_s))  # F + R = the reference's whole step
+    print(f"bound at equal Gram rates, (F + R) / (F + g R): {bound:.2f}")
 
 
 if __name__ == "__main__":
