@@ -7,7 +7,9 @@ with the virtualenv's Python.
 
 import importlib.util
 import os
+import signal
 import sys
+import threading
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -80,12 +82,48 @@ def define_strategy_flags() -> None:
     define_setting("tpu")
 
 
+# Seconds after an unhandled Ctrl-C before `run` raises KeyboardInterrupt in the main thread again.
+REINTERRUPT_SECONDS = 5.0
+
+
+class _CtrlC:
+    """SIGINT raises KeyboardInterrupt, as Python's own handler does, and arms a watchdog that raises
+    it again every REINTERRUPT_SECONDS until `run` has handled one.
+
+    Python raises KeyboardInterrupt wherever the main thread is when the signal lands. Inside a
+    finalizer (__del__, a weakref callback) it is printed as "Exception ignored" and lost, and so it
+    is in code that catches BaseException: the program then runs on as if Ctrl-C had not been pressed.
+    """
+
+    def __init__(self):
+        self.handled = threading.Event()
+        self.armed = False
+
+    def install(self) -> None:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame):
+        if not self.armed:
+            self.armed = True
+            threading.Thread(target=self._repeat, daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _repeat(self) -> None:
+        while not self.handled.wait(REINTERRUPT_SECONDS):
+            # A real signal, so that a blocking call of the main thread returns (EINTR) and _on_sigint runs.
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
 def run(main) -> None:
     """app.run(main), turning tfwd's expected errors into one line on stderr and exit code 1.
 
     Ctrl-C (SIGINT) prints one line and exits with 130, the shell's code for it: every
     write is atomic, so nothing half-written is left, and rerunning resumes a training.
+    A Ctrl-C that the program lost (see `_CtrlC`) is raised again until it stops it.
     """
+    ctrl_c = _CtrlC()
+    ctrl_c.install()
 
     def wrapped(argv):
         from tfwd import errors
@@ -110,9 +148,12 @@ def run(main) -> None:
                 file=sys.stderr,
             )
             sys.exit(130)
+        finally:
+            ctrl_c.handled.set()  # finished, failed or interrupted: no Ctrl-C is raised again
 
     try:
         app.run(wrapped)
     except KeyboardInterrupt:  # before main started (flag parsing, imports)
+        ctrl_c.handled.set()
         print("error: Interrupted (Ctrl-C).", file=sys.stderr)
         sys.exit(130)

@@ -459,3 +459,40 @@ def test_report_refuses_a_bad_spec_before_training(root, bin_env, tmp_path, anal
     expected = f"error: {prefix}{message.format(spec=spec)}"
     assert result.returncode == 1 and _one_error(result.stderr) == [expected], result.stderr[-2000:]
     assert not out.exists()  # nothing trained, nothing written
+
+
+LOSES_CTRL_C = """
+import os, signal, sys, time
+sys.path.insert(0, {bin!r})
+import _common
+
+_common.REINTERRUPT_SECONDS = 0.5
+
+
+class LosesCtrlC:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # KeyboardInterrupt is raised here, inside a finalizer: Python prints and drops it
+
+
+def main(argv):
+    LosesCtrlC()
+    print("still running", file=sys.stderr, flush=True)
+    time.sleep(60)
+
+
+_common.run(main)
+"""
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_is_raised_again_until_the_app_stops(root, tmp_path):
+    script = tmp_path / "loses_ctrl_c.py"
+    script.write_text(LOSES_CTRL_C.format(bin=str(root / "bin")))
+    start = time.time()
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    # Without the re-raise the app sleeps its 60 s and exits 0.
+    assert "Exception ignored" in result.stderr and "still running" in result.stderr, result.stderr
+    assert result.returncode == 130 and time.time() - start < 30, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: Interrupted (Ctrl-C); nothing half-written is left. Rerun the same command to resume or start again."
+    ]
