@@ -34,17 +34,11 @@ from tfwd import cka, metrics, models  # noqa: E402
 
 def gram_plan(model, tapped, names):
     """({layer: "channel" | "halves" | "full"} for the Grams tfwd computes, derived layers left out;
-    the features of every layer), as tfwd.metrics._centered_grams decides them."""
+    the features of every layer), from tfwd.metrics._gram_plan."""
     acts = [tf.zeros([4, *o.shape[1:]]) for o in tapped.outputs]
-    derived = metrics._channel_derived(acts, cka.joint_channel_affine([model], [names]))
-    sources = {i for i, _ in derived.values()}
+    kinds = metrics._gram_plan(acts, cka.joint_channel_affine([model], [names]))
     features = [int(np.prod(a.shape[1:])) for a in acts]
-    plan = {
-        i: "channel" if i in sources else "halves" if p >= metrics.SYMMETRIC_MIN_FEATURES else "full"
-        for i, p in enumerate(features)
-        if i not in derived
-    }
-    return plan, features
+    return {i: kind for i, kind in enumerate(kinds) if kind != "derived"}, features
 
 
 def main():

@@ -351,6 +351,12 @@ class TestChannelAffine:
         plain.update_state([conv, bn])
         np.testing.assert_allclose(hinted.result().numpy(), plain.result().numpy(), atol=1e-12)
 
+    def test_plan_names_how_each_gram_is_made(self):
+        conv, bn, relu, scale = self.conv_and_bn(n=4, shape=(16, 16, 8))  # 256 positions, 2,048 features
+        small_conv, small_bn, _, small_scale = self.conv_and_bn(n=4, shape=(4, 4, 3))  # 16 positions, 48 features
+        plan = metrics._gram_plan([conv, bn, relu, small_conv, small_bn], {1: (0, scale), 4: (3, small_scale)})
+        assert plan == ["channel", "derived", "halves", "full", "full"]
+
     @pytest.mark.parametrize(
         "hint,match",
         [({0: (1, np.ones(5))}, "source must come first"), ({1: (0, np.ones(4))}, "not a per-channel rescaling")],

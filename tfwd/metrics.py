@@ -157,7 +157,7 @@ def _gram(x):
         def product(a, b):
             return tf.matmul(a, b, transpose_b=True)
 
-    if x.shape[-1] is None or x.shape[-1] < SYMMETRIC_MIN_FEATURES:
+    if not _uses_row_halves(x.shape[-1]):
         return product(x, x)
     half = tf.shape(x)[0] // 2
     a, b = x[:half], x[half:]
@@ -165,6 +165,11 @@ def _gram(x):
     top = tf.concat([product(a, a), ab], axis=1)
     bottom = tf.concat([tf.transpose(ab), product(b, b)], axis=1)
     return tf.concat([top, bottom], axis=0)
+
+
+def _uses_row_halves(features) -> bool:
+    """Whether `_gram` builds the Gram of `features` (None: not known when traced) from row halves."""
+    return features is not None and features >= SYMMETRIC_MIN_FEATURES
 
 
 _FORMULATION: list[str] = []
@@ -237,6 +242,23 @@ def _channel_derived(acts, channel_affine) -> dict[int, tuple[int, object]]:
         if positions >= CHANNEL_GRAM_MIN_POSITIONS:
             derived[j] = (i, scale)
     return derived
+
+
+def _gram_plan(acts, channel_affine=None) -> list[str]:
+    """How `_centered_grams` gets each layer's Gram matrix: "derived" (from another layer's
+    per-channel Grams, no product of its own), "channel" (per-channel Grams, which a derived layer
+    reuses), "halves" (from row halves: 3/4 of a product's FLOPs) or "full"."""
+    derived = _channel_derived(acts, channel_affine)
+    sources = {i for i, _ in derived.values()}
+    plan = []
+    for i, a in enumerate(acts):
+        if i in derived:
+            plan.append("derived")
+        elif i in sources:
+            plan.append("channel")
+        else:
+            plan.append("halves" if _uses_row_halves(int(np.prod(a.shape[1:]))) else "full")
+    return plan
 
 
 def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
