@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -469,3 +470,66 @@ def test_validation_every_k_epochs_and_after_the_last(tmp_path, tfds_dir):
         rows = list(csv.DictReader(f))
     assert [bool(r["val_accuracy"]) for r in rows] == [False, True, False, True, True]
     assert "val_accuracy" in runs.Run(run_dir).results()
+
+
+def _tiny_config(tfds_dir, epochs=1):
+    return runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=64),
+        runs.TrainConfig(epochs=epochs, batch_size=32),
+    )
+
+
+def _listing(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_a_folder_tfwd_did_not_make_is_never_trained_into(tmp_path, tfds_dir, overwrite):
+    config = _tiny_config(tfds_dir)
+    folder = tmp_path / config.name  # a user's folder that happens to have the run's name
+    (folder / "data").mkdir(parents=True)
+    (folder / "notes.txt").write_text("a user's notes")
+    (folder / "data" / "images.npy").write_bytes(b"not ours")
+    before = _listing(folder)
+    with pytest.raises(runs.RunError) as info:
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False, overwrite=overwrite)
+    assert errors.one_line(info.value) == (
+        f"{folder} is not a tfwd run: it has no config.json that tfwd can read and holds data, notes.txt. "
+        "tfwd trains only into a new folder or a run it made; move that folder or choose another --out_dir."
+    )
+    assert _listing(folder) == before  # not even a lock file was added
+
+
+def test_overwrite_replaces_what_tfwd_wrote_and_keeps_what_it_did_not(tmp_path, tfds_dir):
+    config = _tiny_config(tfds_dir)
+    run_dir = pathlib.Path(training.train(config, str(tmp_path), verbose=0, tensorboard=True))
+    analysis = run_dir / "pc_all_test"  # an analysis of the old model, which the new one makes stale
+    analysis.mkdir()
+    (analysis / runs.OUTPUT_MARKER).write_text("pc\n")
+    (run_dir / "notes.txt").write_text("a user's notes")
+    (run_dir / "figures").mkdir()
+    (run_dir / "figures" / "mine.png").write_bytes(b"a user's figure")
+    stamp = os.stat(run_dir / "model.keras").st_mtime_ns
+    time.sleep(0.01)
+    training.train(_tiny_config(tfds_dir, epochs=2), str(tmp_path), verbose=0, tensorboard=False, overwrite=True)
+    assert sorted(os.listdir(run_dir)) == sorted(
+        [runs.LOCK, "checkpoints", "config.json", "figures", "history.csv", "model.keras", "notes.txt"]
+        + ["results.json", "test_predictions.npz"]
+    )  # the old TensorBoard logs and the stale analysis are gone
+    assert (run_dir / "notes.txt").read_text() == "a user's notes"
+    assert (run_dir / "figures" / "mine.png").read_bytes() == b"a user's figure"
+    assert os.stat(run_dir / "model.keras").st_mtime_ns != stamp and runs.read_config(str(run_dir)).train.epochs == 2
+
+
+def test_a_run_an_older_version_wrote_can_still_be_overwritten(tmp_path, tfds_dir):
+    # Its config.json does not read as this version's; every entry is one tfwd writes.
+    config = _tiny_config(tfds_dir)
+    run_dir = tmp_path / config.name
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.json").write_text('{"model": {"depth": 8, "a_setting_of_long_ago": 1}}')
+    (run_dir / "history.csv").write_text("epoch,loss\n1,2.3\n")
+    with pytest.raises(runs.RunError, match="corrupt or from an incompatible version"):
+        training.train(config, str(tmp_path), verbose=0, tensorboard=False)
+    training.train(config, str(tmp_path), verbose=0, tensorboard=False, overwrite=True)
+    assert runs.Run(str(run_dir)).finished and runs.read_config(str(run_dir)) == config

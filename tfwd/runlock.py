@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import glob
 import os
 import shutil
@@ -85,6 +86,15 @@ class RunLock:
         return "unknown"
 
 
+# Names of the temporary copies `atomic_path` makes of the run files, beside them.
+_RUN_FILE_TEMPORARIES = [f".{name}.*.tmp{os.path.splitext(name)[1]}" for name in RUN_FILES]
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name`, in a run directory, is a temporary copy of one of its files (`RUN_FILES`)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _RUN_FILE_TEMPORARIES)
+
+
 def remove_stale_temporaries(run_dir: str) -> list[str]:
     """Removes the temporary files and checkpoint parts a killed training of `run_dir` left.
 
@@ -96,7 +106,7 @@ def remove_stale_temporaries(run_dir: str) -> list[str]:
         The paths removed.
     """
     checkpoints = os.path.join(run_dir, CHECKPOINTS)
-    patterns = [os.path.join(glob.escape(run_dir), f".{name}.*.tmp{os.path.splitext(name)[1]}") for name in RUN_FILES]
+    patterns = [os.path.join(glob.escape(run_dir), pattern) for pattern in _RUN_FILE_TEMPORARIES]
     patterns.append(os.path.join(glob.escape(checkpoints), ".latest.json.*.tmp.json"))
     patterns.append(os.path.join(glob.escape(checkpoints), "ckpt-*_temp"))
     removed = [p for pattern in patterns for p in glob.glob(pattern)]

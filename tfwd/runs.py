@@ -54,6 +54,7 @@ PREDICTIONS = "test_predictions.npz"
 RESULTS = "results.json"
 HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
 LOCK = ".lock"
 # The files training writes with `atomic_path`: a temporary copy of one of them in a run
 # directory that training has locked was left by a killed writer.

@@ -212,22 +212,63 @@ def run_state(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
     return "finished" if os.path.exists(os.path.join(run_dir, runs.RESULTS)) else "resume"
 
 
-def _clear_run_dir(run_dir: str) -> None:
-    """Empties a run directory for --overwrite, except the lock this process holds.
+# What training writes into a run directory, besides its lock and temporaries (and the
+# analyses' output folders, which hold tfwd.runs.OUTPUT_MARKER).
+_RUN_ENTRIES = (*runs.RUN_FILES, runs.CHECKPOINTS, runs.TENSORBOARD)
 
-    results.json goes first and config.json last, so a process killed halfway leaves
-    a directory that is neither "finished" nor without settings: rerunning resumes
-    it (or --overwrite clears it again).
+
+def _written_by_tfwd(run_dir: str, name: str) -> bool:
+    """Whether the entry `name` of a run directory is one tfwd writes there (the lock and temporaries aside)."""
+    return name in _RUN_ENTRIES or os.path.isfile(os.path.join(run_dir, name, runs.OUTPUT_MARKER))
+
+
+def _check_made_by_tfwd(run_dir: str) -> None:
+    """Raises runs.RunError unless the existing folder `run_dir` is one tfwd training made.
+
+    That is, it holds a config.json tfwd reads (a run, of any settings), or nothing but what
+    tfwd writes into a run directory: a training killed before its config.json leaves only its
+    lock and temporary files, and a run of an older version has a config.json this one may not
+    read. tfwd never trains into, nor empties with --overwrite, a folder it did not make.
+    """
+    try:
+        runs.read_config(run_dir)
+        return
+    except runs.RunError:
+        pass
+    strays = sorted(
+        name
+        for name in os.listdir(run_dir)
+        if name != runs.LOCK and not runlock.is_temporary(name) and not _written_by_tfwd(run_dir, name)
+    )
+    if strays:
+        listed = ", ".join(strays[:3]) + (", ..." if len(strays) > 3 else "")
+        raise runs.RunError(
+            f"{run_dir} is not a tfwd run: it has no {runs.CONFIG} that tfwd can read and holds {listed}. "
+            "tfwd trains only into a new folder or a run it made; move that folder or choose another --out_dir."
+        )
+
+
+def _clear_run_dir(run_dir: str) -> None:
+    """Empties a run directory for --overwrite of what tfwd wrote there.
+
+    The run's files, checkpoints and TensorBoard logs go, and so do the outputs of analyses
+    of the old model (folders holding tfwd.runs.OUTPUT_MARKER); the lock this process holds
+    and anything else (a user's notes) stay. results.json goes first and config.json last,
+    so a process killed halfway leaves a directory that is neither "finished" nor without
+    settings: rerunning resumes it (or --overwrite clears it again).
     """
     order = {runs.RESULTS: 0, runs.CONFIG: 2}
-    for name in sorted(os.listdir(run_dir), key=lambda n: order.get(n, 1)):
+    names = [name for name in os.listdir(run_dir) if name != runs.LOCK]
+    ours = [name for name in names if _written_by_tfwd(run_dir, name)]
+    for name in sorted(ours, key=lambda n: order.get(n, 1)):
         path = os.path.join(run_dir, name)
-        if name == runs.LOCK:
-            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         else:
             os.remove(path)
+    kept = [name for name in names if name not in ours and not runlock.is_temporary(name)]
+    if kept:
+        logging.info("Kept %s in %s: tfwd did not write them.", ", ".join(sorted(kept)), run_dir)
 
 
 def _create_run_dir(run_dir: str, config: runs.RunConfig, overwrite: bool) -> None:
@@ -296,6 +337,8 @@ def train(
     run_dir = os.path.join(out_dir, config.name)
     with contextlib.ExitStack() as held:
         locked = is_chief and os.path.isdir(run_dir)
+        if locked:
+            _check_made_by_tfwd(run_dir)  # before the lock: not even a .lock goes into a user's folder
         if locked:  # an existing run: a second writer is refused before it loads any data
             held.enter_context(runlock.RunLock(run_dir))
         if is_chief and _finished(run_dir, config, overwrite):
@@ -378,7 +421,7 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
         iterator = iter(strategy.distribute_datasets_from_function(pipeline))
         validation = data.eval_dataset("validation", 500) if data.num_examples("validation") else None
         writer = (
-            tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if tensorboard and is_chief else None
+            tf.summary.create_file_writer(os.path.join(run_dir, runs.TENSORBOARD)) if tensorboard and is_chief else None
         )
         verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
