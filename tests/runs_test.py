@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -150,6 +151,30 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
         open(os.path.join(tmp, "c.txt"), "w").write("3")
     assert _files(target) == ["c.txt"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_an_output_folder_holding_a_users_files_is_not_replaced(tmp_path):
+    target = tmp_path / "out"
+    with runs.atomic_dir(str(target), "pc") as tmp:
+        os.makedirs(os.path.join(tmp, "figures"))
+        open(os.path.join(tmp, "figures", "first_pc.png"), "w").write("1")
+        open(os.path.join(tmp, "pc.json"), "w").write("{}")
+    runs.check_output_dir(str(target), "pc")  # only its own output: free
+    for extra in ["notes.txt", os.path.join("figures", "mine.png")]:
+        (target / extra).write_text("a user's")
+        before = _snapshot(target)
+        with pytest.raises(runs.RunError, match=f"also {re.escape(extra)}, which tfwd did not write"):
+            with runs.atomic_dir(str(target), "pc") as tmp:
+                open(os.path.join(tmp, "pc.json"), "w").write("new")
+        assert _snapshot(target) == before
+        (target / extra).unlink()
+    with runs.atomic_dir(str(target), "pc") as tmp:  # without them, replaced as a whole
+        open(os.path.join(tmp, "pc.json"), "w").write("new")
+    assert _files(target) == ["pc.json"] and (target / "pc.json").read_text() == "new"
+    # An earlier version's marker names only the analysis: its folder is replaced as before.
+    (target / runs.OUTPUT_MARKER).write_text("pc\n")
+    (target / "extra.txt").write_text("written by that version")
+    runs.check_output_dir(str(target), "pc")
 
 
 def _user_data(tmp_path):

@@ -504,9 +504,12 @@ def test_a_folder_tfwd_did_not_make_is_never_trained_into(tmp_path, tfds_dir, ov
 def test_overwrite_replaces_what_tfwd_wrote_and_keeps_what_it_did_not(tmp_path, tfds_dir):
     config = _tiny_config(tfds_dir)
     run_dir = pathlib.Path(training.train(config, str(tmp_path), verbose=0, tensorboard=True))
-    analysis = run_dir / "pc_all_test"  # an analysis of the old model, which the new one makes stale
-    analysis.mkdir()
-    (analysis / runs.OUTPUT_MARKER).write_text("pc\n")
+    for kind in ("pc", "probes"):  # analyses of the old model, which the new one makes stale
+        with runs.atomic_dir(str(run_dir / f"{kind}_all_test"), kind) as tmp:
+            (pathlib.Path(tmp) / f"{kind}.json").write_text("{}")
+    (run_dir / "probes_all_test" / "my_notes.txt").write_text("a user's notes on the probes")
+    (run_dir / "cka_all").mkdir()  # an analysis output of an earlier version: its marker names only its kind
+    (run_dir / "cka_all" / runs.OUTPUT_MARKER).write_text("cka\n")
     (run_dir / "notes.txt").write_text("a user's notes")
     (run_dir / "figures").mkdir()
     (run_dir / "figures" / "mine.png").write_bytes(b"a user's figure")
@@ -515,8 +518,9 @@ def test_overwrite_replaces_what_tfwd_wrote_and_keeps_what_it_did_not(tmp_path, 
     training.train(_tiny_config(tfds_dir, epochs=2), str(tmp_path), verbose=0, tensorboard=False, overwrite=True)
     assert sorted(os.listdir(run_dir)) == sorted(
         [runs.LOCK, "checkpoints", "config.json", "figures", "history.csv", "model.keras", "notes.txt"]
-        + ["results.json", "test_predictions.npz"]
-    )  # the old TensorBoard logs and the stale analysis are gone
+        + ["probes_all_test", "results.json", "test_predictions.npz"]
+    )  # the old TensorBoard logs and the stale analyses are gone; the one holding a user's notes stays
+    assert (run_dir / "probes_all_test" / "my_notes.txt").read_text() == "a user's notes on the probes"
     assert (run_dir / "notes.txt").read_text() == "a user's notes"
     assert (run_dir / "figures" / "mine.png").read_bytes() == b"a user's figure"
     assert os.stat(run_dir / "model.keras").st_mtime_ns != stamp and runs.read_config(str(run_dir)).train.epochs == 2

@@ -60,17 +60,39 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-# An analysis' output folder holds this file, naming the analysis that wrote it. A folder is
-# only ever replaced when it holds the marker of the same analysis: tfwd never deletes what
-# it did not create (a run directory, a folder of runs, the current directory, a user's file).
+# An analysis' output folder holds this file: its first line names the analysis that wrote it,
+# the next ones every file and folder the analysis wrote (paths relative to the folder). A
+# folder is only ever replaced when it holds the marker of the same analysis and nothing the
+# marker does not list: tfwd never deletes what it did not create (a run directory, a folder
+# of runs, the current directory, a user's file, a user's notes put into an output folder).
 OUTPUT_MARKER = ".tfwd_output"
+
+
+def _entries(path: str) -> list[str]:
+    """Every file and folder below `path`, as paths relative to it, the marker left out."""
+    found = []
+    for folder, dirs, files in os.walk(path):
+        relative = os.path.relpath(folder, path)
+        found += [os.path.normpath(os.path.join(relative, name)) for name in dirs + files]
+    return sorted(name for name in found if name != OUTPUT_MARKER)
+
+
+def unlisted_entries(path: str) -> list[str]:
+    """What the output folder `path` holds that its marker does not list (not written by tfwd).
+
+    A marker of an earlier version names only the analysis: nothing is known to be unlisted then.
+    """
+    with open(os.path.join(path, OUTPUT_MARKER)) as f:
+        listed = f.read().splitlines()[1:]
+    return sorted(set(_entries(path)) - set(listed)) if listed else []
 
 
 def check_output_dir(path: str, kind: str) -> None:
     """Raises tfwd.errors.RunError unless `path` is free for an analysis of `kind` to write.
 
     Free: `path` does not exist, is an empty folder, or is a folder holding the marker
-    of an earlier `kind` output (which the new output replaces as a whole). Analyses call this
+    of an earlier `kind` output and nothing else that its marker does not list (the new
+    output replaces it as a whole). Analyses call this
     before they compute, so a wrong --out_dir fails at once.
     """
     if not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
@@ -78,8 +100,15 @@ def check_output_dir(path: str, kind: str) -> None:
     marker = os.path.join(path, OUTPUT_MARKER)
     if os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(marker):
         with open(marker) as f:
-            written_by = f.read().strip()
+            written_by = f.readline().strip()
         if written_by == kind:
+            unlisted = unlisted_entries(path)
+            if unlisted:
+                listed = ", ".join(unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
+                raise errors.RunError(
+                    f"{path} holds the output of tfwd {kind!r} and also {listed}, which tfwd did not write; an "
+                    "analysis replaces its earlier output as a whole, so move those or choose another --out_dir."
+                )
             return
         raise errors.RunError(
             f"{path} holds the output of tfwd {written_by!r}, not {kind!r}; choose another --out_dir "
@@ -131,8 +160,9 @@ def atomic_dir(path: str, kind: str) -> Iterator[str]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
+        written = _entries(tmp)
         with open(os.path.join(tmp, OUTPUT_MARKER), "w") as f:
-            f.write(kind + "\n")
+            f.write("".join(line + "\n" for line in [kind, *written]))
         faults.crash_point("analysis_write")
         check_output_dir(path, kind)  # again: another process may have written there meanwhile
         if os.path.exists(path):

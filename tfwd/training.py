@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import distribute, faults, models, run_settings, runlock, runs
+from tfwd import atomic, distribute, faults, models, run_settings, runlock, runs
 from tfwd.checkpoints import Checkpoints
 from tfwd.data import Data, DataConfig
 from tfwd.errors import TrainingDivergedError
@@ -218,8 +218,12 @@ _RUN_ENTRIES = (*runs.RUN_FILES, runs.CHECKPOINTS, runs.TENSORBOARD)
 
 
 def _written_by_tfwd(run_dir: str, name: str) -> bool:
-    """Whether the entry `name` of a run directory is one tfwd writes there (the lock and temporaries aside)."""
-    return name in _RUN_ENTRIES or os.path.isfile(os.path.join(run_dir, name, runs.OUTPUT_MARKER))
+    """Whether the entry `name` of a run directory is one tfwd writes there (the lock and temporaries aside):
+    a run file or folder, or an analysis' output folder that holds nothing its marker does not list."""
+    if name in _RUN_ENTRIES:
+        return True
+    path = os.path.join(run_dir, name)
+    return os.path.isfile(os.path.join(path, runs.OUTPUT_MARKER)) and not atomic.unlisted_entries(path)
 
 
 def _check_made_by_tfwd(run_dir: str) -> None:
@@ -252,8 +256,8 @@ def _clear_run_dir(run_dir: str) -> None:
     """Empties a run directory for --overwrite of what tfwd wrote there.
 
     The run's files, checkpoints and TensorBoard logs go, and so do the outputs of analyses
-    of the old model (folders holding tfwd.runs.OUTPUT_MARKER); the lock this process holds
-    and anything else (a user's notes) stay. results.json goes first and config.json last,
+    of the old model (folders holding tfwd.runs.OUTPUT_MARKER and nothing it does not list);
+    the lock this process holds and anything else (a user's notes) stay. results.json goes first and config.json last,
     so a process killed halfway leaves a directory that is neither "finished" nor without
     settings: rerunning resumes it (or --overwrite clears it again).
     """
