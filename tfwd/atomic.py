@@ -91,9 +91,9 @@ def check_output_dir(path: str, kind: str) -> None:
     """Raises tfwd.errors.RunError unless `path` is free for an analysis of `kind` to write.
 
     Free: `path` does not exist, is an empty folder, or is a folder holding the marker
-    of an earlier `kind` output and nothing else that its marker does not list (the new
-    output replaces it as a whole). Analyses call this
-    before they compute, so a wrong --out_dir fails at once.
+    of an earlier `kind` output and nothing that its marker does not list (the new output
+    replaces it as a whole). Analyses call this before they compute, so a wrong --out_dir
+    fails at once.
     """
     if not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
         return
