@@ -513,6 +513,7 @@ def test_overwrite_replaces_what_tfwd_wrote_and_keeps_what_it_did_not(tmp_path, 
     (run_dir / "notes.txt").write_text("a user's notes")
     (run_dir / "figures").mkdir()
     (run_dir / "figures" / "mine.png").write_bytes(b"a user's figure")
+    (run_dir / "checkpoints" / "README.txt").write_text("which epoch to use")  # in tfwd's own folder
     stamp = os.stat(run_dir / "model.keras").st_mtime_ns
     time.sleep(0.01)
     training.train(_tiny_config(tfds_dir, epochs=2), str(tmp_path), verbose=0, tensorboard=False, overwrite=True)
@@ -523,6 +524,12 @@ def test_overwrite_replaces_what_tfwd_wrote_and_keeps_what_it_did_not(tmp_path, 
     assert (run_dir / "probes_all_test" / "my_notes.txt").read_text() == "a user's notes on the probes"
     assert (run_dir / "notes.txt").read_text() == "a user's notes"
     assert (run_dir / "figures" / "mine.png").read_bytes() == b"a user's figure"
+    assert sorted(os.listdir(run_dir / "checkpoints")) == [
+        "README.txt",
+        "ckpt-2.data-00000-of-00001",
+        "ckpt-2.index",
+        "latest.json",
+    ]  # the old run's checkpoint (epoch 1) is gone, the user's note is not
     assert os.stat(run_dir / "model.keras").st_mtime_ns != stamp and runs.read_config(str(run_dir)).train.epochs == 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfwd import atomic, distribute, faults, models, run_settings, runlock, runs
-from tfwd.checkpoints import Checkpoints
+from tfwd.checkpoints import LATEST, Checkpoints
 from tfwd.data import Data, DataConfig
 from tfwd.errors import TrainingDivergedError
 
@@ -215,6 +216,11 @@ def run_state(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
 # What training writes into a run directory, besides its lock and temporaries (and the
 # analyses' output folders, which hold tfwd.runs.OUTPUT_MARKER).
 _RUN_ENTRIES = (*runs.RUN_FILES, runs.CHECKPOINTS, runs.TENSORBOARD)
+# Inside the run's own folders, what training (and TensorFlow for it) writes.
+_FOLDER_ENTRIES = {
+    runs.CHECKPOINTS: ("ckpt-*", LATEST, f".{LATEST}.*.tmp.json"),
+    runs.TENSORBOARD: ("events.out.tfevents.*",),
+}
 
 
 def _written_by_tfwd(run_dir: str, name: str) -> bool:
@@ -255,24 +261,40 @@ def _check_made_by_tfwd(run_dir: str) -> None:
 def _clear_run_dir(run_dir: str) -> None:
     """Empties a run directory for --overwrite of what tfwd wrote there.
 
-    The run's files, checkpoints and TensorBoard logs go, and so do the outputs of analyses
-    of the old model (folders holding tfwd.runs.OUTPUT_MARKER and nothing it does not list);
-    the lock this process holds and anything else (a user's notes) stay. results.json goes first and config.json last,
-    so a process killed halfway leaves a directory that is neither "finished" nor without
-    settings: rerunning resumes it (or --overwrite clears it again).
+    The run's files, checkpoints and TensorBoard logs go (inside checkpoints/ and tensorboard/,
+    only the files training writes there), and so do the outputs of analyses of the old model
+    (folders holding tfwd.runs.OUTPUT_MARKER and nothing it does not list); the lock this
+    process holds and anything else (a user's notes) stay. results.json goes first and
+    config.json last, so a process killed halfway leaves a directory that is neither
+    "finished" nor without settings: rerunning resumes it (or --overwrite clears it again).
     """
     order = {runs.RESULTS: 0, runs.CONFIG: 2}
     names = [name for name in os.listdir(run_dir) if name != runs.LOCK]
     ours = [name for name in names if _written_by_tfwd(run_dir, name)]
+    kept = [name for name in names if name not in ours and not runlock.is_temporary(name)]
     for name in sorted(ours, key=lambda n: order.get(n, 1)):
         path = os.path.join(run_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
+        if name in _FOLDER_ENTRIES and os.path.isdir(path) and not os.path.islink(path):
+            inside = [
+                e for pattern in _FOLDER_ENTRIES[name] for e in glob.glob(os.path.join(glob.escape(path), pattern))
+            ]
+            for entry in inside:
+                _remove(entry)
+            if os.listdir(path):
+                kept += [os.path.join(name, entry) for entry in os.listdir(path)]
+            else:
+                os.rmdir(path)
         else:
-            os.remove(path)
-    kept = [name for name in names if name not in ours and not runlock.is_temporary(name)]
+            _remove(path)
     if kept:
         logging.info("Kept %s in %s: tfwd did not write them.", ", ".join(sorted(kept)), run_dir)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 def _create_run_dir(run_dir: str, config: runs.RunConfig, overwrite: bool) -> None:
