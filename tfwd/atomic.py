@@ -104,10 +104,10 @@ def check_output_dir(path: str, kind: str) -> None:
         if written_by == kind:
             unlisted = unlisted_entries(path)
             if unlisted:
-                listed = ", ".join(unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
                 raise errors.RunError(
-                    f"{path} holds the output of tfwd {kind!r} and also {listed}, which tfwd did not write; an "
-                    "analysis replaces its earlier output as a whole, so move those or choose another --out_dir."
+                    f"{path} holds the output of tfwd {kind!r} and also {errors.first_few(unlisted)}, which tfwd did "
+                    "not write; an analysis replaces its earlier output as a whole, so move those or choose another "
+                    "--out_dir."
                 )
             return
         raise errors.RunError(

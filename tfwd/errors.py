@@ -26,6 +26,12 @@ class TrainingDivergedError(RuntimeError):
 EXPECTED = (ValueError, DataNotFoundError, RunError, TrainingDivergedError, OSError)
 
 
+def first_few(names, most: int = 3) -> str:
+    """The first `most` of `names`, comma-separated, with ", ..." when there are more: for one-line messages."""
+    names = list(names)
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 def one_line(error: BaseException) -> str:
     """The message an app prints for an expected error: one line that names the problem and the fix."""
     if isinstance(error, OSError) and error.strerror:

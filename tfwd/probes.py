@@ -59,7 +59,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import cka, models, runs
+from tfwd import cka, errors, models, runs
 from tfwd.data import Data, shuffle_seed
 
 # The analysis' one name: this module, bin/probes and its output folders (RUN/probes_<taps>/),
@@ -270,7 +270,7 @@ def _warn_at_grid_edge(settings, chosen, names) -> None:
             len(edge),
             len(names),
             rates,
-            ", ".join(edge[:3]) + (", ..." if len(edge) > 3 else ""),
+            errors.first_few(edge),
         )
 
 

@@ -86,8 +86,10 @@ class RunLock:
         return "unknown"
 
 
-# Names of the temporary copies `atomic_path` makes of the run files, beside them.
+# Names of the temporary copies `atomic_path` makes of the run files, beside them, and of
+# checkpoints/latest.json, in that folder.
 _RUN_FILE_TEMPORARIES = [f".{name}.*.tmp{os.path.splitext(name)[1]}" for name in RUN_FILES]
+LATEST_TEMPORARIES = ".latest.json.*.tmp.json"
 
 
 def is_temporary(name: str) -> bool:
@@ -107,7 +109,7 @@ def remove_stale_temporaries(run_dir: str) -> list[str]:
     """
     checkpoints = os.path.join(run_dir, CHECKPOINTS)
     patterns = [os.path.join(glob.escape(run_dir), pattern) for pattern in _RUN_FILE_TEMPORARIES]
-    patterns.append(os.path.join(glob.escape(checkpoints), ".latest.json.*.tmp.json"))
+    patterns.append(os.path.join(glob.escape(checkpoints), LATEST_TEMPORARIES))
     patterns.append(os.path.join(glob.escape(checkpoints), "ckpt-*_temp"))
     removed = [p for pattern in patterns for p in glob.glob(pattern)]
     for path in removed:

@@ -20,7 +20,7 @@ from absl import logging
 from tfwd import atomic, distribute, faults, models, run_settings, runlock, runs
 from tfwd.checkpoints import LATEST, Checkpoints
 from tfwd.data import Data, DataConfig
-from tfwd.errors import TrainingDivergedError
+from tfwd.errors import TrainingDivergedError, first_few
 
 # The paper's recipe of each architecture (tfwd.models.ARCHITECTURES has their sources).
 RECIPES = {arch: runs.TrainConfig(**a.recipe) for arch, a in models.ARCHITECTURES.items()}
@@ -218,7 +218,7 @@ def run_state(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
 _RUN_ENTRIES = (*runs.RUN_FILES, runs.CHECKPOINTS, runs.TENSORBOARD)
 # Inside the run's own folders, what training (and TensorFlow for it) writes.
 _FOLDER_ENTRIES = {
-    runs.CHECKPOINTS: ("ckpt-*", LATEST, f".{LATEST}.*.tmp.json"),
+    runs.CHECKPOINTS: ("ckpt-*", LATEST, runlock.LATEST_TEMPORARIES),
     runs.TENSORBOARD: ("events.out.tfevents.*",),
 }
 
@@ -251,9 +251,8 @@ def _check_made_by_tfwd(run_dir: str) -> None:
         if name != runs.LOCK and not runlock.is_temporary(name) and not _written_by_tfwd(run_dir, name)
     )
     if strays:
-        listed = ", ".join(strays[:3]) + (", ..." if len(strays) > 3 else "")
         raise runs.RunError(
-            f"{run_dir} is not a tfwd run: it has no {runs.CONFIG} that tfwd can read and holds {listed}. "
+            f"{run_dir} is not a tfwd run: it has no {runs.CONFIG} that tfwd can read and holds {first_few(strays)}. "
             "tfwd trains only into a new folder or a run it made; move that folder or choose another --out_dir."
         )
 
@@ -363,9 +362,8 @@ def train(
     run_dir = os.path.join(out_dir, config.name)
     with contextlib.ExitStack() as held:
         locked = is_chief and os.path.isdir(run_dir)
-        if locked:
-            _check_made_by_tfwd(run_dir)  # before the lock: not even a .lock goes into a user's folder
         if locked:  # an existing run: a second writer is refused before it loads any data
+            _check_made_by_tfwd(run_dir)  # before the lock: not even a .lock goes into a user's folder
             held.enter_context(runlock.RunLock(run_dir))
         if is_chief and _finished(run_dir, config, overwrite):
             return run_dir
