@@ -5,7 +5,8 @@
 For a CIFAR ResNet (1x, taps="all", n=256), times in turn, once per round:
 - forward: the forward pass with every tap computed (each reduced to a number in the graph);
 - tfwd Grams: forward + the Gram matrices tfwd computes (per-channel Grams where a BN tap is
-  derived from its conv, row halves elsewhere), with no shift, scaling, centring or pair products;
+  derived from its conv, row halves wherever a layer has 2,048 features or more), with no shift,
+  scaling, centring or pair products;
 - tfwd step: tfwd's CKA step as bin/cka runs it (tfwd.cka.joint_channel_affine);
 - reference: the reference code's algorithm (benchmarks/cka_throughput.py).
 
@@ -33,7 +34,7 @@ from tfwd import cka, metrics, models  # noqa: E402
 
 
 def gram_plan(model, tapped, names):
-    """({layer: "channel" | "halves" | "full"} for the Grams tfwd computes, derived layers left out;
+    """({layer: kind} for the Grams tfwd computes, derived layers left out;
     the features of every layer), from tfwd.metrics._gram_plan."""
     acts = [tf.zeros([4, *o.shape[1:]]) for o in tapped.outputs]
     kinds = metrics._gram_plan(acts, cka.joint_channel_affine([model], [names]))
@@ -53,7 +54,7 @@ def main():
     tapped = models.activation_model(model, "all")
     plan, features = gram_plan(model, tapped, names)
     reference_flops = sum(2.0 * N * N * p for p in features)
-    tfwd_flops = sum(2.0 * N * N * features[i] * (0.75 if kind == "halves" else 1.0) for i, kind in plan.items())
+    tfwd_flops = sum(2.0 * N * N * features[i] * (0.75 if kind.endswith("halves") else 1.0) for i, kind in plan.items())
     share = tfwd_flops / reference_flops
     print(
         f"ResNet-{args.depth} (1x): {len(names)} layers, {len(names) - len(plan)} Grams derived; Gram FLOPs per "
@@ -69,7 +70,10 @@ def main():
         acts = tapped(x, training=False)
         out = []
         for i, kind in plan.items():
-            k = metrics._channel_grams(acts[i]) if kind == "channel" else metrics._gram(tf.reshape(acts[i], (N, -1)))
+            if kind.startswith("channel"):
+                k = metrics._channel_grams(acts[i], tf.ones([2, acts[i].shape[-1]]))  # the conv's and the BN's
+            else:
+                k = metrics._gram(tf.reshape(acts[i], (N, -1)))
             out.append(tf.reduce_sum(k))
         return out
 

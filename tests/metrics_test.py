@@ -353,9 +353,13 @@ class TestChannelAffine:
 
     def test_plan_names_how_each_gram_is_made(self):
         conv, bn, relu, scale = self.conv_and_bn(n=4, shape=(16, 16, 8))  # 256 positions, 2,048 features
+        thin_conv, thin_bn, _, thin_scale = self.conv_and_bn(n=4, shape=(16, 16, 7))  # 256 positions, 1,792
         small_conv, small_bn, _, small_scale = self.conv_and_bn(n=4, shape=(4, 4, 3))  # 16 positions, 48 features
-        plan = metrics._gram_plan([conv, bn, relu, small_conv, small_bn], {1: (0, scale), 4: (3, small_scale)})
-        assert plan == ["channel", "derived", "halves", "full", "full"]
+        plan = metrics._gram_plan(
+            [conv, bn, relu, thin_conv, thin_bn, small_conv, small_bn],
+            {1: (0, scale), 4: (3, thin_scale), 6: (5, small_scale)},
+        )
+        assert plan == ["channel halves", "derived", "halves", "channel", "derived", "full", "full"]
 
     @pytest.mark.parametrize(
         "hint,match",
@@ -457,6 +461,23 @@ def test_gram_equals_the_float64_product_whole_or_from_row_halves(features, n):
     x = np.random.default_rng(n).normal(size=(n, features))
     gram = tf.function(metrics._gram, input_signature=[tf.TensorSpec([None, features], tf.float64)])
     np.testing.assert_allclose(gram(tf.constant(x)).numpy(), x @ x.T, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("channels", [7, 9])  # 16 x 16 positions: 1,792 features (whole) or 2,304 (row halves)
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_weighted_channel_grams_equal_the_float64_sums(channels, n):
+    # Every weighted sum of per-channel Grams, sum_c w_kc X_c X_c^T, at once; an odd n gives
+    # unequal halves, n = 1 an empty one; a None batch dimension is the traced case.
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 16, 16, channels))
+    weights = np.stack([np.ones(channels), rng.uniform(0.0, 3.0, size=channels)])
+    flat = x.reshape(n, -1, channels)
+    expected = np.einsum("kc,ipc,jpc->kij", weights, flat, flat)
+    grams = tf.function(
+        metrics._channel_grams,
+        input_signature=[tf.TensorSpec([None, 16, 16, channels], tf.float64), tf.TensorSpec([2, channels], tf.float64)],
+    )
+    np.testing.assert_allclose(grams(tf.constant(x), tf.constant(weights)).numpy(), expected, rtol=1e-12, atol=1e-10)
 
 
 def test_mirrored_strategy_equals_single_device_on_the_same_split(tmp_path):

@@ -138,38 +138,45 @@ def _gram(x):
     """X X^T of (n, p) features.
 
     Under TensorFlow with the faster of einsum and matmul(transpose_b) on this CPU
-    (`gram_formulation`), and for p >= SYMMETRIC_MIN_FEATURES from its blocks: with X
-    split into row halves A and B, X X^T = [[A A^T, A B^T], [B A^T, B B^T]] and
-    B A^T = (A B^T)^T, so three products of half the rows do the work of four (3/4 of
-    the FLOPs; benchmarks/cka_throughput.py). On small p the extra ops cost more than
-    they save.
+    (`gram_formulation`), and for p >= SYMMETRIC_MIN_FEATURES from row halves
+    (`_from_halves`: 3/4 of the FLOPs; benchmarks/cka_throughput.py). On small p the
+    extra ops cost more than they save.
     """
     if keras.backend.backend() != "tensorflow":
-        return ops.matmul(x, ops.transpose(x))
+        return _matmul_t(x, x)
     import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
 
-    if gram_formulation() == "einsum":
-
-        def product(a, b):
-            return tf.einsum("ip,jp->ij", a, b)
-    else:
-
-        def product(a, b):
-            return tf.matmul(a, b, transpose_b=True)
-
+    product = _matmul_t if gram_formulation() == "matmul" else (lambda a, b: tf.einsum("ip,jp->ij", a, b))
     if not _uses_row_halves(x.shape[-1]):
         return product(x, x)
     half = tf.shape(x)[0] // 2
-    a, b = x[:half], x[half:]
+    return _from_halves(x[:half], x[half:], product)
+
+
+def _matmul_t(a, b):
+    """A B^T over the last two axes."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
+
+        return tf.matmul(a, b, transpose_b=True)
+    return ops.matmul(a, ops.swapaxes(b, -1, -2))
+
+
+def _from_halves(a, b, product):
+    """The symmetric product of X = [A; B] with itself, from `product` (linear in each factor,
+    product(b, a) = product(a, b)^T over the last two axes) of its row halves A and B:
+    [[A A^T, A B^T], [B A^T, B B^T]] with B A^T = (A B^T)^T, so three products of half the
+    rows do the work of four (3/4 of the FLOPs)."""
     ab = product(a, b)
-    top = tf.concat([product(a, a), ab], axis=1)
-    bottom = tf.concat([tf.transpose(ab), product(b, b)], axis=1)
-    return tf.concat([top, bottom], axis=0)
+    top = ops.concatenate([product(a, a), ab], axis=-1)
+    bottom = ops.concatenate([ops.swapaxes(ab, -1, -2), product(b, b)], axis=-1)
+    return ops.concatenate([top, bottom], axis=-2)
 
 
 def _uses_row_halves(features) -> bool:
-    """Whether `_gram` builds the Gram of `features` (None: not known when traced) from row halves."""
-    return features is not None and features >= SYMMETRIC_MIN_FEATURES
+    """Whether a Gram matrix of `features` (None: not known when traced) is built from row halves
+    (under TensorFlow only: on other backends the extra ops were not measured to pay)."""
+    return features is not None and features >= SYMMETRIC_MIN_FEATURES and keras.backend.backend() == "tensorflow"
 
 
 _FORMULATION: list[str] = []
@@ -216,11 +223,28 @@ def _time_formulations() -> str:
 CHANNEL_GRAM_MIN_POSITIONS = 256
 
 
-def _channel_grams(x):
-    """Per-channel Gram matrices X_c X_c^T of (n, ..., C) activations: (C, n, n)."""
-    n, c = ops.shape(x)[0], x.shape[-1]
-    per_channel = ops.reshape(ops.moveaxis(x, -1, 0), (c, n, -1))
-    return ops.matmul(per_channel, ops.transpose(per_channel, (0, 2, 1)))
+def _channel_grams(x, weights):
+    """sum_c w_kc X_c X_c^T for each row w_k of `weights` (m, C), with X_c (n, positions) the
+    channel c of (n, ..., C) activations: (m, n, n) in `weights`' dtype.
+
+    One batched product gives every channel's Gram (the FLOPs of one Gram of x), and the weighted
+    sums are taken before anything of size (C, n, n) is put together. From row halves when x has
+    SYMMETRIC_MIN_FEATURES features or more (`_from_halves`: 3/4 of the FLOPs); the rows are split
+    before each half is moved channel-first, so that no slice is copied.
+    """
+    c = x.shape[-1]
+
+    def channel_first(rows):  # (r, ..., C) -> (C, r, positions)
+        return ops.transpose(ops.reshape(rows, (ops.shape(rows)[0], -1, c)), (2, 0, 1))
+
+    def product(a, b):
+        return ops.tensordot(weights, ops.cast(_matmul_t(a, b), weights.dtype), axes=1)
+
+    if not _uses_row_halves(int(np.prod(x.shape[1:]))):
+        per_channel = channel_first(x)
+        return product(per_channel, per_channel)
+    half = ops.shape(x)[0] // 2
+    return _from_halves(channel_first(x[:half]), channel_first(x[half:]), product)
 
 
 def _channel_derived(acts, channel_affine) -> dict[int, tuple[int, object]]:
@@ -247,17 +271,20 @@ def _channel_derived(acts, channel_affine) -> dict[int, tuple[int, object]]:
 def _gram_plan(acts, channel_affine=None) -> list[str]:
     """How `_centered_grams` gets each layer's Gram matrix: "derived" (from another layer's
     per-channel Grams, no product of its own), "channel" (per-channel Grams, which a derived layer
-    reuses), "halves" (from row halves: 3/4 of a product's FLOPs) or "full"."""
+    reuses), "full" (one product), and "channel halves" or "halves" when from row halves (3/4 of
+    the FLOPs)."""
     derived = _channel_derived(acts, channel_affine)
     sources = {i for i, _ in derived.values()}
     plan = []
     for i, a in enumerate(acts):
         if i in derived:
             plan.append("derived")
-        elif i in sources:
-            plan.append("channel")
+            continue
+        halves = _uses_row_halves(int(np.prod(a.shape[1:])))
+        if i in sources:
+            plan.append("channel halves" if halves else "channel")
         else:
-            plan.append("halves" if _uses_row_halves(int(np.prod(a.shape[1:]))) else "full")
+            plan.append("halves" if halves else "full")
     return plan
 
 
@@ -268,9 +295,9 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
     times s per channel (the last axis) plus a constant, as a BatchNormalization in
     inference mode is of its input. U-centring removes the constant, so
     K_j = sum_c s_c^2 G_c and K_i = sum_c G_c with G_c = X_c X_c^T the Grams of layer
-    i's channels: one batched product of the same FLOPs as K_i gives both Grams, and
-    layer j's activations are not read (for layers of CHANNEL_GRAM_MIN_POSITIONS or
-    more positions; smaller ones are computed as usual).
+    i's channels: one batched product of the FLOPs of K_i gives both Grams
+    (`_channel_grams`), and layer j's activations are not read (for layers of
+    CHANNEL_GRAM_MIN_POSITIONS or more positions; smaller ones are computed as usual).
 
     U-centring runs in the Gram matrix's dtype, widened to float32 for 16-bit Grams:
     in float64 it cost about 4x more and changed CKA by less than 1e-6 (tests compare
@@ -281,15 +308,14 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
     dtype.
     """
     n = ops.shape(acts[0])[0]
-    derived = _channel_derived(acts, channel_affine)
-    sources = {i for i, _ in derived.values()}
-    per_channel = {}
+    derived_from = {}  # source layer -> [(derived layer, scale)]
+    for j, (i, scale) in sorted(_channel_derived(acts, channel_affine).items()):
+        derived_from.setdefault(i, []).append((j, scale))
+    computed = {}  # derived layer -> its Gram, made with its source's
     grams = []
     for i, a in enumerate(acts):
-        if i in derived:
-            source, scale = derived[i]
-            grams_c = per_channel[source]
-            k = ops.tensordot(ops.square(ops.cast(scale, grams_c.dtype)), grams_c, axes=1)
+        if i in computed:
+            k = computed.pop(i)
         else:
             # U-centring removes any a1^T + 1b^T term, so subtracting one example from
             # every example leaves U(K) unchanged and changes only the rounding: features
@@ -298,12 +324,12 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
             x = a - a[:1]
             if gram_dtype is not None:
                 x = ops.cast(x, gram_dtype)
-            if i in sources:
-                grams_c = _channel_grams(x)
-                if grams_c.dtype in ("bfloat16", "float16"):
-                    grams_c = ops.cast(grams_c, "float32")
-                per_channel[i] = grams_c
-                k = ops.sum(grams_c, axis=0)
+            if i in derived_from:
+                dtype = "float32" if x.dtype in ("bfloat16", "float16") else x.dtype
+                squares = [ops.square(ops.cast(scale, dtype)) for _, scale in derived_from[i]]
+                both = _channel_grams(x, ops.stack([ops.ones_like(squares[0]), *squares]))
+                k = both[0]
+                computed.update((j, both[m]) for m, (j, _) in enumerate(derived_from[i], start=1))
             else:
                 k = _gram(ops.reshape(x, (n, -1)))
         if check_finite and keras.backend.backend() == "tensorflow":
