@@ -169,6 +169,16 @@ def test_diverging_loss_names_the_checkpoint_it_keeps(root, bin_env, tmp_path, a
         assert not latest.exists()
 
 
+def _sigint_as_at_a_terminal():
+    """For a child that is sent Ctrl-C: SIGINT back at its default, so that Python raises KeyboardInterrupt.
+
+    A background job of a non-interactive shell (`./run.sh test &` in a script) starts with SIGINT
+    ignored, and every child inherits that: the app then rightly ignores Ctrl-C too, and these
+    tests would fail for the way the suite was started, not for the app.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @SLOW
 def test_ctrl_c_exits_130_with_one_line(root, bin_env, tmp_path):
     run_dir = tmp_path / "cifar10-resnet8-w0.25-n256-s0"
@@ -178,6 +188,7 @@ def test_ctrl_c_exits_130_with_one_line(root, bin_env, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     deadline = time.time() + 600
     while not (run_dir / "history.csv").exists() and proc.poll() is None and time.time() < deadline:
@@ -489,7 +500,9 @@ def test_a_ctrl_c_lost_in_a_finalizer_is_raised_again_until_the_app_stops(root, 
     script = tmp_path / "loses_ctrl_c.py"
     script.write_text(LOSES_CTRL_C.format(bin=str(root / "bin")))
     start = time.time()
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, preexec_fn=_sigint_as_at_a_terminal
+    )
     # Without the re-raise the app sleeps its 60 s and exits 0.
     assert "Exception ignored" in result.stderr and "still running" in result.stderr, result.stderr
     assert result.returncode == 130 and time.time() - start < 30, result.stderr
