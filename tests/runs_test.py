@@ -239,3 +239,49 @@ def test_temporary_folders_of_live_processes_are_kept_and_of_dead_ones_removed(t
     with runs.atomic_dir(str(tmp_path / "out"), "pc"):
         assert os.path.isdir(live) and not os.path.exists(gone)
     assert os.path.isdir(live) and os.path.isdir(other)
+
+
+def test_two_analyses_finishing_together_swap_in_one_after_the_other(tmp_path, monkeypatch):
+    import threading
+
+    from tfwd import atomic
+
+    target = tmp_path / "out"
+    with runs.atomic_dir(str(target), "cka") as tmp:
+        open(os.path.join(tmp, "cka.npz"), "w").write("earlier")
+    checks = {}
+    first_swapping, first_may_go = threading.Event(), threading.Event()
+    check = atomic.check_output_dir
+
+    def check_and_pause(path, kind):
+        check(path, kind)
+        name = threading.current_thread().name
+        checks[name] = checks.get(name, 0) + 1
+        if name == "first" and checks[name] == 2:  # the check before the swap
+            first_swapping.set()
+            first_may_go.wait(10)
+
+    monkeypatch.setattr(atomic, "check_output_dir", check_and_pause)
+    failures = []
+
+    def analysis(label):
+        try:
+            with runs.atomic_dir(str(target), "cka") as tmp:
+                open(os.path.join(tmp, "cka.npz"), "w").write(label)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            failures.append(e)
+
+    first = threading.Thread(target=analysis, args=("first",), name="first")
+    second = threading.Thread(target=analysis, args=("second",), name="second")
+    first.start()
+    assert first_swapping.wait(10)
+    second.start()
+    second.join(0.5)
+    waited = second.is_alive()  # the second waits for its turn while the first swaps in
+    first_may_go.set()
+    first.join(10)
+    second.join(10)
+    assert waited and not failures
+    assert (target / "cka.npz").read_text() == "second"
+    assert (target / runs.OUTPUT_MARKER).read_text().splitlines() == ["cka", "cka.npz"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary folder left

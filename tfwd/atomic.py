@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import glob
 import io
 import json
@@ -144,6 +145,21 @@ def _remove_stale(parent: str, base: str) -> None:
 
 
 @contextlib.contextmanager
+def _turn(folder: str) -> Iterator[None]:
+    """An exclusive flock on `folder` itself (no file is made): outputs that finish at the same time
+    in one folder take turns to check and swap in. Where the file system has no flock, no turn is taken."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str, kind: str) -> Iterator[str]:
     """Yields a temporary folder beside `path`; on success it replaces `path` as a whole.
 
@@ -151,6 +167,8 @@ def atomic_dir(path: str, kind: str) -> Iterator[str]:
     or holds an earlier `kind` output. The new folder gets the marker. A process killed
     inside the block leaves `path` as it was; its temporary folder (named after its
     process id) is removed by a later call once that process is gone, never while it runs.
+    Two analyses that finish together into the same `path` swap in one after the other
+    (the last one's output stays, whole).
     """
     check_output_dir(path, kind)
     parent, base = os.path.split(os.path.abspath(path))
@@ -164,14 +182,15 @@ def atomic_dir(path: str, kind: str) -> Iterator[str]:
         with open(os.path.join(tmp, OUTPUT_MARKER), "w") as f:
             f.write("".join(line + "\n" for line in [kind, *written]))
         faults.crash_point("analysis_write")
-        check_output_dir(path, kind)  # again: another process may have written there meanwhile
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{base}.p{os.getpid()}.", suffix=".old.tmp", dir=parent)
-            os.replace(path, os.path.join(old, base))
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with _turn(parent):
+            check_output_dir(path, kind)  # again: another process may have written there meanwhile
+            if os.path.exists(path):
+                old = tempfile.mkdtemp(prefix=f".{base}.p{os.getpid()}.", suffix=".old.tmp", dir=parent)
+                os.replace(path, os.path.join(old, base))
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
