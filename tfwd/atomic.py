@@ -147,16 +147,17 @@ def _remove_stale(parent: str, base: str) -> None:
 @contextlib.contextmanager
 def _turn(folder: str) -> Iterator[None]:
     """An exclusive flock on `folder` itself (no file is made): outputs that finish at the same time
-    in one folder take turns to check and swap in. Where the file system has no flock, no turn is taken."""
-    fd = os.open(folder, os.O_RDONLY)
+    in one folder take turns to check and swap in. Where the folder cannot be opened or the file
+    system has no flock, no turn is taken."""
+    fd = None
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
         yield
     finally:
-        os.close(fd)  # releases the flock
+        if fd is not None:
+            os.close(fd)  # releases the flock
 
 
 @contextlib.contextmanager
