@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -82,26 +83,32 @@ def define_strategy_flags() -> None:
     define_setting("tpu")
 
 
-# Seconds after an unhandled Ctrl-C before `run` raises KeyboardInterrupt in the main thread again.
+# Seconds after an unhandled Ctrl-C before `run` raises KeyboardInterrupt in the main thread again
+# (at once when Python reports that it dropped one in a finalizer).
 REINTERRUPT_SECONDS = 5.0
 
 
 class _CtrlC:
     """SIGINT raises KeyboardInterrupt, as Python's own handler does, and arms a watchdog that raises
-    it again every REINTERRUPT_SECONDS until `run` has handled one.
+    it again until `run` has handled one.
 
     Python raises KeyboardInterrupt wherever the main thread is when the signal lands. Inside a
-    finalizer (__del__, a weakref callback) it is printed as "Exception ignored" and lost, and so it
-    is in code that catches BaseException: the program then runs on as if Ctrl-C had not been pressed.
+    finalizer or a gc callback (__del__, a weakref callback, JAX's _xla_gc_callback) it is printed
+    as "Exception ignored" with a traceback and dropped: such a one is raised again at once, and not
+    printed. In code that catches BaseException it is lost silently: it is raised again every
+    REINTERRUPT_SECONDS. Either way the program does not run on as if Ctrl-C had not been pressed.
     """
 
     def __init__(self):
         self.handled = threading.Event()
+        self.lost = threading.Event()
         self.armed = False
 
     def install(self) -> None:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
             signal.signal(signal.SIGINT, self._on_sigint)
+            self._unraisable = sys.unraisablehook
+            sys.unraisablehook = self._on_unraisable
 
     def _on_sigint(self, signum, frame):
         if not self.armed:
@@ -109,8 +116,19 @@ class _CtrlC:
             threading.Thread(target=self._repeat, daemon=True).start()
         raise KeyboardInterrupt
 
+    def _on_unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and not self.handled.is_set():
+            self.lost.set()  # dropped inside a finalizer: the watchdog raises it again now
+            return
+        self._unraisable(unraisable)
+
     def _repeat(self) -> None:
-        while not self.handled.wait(REINTERRUPT_SECONDS):
+        while True:
+            if self.lost.wait(REINTERRUPT_SECONDS):
+                self.lost.clear()
+                time.sleep(0.05)  # out of the finalizer first
+            if self.handled.is_set():
+                return
             # A real signal, so that a blocking call of the main thread returns (EINTR) and _on_sigint runs.
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
