@@ -327,9 +327,9 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
             if i in derived_from:
                 dtype = "float32" if x.dtype in ("bfloat16", "float16") else x.dtype
                 squares = [ops.square(ops.cast(scale, dtype)) for _, scale in derived_from[i]]
-                both = _channel_grams(x, ops.stack([ops.ones_like(squares[0]), *squares]))
-                k = both[0]
-                computed.update((j, both[m]) for m, (j, _) in enumerate(derived_from[i], start=1))
+                sums = _channel_grams(x, ops.stack([ops.ones_like(squares[0]), *squares]))  # source, then derived
+                k = sums[0]
+                computed.update((j, sums[m]) for m, (j, _) in enumerate(derived_from[i], start=1))
             else:
                 k = _gram(ops.reshape(x, (n, -1)))
         if check_finite and keras.backend.backend() == "tensorflow":

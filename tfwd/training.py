@@ -279,9 +279,9 @@ def _clear_run_dir(run_dir: str) -> None:
             ]
             for entry in inside:
                 _remove(entry)
-            if os.listdir(path):
-                kept += [os.path.join(name, entry) for entry in os.listdir(path)]
-            else:
+            left = os.listdir(path)
+            kept += [os.path.join(name, entry) for entry in left]
+            if not left:
                 os.rmdir(path)
         else:
             _remove(path)
