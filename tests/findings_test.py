@@ -1,4 +1,4 @@
-"""tfwd.findings: the rules of docs/science/rules.md on synthetic analyses whose answers are known."""
+"""tfwd.findings: the rules of docs/science/rules.md (version 2) on synthetic analyses whose answers are known."""
 
 import functools
 
@@ -58,11 +58,13 @@ def test_detector_finds_a_planted_block_and_reports_its_contrast():
     assert b.peak_contrast >= b.contrast >= 0.35
 
 
-def test_detector_reports_a_contrast_below_threshold_for_stages_without_a_block():
+def test_detector_reads_stages_alike_within_as_blocks_only_above_the_threshold():
+    """Layers of a stage alike (0.9), of different stages less (0.65): each stage is a square whose edge
+    contrast is 0.9 - 0.65 = 0.25, a block exactly when the threshold is at most that."""
     names = list(_names(38))
     b = blocks.find_block_structure(_stagewise(names), names)
-    assert not b.found
-    assert 0 < b.peak_contrast < 0.35  # a stage is a candidate range, but without a sharp edge
+    assert b.peak_contrast == pytest.approx(0.25, abs=0.02)
+    assert b.found == (b.peak_contrast >= blocks.MIN_CONTRAST)
 
 
 @pytest.mark.parametrize("threshold", [0.2, 0.3, 0.35, 0.4, 0.5])
@@ -71,8 +73,23 @@ def test_a_block_is_found_exactly_when_the_peak_contrast_reaches_the_threshold(t
     for level in (0.86, 0.9, 0.95):
         c = _heatmap(names, ("stage2_block1_conv1", "stage3_block2_out"), level)
         c = 0.7 * c + 0.3 * np.where(np.eye(len(names)), 1.0, 0.5)  # lift the outside so contrast lands mid-range
-        b = blocks.find_block_structure(c, names, threshold=0.6, min_contrast=threshold)
+        b = blocks.find_block_structure(c, names, min_contrast=threshold)
         assert b.found == (b.peak_contrast >= threshold)
+
+
+def test_a_run_that_did_not_fit_its_data_counts_nowhere():
+    """Rules v2: below 90% training accuracy a run's block is reported but judged by no claim, and it is no control."""
+    deep = [_run(38, seed=s, block=BLOCK38) for s in (0, 1)]
+    shallow = [_run(14, seed=s) for s in (0, 1)]
+    assert _verdicts(shallow + deep)["a"] == "reproduced"
+    for r in deep:
+        r.train_accuracy = 0.117
+    judged = findings.judge(shallow + deep)
+    assert {f["id"]: f["verdict"] for f in judged}["a"] == "not measured"
+    assert judged[0]["not_fitted"] == [r.name for r in deep]
+    deep[0].train_accuracy = 0.95  # one fitted seed: the series of seed 0 alone is judged
+    assert _verdicts(shallow + deep)["a"] == "reproduced"
+    assert findings.Run("x", None, [], np.eye(2), train_accuracy=0.9).fitted
 
 
 # --- (a), (b): growth with depth and with less data --------------------------------------
@@ -242,13 +259,17 @@ def test_block_layers_unique_across_seeds_against_a_block_free_pair():
 
 def test_verdicts_are_recomputed_at_the_neighbouring_contrast_thresholds():
     names = list(_names(38))
-    weak = np.maximum(_heatmap(names, BLOCK38), 0.63)  # a block standing 0.32 above the rest
+    low, high = findings.SENSITIVITY
+    assert (low, high) == pytest.approx((blocks.MIN_CONTRAST - 0.05, blocks.MIN_CONTRAST + 0.05))
+    # A block whose edge stands just under the threshold: found at the lower setting only.
+    weak = np.maximum(_heatmap(names, BLOCK38), 0.95 - (blocks.MIN_CONTRAST - 0.025))
+    np.fill_diagonal(weak, 1.0)
     b = blocks.find_block_structure(weak, names, min_contrast=0.0)
-    assert 0.30 < b.peak_contrast < 0.35  # a block at 0.30, none at 0.35
+    assert low < b.peak_contrast < blocks.MIN_CONTRAST
     series = [_run(14, seed=s) for s in (0, 1)] + [_run(38, seed=s, cka=weak) for s in (0, 1)]
     found = findings.judge_with_sensitivity(series)[0]
     assert found["verdict"] == "not reproduced"
-    assert found["sensitivity"] == {"0.30": "reproduced", "0.40": "not reproduced"}
+    assert found["sensitivity"] == {f"{low:.2f}": "reproduced", f"{high:.2f}": "not reproduced"}
 
 
 def test_nothing_to_judge():

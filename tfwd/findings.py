@@ -57,7 +57,9 @@ CLAIMS = {
     "e": "Deleting blocks inside the block structure costs little",
     "f": "Block layers are unique to each model",
 }
-SENSITIVITY = (0.30, 0.40)  # detector contrast thresholds the verdicts are recomputed at
+# Detector contrast thresholds the verdicts are recomputed at: the rule's threshold -0.05 and +0.05.
+SENSITIVITY = (round(blocks.MIN_CONTRAST - 0.05, 2), round(blocks.MIN_CONTRAST + 0.05, 2))
+FIT_MIN = 0.9  # training accuracy a run needs for its heatmap to count (rules v2)
 PC_MIN, PC_MARGIN = 0.5, 0.2
 PROBE_RATIO, PROBE_FLOOR, PROBE_CONTROL = 0.25, 0.005, 0.5
 DELETION_RATIO, DELETION_CONTROL = 0.5, 0.5
@@ -77,6 +79,8 @@ class Run:
         probes: probe rows ("tap", "kind", "test_accuracy", ...) or None.
         prune_blocks: tfwd.prune_blocks.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
             "deleted" (block names, last first), "accuracy"}]}) or None.
+        train_accuracy: final training accuracy (results.json "accuracy"); None when not known, which
+            counts as fitted.
     """
 
     name: str
@@ -86,6 +90,12 @@ class Run:
     pc: dict | None = None
     probes: list[dict] | None = None
     prune_blocks: dict | None = None
+    train_accuracy: float | None = None
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the run fitted its training data (rules v2): below FIT_MIN its blocks count nowhere."""
+        return self.train_accuracy is None or self.train_accuracy >= FIT_MIN
 
     @property
     def seed(self) -> int:
@@ -133,8 +143,12 @@ def _blocks_of(name: str) -> str | None:
 class _Judge:
     """The rules at one detector setting."""
 
-    def __init__(self, runs_: Sequence[Run], cross: dict[str, CrossSeed], detector: dict[str, Any]):
-        self.runs = list(runs_)
+    def __init__(
+        self, runs_: Sequence[Run], cross: dict[str, CrossSeed], detector: dict[str, Any], fit_min: float = FIT_MIN
+    ):
+        fitted = [r.train_accuracy is None or r.train_accuracy >= fit_min for r in runs_]
+        self.runs = [r for r, ok in zip(runs_, fitted) if ok]  # an unfitted run is neither judged nor a control
+        self.not_fitted = [r.name for r, ok in zip(runs_, fitted) if not ok]
         self.cross = cross
         self.blocks = {r.name: blocks.find_block_structure(r.cka, r.names, **detector) for r in self.runs}
         self.cells = defaultdict(list)
@@ -149,7 +163,15 @@ class _Judge:
         return float(b.fraction) if b.found else 0.0
 
     def inside(self, run: Run, name: str) -> bool:
+        """Whether layer `name` lies in the run's largest block (the block the claims judge)."""
         return name in run.names and self.block(run).contains(run.names.index(name))
+
+    def outside(self, run: Run, name: str) -> bool:
+        """Whether layer `name` lies in none of the run's blocks (a second block is neither inside nor outside)."""
+        if name not in run.names:
+            return False
+        index = run.names.index(name)
+        return not any(b.contains(index) for b in self.block(run).blocks)
 
     # --- controls -----------------------------------------------------------------------
 
@@ -222,7 +244,7 @@ class _Judge:
         inside = [(n, f) for n, f in outs if self.inside(run, n)]
         if not inside:
             return {"note": "no block output inside the block"}
-        outside = [f for n, f in outs if not self.inside(run, n)]
+        outside = [f for n, f in outs if self.outside(run, n)]
         m_in, peak = _mean(f for _, f in inside), float(max(f for _, f in inside))
         m_out = _mean(outside)
         controls = [c for c in self.control_cell(run) if c.pc is not None]
@@ -284,7 +306,10 @@ class _Judge:
         for stage, (order, accuracies) in curves.items():
             previous = full
             for block, accuracy in zip(order, accuracies):
-                (drops_in if self.inside(run, f"{block}_add") else drops_out).append(previous - accuracy)
+                if self.inside(run, f"{block}_add"):
+                    drops_in.append(previous - accuracy)
+                elif self.outside(run, f"{block}_add"):
+                    drops_out.append(previous - accuracy)
                 previous = accuracy
             k = 0
             while k < len(order) and self.inside(run, f"{order[k]}_add"):
@@ -319,7 +344,7 @@ class _Judge:
         inside = [i for i, n in enumerate(pair.names) if self.inside(run, n)]
         if not inside:
             return {"note": "no layer inside the block"}
-        outside = [i for i in range(len(diag)) if i not in set(inside)]
+        outside = [i for i, n in enumerate(pair.names) if self.outside(run, n)]
         m_in, m_out = _mean(diag[inside]), _mean(diag[outside])
         controls = self.control_cell(run, pair=True)
         names = {r.name for r in controls}
@@ -442,19 +467,25 @@ def _describe(key: str, rows: list[dict]) -> str:
     return "; ".join(fmt(r) for r in rows) if rows else "no run with a detected block"
 
 
-def judge(runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detector: dict | None = None) -> list[dict]:
+def judge(
+    runs_: Sequence[Run],
+    cross: dict[str, CrossSeed] | None = None,
+    detector: dict | None = None,
+    fit_min: float = FIT_MIN,
+) -> list[dict]:
     """The six claims at one detector setting, in the paper's order.
 
     Args:
         runs_: the analysed runs.
         cross: cross-seed CKA per cell (seeds 0 and 1).
         detector: keyword arguments of find_block_structure (default: its defaults).
+        fit_min: training accuracy below which a run counts nowhere (rules v2: 0.9).
 
     Returns:
         [{"id", "claim", "paper", "verdict", "measured" (text), "seeds" (per-run or
-        per-series rows), "rule" (the rule's text)}].
+        per-series rows), "not_fitted" (runs left out)}].
     """
-    j = _Judge(runs_, cross or {}, detector or {})
+    j = _Judge(runs_, cross or {}, detector or {}, fit_min)
     out = []
     depth_rows, depth_ok = j.growth("a", "depth")
     width_rows, width_ok = j.growth("a", "width")
@@ -472,6 +503,8 @@ def judge(runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detec
     for key, method in _MEASURES.items():
         measured = _per_run(j, key, getattr(j, method))
         out.append(_finding(key, _verdict(measured["ok"]), _describe(key, measured["seeds"]), measured["seeds"]))
+    for finding in out:
+        finding["not_fitted"] = list(j.not_fitted)
     return out
 
 
@@ -487,13 +520,16 @@ def _finding(key: str, verdict: str, measured: str, seeds: list) -> dict:
 
 
 def judge_with_sensitivity(
-    runs_: Sequence[Run], cross: dict[str, CrossSeed] | None = None, detector: dict | None = None
+    runs_: Sequence[Run],
+    cross: dict[str, CrossSeed] | None = None,
+    detector: dict | None = None,
+    fit_min: float = FIT_MIN,
 ) -> list[dict]:
     """`judge` at the detector's setting, each finding with "sensitivity": {contrast: verdict} at SENSITIVITY."""
     detector = dict(detector or {})
-    main = judge(runs_, cross, detector)
+    main = judge(runs_, cross, detector, fit_min)
     for contrast in SENSITIVITY:
-        again = judge(runs_, cross, {**detector, "min_contrast": contrast})
+        again = judge(runs_, cross, {**detector, "min_contrast": contrast}, fit_min)
         for finding, other in zip(main, again):
             finding.setdefault("sensitivity", {})[f"{contrast:.2f}"] = other["verdict"]
     return main

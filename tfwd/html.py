@@ -137,7 +137,14 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
 def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timings: dict, seconds: float) -> None:
     """Writes report.html, findings.json and the report's own figures into `folder`."""
     panels = [
-        {"matrix": r.cka, "names": r.names, "title": runs.run_label(r.name), "block": analyses.blocks[r.name]}
+        {
+            "matrix": r.cka,
+            "names": r.names,
+            "title": runs.run_label(r.name),
+            "block": analyses.blocks[r.name],
+            "fitted": r.train_accuracy is None
+            or r.train_accuracy >= spec.get("min_train_accuracy", findings_lib.FIT_MIN),
+        }
         for r in analyses.runs
     ]
     figures = []
@@ -145,7 +152,9 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
         block_heatmaps(panels, suptitle="Within-model CKA (block structure outlined)"),
         os.path.join(folder, "heatmaps.png"),
     )
-    figures.append(("Within-model CKA of every run; cyan squares: detected block structure", "heatmaps.png"))
+    figures.append(
+        ("Within-model CKA of every run; cyan squares: the largest detected block, white: any other", "heatmaps.png")
+    )
     if analyses.cross_seed:
         cross_panels = [
             {"matrix": p.matrix, "names": p.names, "title": f"{p.runs[0].split('-', 1)[1]} vs seed 1", "block": None}

@@ -14,7 +14,8 @@ A report spec (data/reports/*.json) is a JSON object:
         "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell
         "dominant": {"examples": 1000, "top": 10}    tfwd.dominant_datapoints.analyze_run, every run with a block
       },                                             (only when given); false skips an analysis (not cka)
-      "block_structure": {"threshold": 0.85, ...}    tfwd.blocks.find_block_structure
+      "block_structure": {"min_contrast": 0.3, ...} tfwd.blocks.find_block_structure
+      "min_train_accuracy": 0.9                       runs below it count in no claim (rules v2)
     }
 
 `build` trains what is missing (bin/train through tfwd.sweeps, skipping finished
@@ -45,7 +46,7 @@ from absl import logging
 
 from tfwd import blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
 
-SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure")
+SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy")
 ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant")
 
 
@@ -236,7 +237,13 @@ def analyze(
             "cka", cka.analyze_runs, {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256}, [run_dir]
         )
         loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
-        analysed = findings.Run(run.name, run.config, list(loaded["names"][0]), loaded["blocks"][(0, 0)])
+        analysed = findings.Run(
+            run.name,
+            run.config,
+            list(loaded["names"][0]),
+            loaded["blocks"][(0, 0)],
+            train_accuracy=run.results().get("accuracy"),
+        )
         if "pc" not in skipped:
             pc_dir = analysis("pc", pc.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
             analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
@@ -331,7 +338,12 @@ def build(
         raise runs.RunError(f"Runs not finished: {missing}. Run bin/report without --notrain to train them.")
     timings: dict[str, float] = {}
     analyses = analyze(run_dirs, spec, data_dir=data_dir, timings=timings)
-    judged = findings.judge_with_sensitivity(analyses.runs, analyses.cross_seed, spec.get("block_structure"))
+    judged = findings.judge_with_sensitivity(
+        analyses.runs,
+        analyses.cross_seed,
+        spec.get("block_structure"),
+        spec.get("min_train_accuracy", findings.FIT_MIN),
+    )
     timings["training"] = sum(float(r.results().get("train_seconds", 0.0)) for r in analyses.opened.values())
     with runs.atomic_dir(report_dir, "report") as tmp:
         html.write_report(tmp, spec, analyses, judged, timings, time.time() - started)

@@ -25,8 +25,9 @@ def block_heatmaps(
     """A grid of within-model CKA heatmaps, each with its detected block outlined.
 
     Args:
-        panels: dicts with "matrix" (L, L), "names" (L layer names), "title", and
-            "block" (a tfwd.blocks.BlockStructure, or None).
+        panels: dicts with "matrix" (L, L), "names" (L layer names), "title",
+            "block" (a tfwd.blocks.BlockStructure, or None) and optionally "fitted" (False
+            marks a run whose blocks count nowhere: it did not fit its training data).
         columns: panels per row.
         size: inches per panel.
         suptitle: optional figure title.
@@ -42,13 +43,17 @@ def block_heatmaps(
         title = panel["title"]
         if block is not None:
             if block.found:
-                title += f"\nblock {block.fraction:.0%} of layers, contrast {block.contrast:.2f}"
+                more = f" (+{len(block.blocks) - 1} more)" if len(block.blocks) > 1 else ""
+                title += f"\nblock {block.fraction:.0%} of layers{more}, contrast {block.contrast:.2f}"
             else:
                 peak = "none" if block.peak_contrast != block.peak_contrast else f"{block.peak_contrast:.2f}"
                 title += f"\nno block (peak contrast {peak})"
+        if panel.get("fitted") is False:
+            title += "\nnot fitted: counts nowhere"
         heatmap(panel["matrix"], ax=ax, title=title, rows=panel["names"], cols=panel["names"], colorbar=False)
-        if block is not None and block.found:
-            outline_block(ax, block.start, block.end)
+        if block is not None:
+            for k, b in enumerate(block.blocks):  # the largest in cyan, any other in white
+                outline_block(ax, b.start, b.end, color="cyan" if k == 0 else "white")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if suptitle:
