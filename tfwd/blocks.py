@@ -250,22 +250,20 @@ def _edge_contrast(s, a, b):
     return float(inside - s[a : b + 1][:, near].mean()) if near.size else float("nan")
 
 
-def _inside_outside(s, a, b, pool):
-    """Mean CKA inside stream range [a, b] (off the diagonal) and between it and the other `pool` layers."""
+def _inside_outside(s, a, b):
+    """Mean CKA inside stream range [a, b] (off the diagonal) and between it and every other stream layer."""
     k = b - a + 1
     block = s[a : b + 1, a : b + 1]
     inside = (block.sum() - np.trace(block)) / (k * (k - 1))
-    others = np.flatnonzero(pool)
-    others = others[(others < a) | (others > b)]
+    others = np.r_[0:a, b + 1 : len(s)]
     outside = float(s[a : b + 1][:, others].mean()) if others.size else float("nan")
     return float(inside), outside
 
 
 def _grow(s, free, a, b, smallest):
     """Moves the ends of stream range [a, b] by the two-means midpoint until no layer changes side."""
-    everyone = np.ones(len(s), dtype=bool)
     for _ in range(4 * len(s)):
-        inside, outside = _inside_outside(s, a, b, everyone)
+        inside, outside = _inside_outside(s, a, b)
         if outside != outside:
             break
         middle = (inside + outside) / 2
@@ -316,7 +314,7 @@ def _extend(c, stream, a, b, found):
 
 
 def _squareness(s, a, b):
-    inside, outside = _inside_outside(s, a, b, np.ones(len(s), dtype=bool))
+    inside, outside = _inside_outside(s, a, b)
     third = max(1, (b - a + 1) // 3)
     corner = s[a : a + third, b - third + 1 : b + 1].mean()
     return float((corner - outside) / (inside - outside)) if inside > outside else 0.0

@@ -11,11 +11,12 @@ import matplotlib.pyplot as plt
 from tfwd.plots.heatmaps import heatmap
 
 
-def outline_block(ax: plt.Axes, start: int, end: int, color: str = "cyan") -> None:
+def outline_block(ax: plt.Axes, start: int, end: int, color: str = "cyan", linestyle: str = "-") -> None:
     """Draws the square of layers start..end (inclusive) on a heatmap."""
     size = end - start + 1
+    square = (start - 0.5, start - 0.5)
     ax.add_patch(
-        matplotlib.patches.Rectangle((start - 0.5, start - 0.5), size, size, fill=False, edgecolor=color, linewidth=1.5)
+        matplotlib.patches.Rectangle(square, size, size, fill=False, edgecolor=color, linewidth=1.5, linestyle=linestyle)
     )
 
 
