@@ -41,7 +41,7 @@ def _run(depth=38, n=782, seed=0, block=None, cka=None, pc=None, probes=None, pr
     names = list(_names(depth))
     config = runs.RunConfig(runs.ModelConfig(depth, 1.0), DataConfig(train_examples=n), runs.TrainConfig(seed=seed))
     matrix = cka if cka is not None else _heatmap(names, block)
-    return findings.Run(config.name, config, names, matrix, pc=pc, probes=probes, prune_blocks=prune)
+    return findings.JudgedRun(config.name, config, names, matrix, pc=pc, probes=probes, prune_blocks=prune)
 
 
 def _verdicts(runs_, cross=None, **detector):
