@@ -1,7 +1,7 @@
 """The paper's claims (a)-(f), judged on analysed runs by rules fixed before the runs.
 
 The rules are those of docs/science/rules.md, committed before the science spec's
-runs were trained; the README repeats them. In short:
+runs were trained; docs/science/README.md repeats them. In short:
 
 - Every claim is measured on every seed of every cell (an architecture on a data
   subset). Blocks come from `tfwd.blocks.find_block_structure` (defaults; its peak
