@@ -18,10 +18,8 @@ from _pytest.doctest import DoctestItem  # noqa: E402
 
 import tfwd  # noqa: E402
 
-# Helper scripts that are not test modules (run as subprocesses by the tests), and the
-# deprecated aliases of renamed modules: importing tfwd/pca.py gives tfwd.pc, whose file is
-# not tfwd/pca.py, which --doctest-modules refuses (tests/names_test.py covers the aliases).
-collect_ignore = ["tests/_multiworker.py"] + [f"tfwd/{old}.py" for old in tfwd._RENAMED]
+# Helper scripts that are not test modules (run as subprocesses by the tests).
+collect_ignore = ["tests/_multiworker.py"]
 
 
 @pytest.fixture(autouse=True)

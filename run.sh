@@ -47,8 +47,8 @@ case "$cmd" in
   test)
     setup_venv
     # In two processes (pytest-xdist; TFWD_TEST_WORKERS sets how many, `-n 0` none): most of the
-    # suite's time is single-threaded, binaries starting up (importing TensorFlow takes ~6 s) and
-    # tracing, so two share two cores well: 521 s against 826 s in one process, same machine.
+    # suite's time is single-threaded (binaries importing TensorFlow, tracing), so two processes
+    # share two cores well.
     exec "$VENV/bin/python" -m pytest -n "${TFWD_TEST_WORKERS:-2}" "$@"
     ;;
   lint)

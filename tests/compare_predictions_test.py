@@ -15,7 +15,7 @@ from scipy import stats
 
 from tfwd import compare_predictions, runs
 from tfwd.data import DataConfig
-from tfwd.plots import populations as population_plots
+from tfwd.plots import compare_predictions as population_plots
 
 
 def simulate(p_a, p_b, models_a=30, models_b=30, seed=0):

@@ -1,4 +1,4 @@
-"""Bad inputs (README table): each gives one clear line on stderr, exit code 1, and no partial files."""
+"""Bad inputs (docs/errors.md): each gives one clear line on stderr, exit code 1, and no partial files."""
 
 import json
 import os

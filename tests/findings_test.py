@@ -41,7 +41,7 @@ def _run(depth=38, n=782, seed=0, block=None, cka=None, pc=None, probes=None, pr
     names = list(_names(depth))
     config = runs.RunConfig(runs.ModelConfig(depth, 1.0), DataConfig(train_examples=n), runs.TrainConfig(seed=seed))
     matrix = cka if cka is not None else _heatmap(names, block)
-    return findings.Run(config.name, config, names, matrix, pc=pc, probes=probes, prune_blocks=prune)
+    return findings.JudgedRun(config.name, config, names, matrix, pc=pc, probes=probes, prune_blocks=prune)
 
 
 def _verdicts(runs_, cross=None, **detector):
@@ -89,7 +89,7 @@ def test_a_run_that_did_not_fit_its_data_counts_nowhere():
     assert judged[0]["not_fitted"] == [r.name for r in deep]
     deep[0].train_accuracy = 0.95  # one fitted seed: the series of seed 0 alone is judged
     assert _verdicts(shallow + deep)["a"] == "reproduced"
-    assert findings.Run("x", None, [], np.eye(2), train_accuracy=0.9).fitted
+    assert findings.JudgedRun("x", None, [], np.eye(2), train_accuracy=0.9).fitted
 
 
 # --- (a), (b): growth with depth and with less data --------------------------------------

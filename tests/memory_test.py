@@ -1,4 +1,4 @@
-"""Memory under test: resident memory stays flat over CKA passes (the README's "Memory" claims)."""
+"""Memory under test: resident memory stays flat over CKA passes (docs/performance.md, "Memory")."""
 
 import gc
 import os

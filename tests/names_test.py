@@ -1,15 +1,13 @@
 """One name per analysis: its module tfwd.<name>, its binary bin/<name> and the kind of folder it writes.
 
-Former names keep working: tfwd.pca, tfwd.pruning, tfwd.dominant and tfwd.populations are the
-renamed modules themselves and warn once; bin/probe is a link to bin/probes. Nothing here trains
-or reads data: the analyses are stopped where they reserve their output folder.
+The former names (tfwd.pca, tfwd.pruning, tfwd.dominant, tfwd.populations, bin/probe) are gone.
+Nothing here trains or reads data: the analyses are stopped where they reserve their output folder.
 """
 
 import importlib
+import importlib.machinery
 import os
 import re
-import sys
-import warnings
 
 import pytest
 
@@ -82,53 +80,15 @@ def test_cka_of_runs_writes_its_kind_beside_the_runs():
     assert cka.default_out_dir(["runs/a", "runs/b"], "blocks", "test") == os.path.join("runs", "cka_blocks_test_a__b")
 
 
-def _forget(old, monkeypatch):
-    """Undoes an earlier use of a former name in this process, so that the next use runs its alias again."""
-    monkeypatch.delitem(sys.modules, f"tfwd.{old}", raising=False)
-    monkeypatch.delitem(vars(tfwd), old, raising=False)  # not delattr: hasattr would call tfwd.__getattr__
-
-
 @pytest.mark.parametrize("old,new", RENAMED.items())
-def test_importing_a_former_name_warns_once_and_gives_the_renamed_module(old, new, monkeypatch):
-    renamed = importlib.import_module(f"tfwd.{new}")  # first, so that the block below warns only for the alias
-    _forget(old, monkeypatch)
-    message = rf"^tfwd\.{old} is now tfwd\.{new}; the old name will be removed\.$"
-    with pytest.warns(DeprecationWarning, match=message) as record:
-        __import__(f"tfwd.{old}")  # as an import statement does
-    # At the importing line, so that Python's default filters show it in a user's script.
-    assert [w.filename for w in record] == [__file__]
-    assert sys.modules[f"tfwd.{old}"] is renamed
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once: neither a second import nor the attribute warns again
-        assert importlib.import_module(f"tfwd.{old}") is renamed and getattr(tfwd, old) is renamed
+def test_a_former_name_is_gone(old, new):
+    with pytest.raises(AttributeError, match=rf"no attribute '{old}'\. Available: .*\b{new}\b"):
+        getattr(tfwd, old)
+    # Looked up in the package's own folders (an editable install's finder may know another checkout).
+    assert importlib.machinery.PathFinder.find_spec(f"tfwd.{old}", tfwd.__path__) is None
+    assert importlib.machinery.PathFinder.find_spec(f"tfwd.plots.{old}", tfwd.plots.__path__) is None
+    assert importlib.import_module(f"tfwd.plots.{new}").__name__ == f"tfwd.plots.{new}"  # figures: the analysis' name
 
 
-@pytest.mark.parametrize("old,new", RENAMED.items())
-def test_a_former_name_as_an_attribute_of_tfwd_warns_once_at_the_callers_line(old, new, monkeypatch):
-    renamed = importlib.import_module(f"tfwd.{new}")
-    _forget(old, monkeypatch)
-    with pytest.warns(DeprecationWarning, match=rf"^tfwd\.{old} is now tfwd\.{new};") as record:
-        assert getattr(tfwd, old) is renamed
-    assert [w.filename for w in record] == [__file__]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert getattr(tfwd, old) is renamed and importlib.import_module(f"tfwd.{old}") is renamed
-
-
-def test_the_former_names_keep_public_and_private_names():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from tfwd import pruning
-        from tfwd.pca import _top_eigenpair, first_pc
-
-    from tfwd import pc, prune_blocks
-
-    assert pruning.recalibrate_bn is prune_blocks.recalibrate_bn
-    assert (first_pc, _top_eigenpair) == (pc.first_pc, pc._top_eigenpair)
-
-
-def test_bin_probe_is_a_link_to_bin_probes(root):
-    alias, binary = root / "bin" / "probe", root / "bin" / "probes"
-    assert binary.is_file() and not binary.is_symlink() and os.access(binary, os.X_OK)
-    assert alias.is_symlink() and os.readlink(alias) == "probes"  # relative: works in any checkout
-    assert alias.resolve() == binary.resolve()
+def test_bin_probe_is_gone(root):
+    assert not os.path.lexists(root / "bin" / "probe") and os.access(root / "bin" / "probes", os.X_OK)

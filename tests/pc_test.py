@@ -1,4 +1,4 @@
-"""tfwd.pc, tfwd.plots.pca and bin/pc: first-PC analyses against planted structure and float64 references."""
+"""tfwd.pc, tfwd.plots.pc and bin/pc: first-PC analyses against planted structure and float64 references."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfwd import metrics, models, pc
-from tfwd.plots import pca as pc_plots
+from tfwd.plots import pc as pc_plots
 
 NAMES = ["stem_relu", "stage1_block1_out", "stage2_block1_out", "stage2_block2_out", "stage3_block1_out", "logits"]
 

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from tfwd import plots
 
@@ -17,6 +18,29 @@ def test_light_modules_do_not_import_tensorflow(module, root):
     code = f"import sys, {module}; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# A caller's backend (a notebook's, here "svg" standing in for it) before and after tfwd draws and saves.
+DRAW_UNDER_A_BACKEND = """
+import sys, matplotlib
+matplotlib.use("svg")
+import numpy as np
+from tfwd import plots
+m = np.eye(6)
+plots.save_figure(plots.heatmap(m).figure, sys.argv[1] + "/h.png")
+grid = plots.cka_grid({(0, 0): m, (0, 1): m, (1, 1): m}, [list("abcdef")] * 2, ["a", "b"])
+plots.save_figure(grid, sys.argv[1] + "/g.png")
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_drawing_and_saving_leave_the_callers_backend_alone(tmp_path, root):
+    done = subprocess.run(
+        [sys.executable, "-c", DRAW_UNDER_A_BACKEND, str(tmp_path)], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["svg", "False"]  # the backend kept, and pyplot never asked to pick one
+    assert [open(tmp_path / f, "rb").read(4) for f in ("h.png", "g.png")] == [b"\x89PNG"] * 2
 
 
 def test_heatmap_draws_the_matrix_on_0_1_with_stage_lines(tmp_path):
@@ -44,12 +68,13 @@ def test_grid_shows_upper_triangle(tmp_path):
 
 def test_dominant_image_grid_titles_stay_clear_of_the_row_above():
     # Two rows of five, each titled with two lines: no title may overlap an image of the row above.
-    from tfwd.plots.dominant import image_grid
+    from tfwd.plots.dominant_datapoints import image_grid
 
     images = np.random.default_rng(0).uniform(size=(10, 32, 32, 3))
     fig = image_grid(images, ["airplane"] * 10, np.linspace(636, 411, 10), range(10), title="top 10 by |score|")
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    canvas = FigureCanvasAgg(fig)  # the figure belongs to no pyplot backend: lay it out as saving would
+    canvas.draw()
+    renderer = canvas.get_renderer()
     axes = fig.axes
     assert len(axes) == 10
     for above, below in zip(axes[:5], axes[5:]):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tfwd import models, prune_blocks, runs
-from tfwd.plots.pruning import deletion_accuracy
+from tfwd.plots.prune_blocks import deletion_accuracy
 
 
 def _images(n, seed=0):

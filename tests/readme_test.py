@@ -1,4 +1,7 @@
-"""The README's Python examples run as written, so they cannot rot; what they compute is checked."""
+"""The README's Python examples run as written, so they cannot rot; what they compute is checked.
+
+Every relative link and image in the README and docs/ points at a file that exists.
+"""
 
 import pathlib
 import re
@@ -8,8 +11,45 @@ import sys
 import numpy as np
 import pytest
 
-README = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"^```python\n(.*?)^```", README, flags=re.S | re.M)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# [text](target) and ![alt](target), outside code spans and blocks; an optional "title" after the target.
+LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _links(text: str) -> list[str]:
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)  # code blocks
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans
+    return LINK.findall(text)
+
+
+def test_links_are_found_where_they_are_written():
+    text = 'See [a](docs/a.md#part), ![b](images/b.png "B") and `[c](not/a/link)`, not [d] (e).\n```\n[f](g)\n```\n'
+    assert _links(text) == ["docs/a.md#part", "images/b.png"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_relative_link_and_image_resolves(page):
+    missing = []
+    for target in _links(page.read_text()):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue  # a web address, or an anchor in the same page
+        path = target.split("#", 1)[0]
+        if not (page.parent / path).exists():
+            missing.append(target)
+    assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
+
+
+def test_the_readme_opens_with_the_two_commands_and_links_its_results():
+    first_block = re.search(r"^```bash\n(.*?)^```", README, flags=re.S | re.M)
+    assert first_block.start() < README.index("\n## ")  # before any section
+    assert [line.split()[:2] for line in first_block.group(1).splitlines()] == [
+        ["./run.sh", "demo"],
+        ["./run.sh", "test"],
+    ]
+    assert "](docs/science/README.md)" in README and "](docs/performance.md)" in README
 
 
 def _check_library_example(ns):

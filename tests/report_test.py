@@ -110,7 +110,7 @@ def test_analyses_set_to_false_are_skipped(tiny_runs, tfds_dir, tmp_path):
         },
         "analyses": {
             "cka": {"examples": 96, "passes": 1, "batch_size": 48},  # settings no other test uses: a fresh folder
-            **{k: False for k in ("pc", "probes", "prune_blocks", "cross_seed", "dominant")},
+            **{k: False for k in ("pc", "probes", "prune_blocks", "cross_seed", "dominant_datapoints")},
         },
     }
     runs_before = {r: set(os.listdir(r)) for r in tiny_runs}
@@ -163,10 +163,13 @@ def test_cached_analyses_are_keyed_on_the_runs_content(tiny_runs, tmp_path, retr
         ({"probes": {"l2": [0.1, "a"]}}, r"analyses.probes.l2 must be Sequence\[float\]. Received: \[0.1, 'a'\]"),
         ({"prune_blocks": {"recalibrate_bn": "yes"}}, r"analyses.prune_blocks.recalibrate_bn must be bool"),
         ({"cross_seed": {"examples": True}}, r"analyses.cross_seed.examples must be int \| None. Received: True"),
-        ({"dominant": {"layer": "x", "top": 3, "topk": 3}}, r"analyses.dominant has no setting 'topk'"),
+        (
+            {"dominant_datapoints": {"layer": "x", "top": 3, "topk": 3}},
+            r"analyses.dominant_datapoints has no setting 'topk'",
+        ),
         ({"pc": {"data_dir": "x"}}, r"analyses.pc has no setting 'data_dir' \(the report sets it\)"),
         ({"cka": []}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings"),
-        ({k: False for k in ("pc", "probes", "prune_blocks", "cross_seed", "dominant")}, None),
+        ({k: False for k in ("pc", "probes", "prune_blocks", "cross_seed", "dominant_datapoints")}, None),
         ({"cka": False}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings. Received: False"),
         ({"probes": True}, r"analyses.probes must be an object .* \(or false to skip it\). Received: True"),
     ],
@@ -233,7 +236,7 @@ def test_demo_report_end_to_end(tmp_path, root, bin_env):
     assert saved["runs"]["cifar10-resnet38-w1-n128-s0"]["block"]["found"]
     assert saved["dominant_datapoints"]
     made = sorted(p.name.rsplit("_", 1)[0] for p in (tmp_path / "cifar10-resnet38-w1-n128-s0").glob("report_*"))
-    assert made == ["report_cka", "report_dominant", "report_pc"]  # probes and deletion are skipped
+    assert made == ["report_cka", "report_dominant_datapoints", "report_pc"]  # probes and deletion are skipped
 
 
 @pytest.mark.slow
@@ -253,7 +256,7 @@ def test_science_spec_in_miniature(tmp_path, root, bin_env):
         "probes": {"epochs": 1, "test_examples": 256, "cka_examples": 128},
         "prune_blocks": {"examples": 256},
         "cross_seed": {"examples": 256, "batch_size": 128},
-        "dominant": {"examples": 100, "top": 5},
+        "dominant_datapoints": {"examples": 100, "top": 5},
     }
     spec["block_structure"] = {"min_contrast": 0.0, "min_squareness": 0.0}  # force blocks, to exercise every rule
     spec["min_train_accuracy"] = 0.0  # 3 epochs fit nothing: count every run

@@ -34,11 +34,6 @@ then an ordinary attribute of the package; `import tfwd.models` and `from tfwd i
 work as always. Never import a submodule at the top of this file; a new public module goes
 into `PUBLIC_MODULES` (and the README), nowhere else.
 
-Former names of renamed modules (`tfwd.pca`, `tfwd.pruning`, `tfwd.dominant`,
-`tfwd.populations`) still work, as an attribute or an import, and are the renamed module
-itself; the first use warns once (DeprecationWarning). They are not public modules and will
-be removed.
-
 Example:
     >>> import tfwd
     >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
@@ -49,8 +44,6 @@ Example:
 """
 
 import importlib as _importlib
-import sys as _sys
-import warnings as _warnings
 
 PUBLIC_MODULES = (
     "models",
@@ -72,41 +65,13 @@ PUBLIC_MODULES = (
 )
 __all__ = list(PUBLIC_MODULES)
 
-# Former module names -> the names of their analyses (module = binary in bin/ = output folder
-# kind). Each former name has a shim, tfwd/<old>.py, that calls `_renamed_module`.
-_RENAMED = {
-    "pca": "pc",
-    "pruning": "prune_blocks",
-    "dominant": "dominant_datapoints",
-    "populations": "compare_predictions",
-}
-
-
-def _renamed_module(old: str, stacklevel: int):
-    """Makes tfwd.<old> the very module it was renamed to, warning once (DeprecationWarning).
-
-    The alias goes into `sys.modules` and the package's attributes, so a later import or
-    attribute access of the old name neither warns again nor loads a second copy.
-    `stacklevel` counts from the caller (1: the caller's line), as for `warnings.warn`.
-    """
-    new = _RENAMED[old]
-    _warnings.warn(
-        f"tfwd.{old} is now tfwd.{new}; the old name will be removed.", DeprecationWarning, stacklevel=stacklevel + 1
-    )
-    module = _importlib.import_module(f"{__name__}.{new}")
-    _sys.modules[f"{__name__}.{old}"] = module
-    globals()[old] = module
-    return module
-
 
 def __getattr__(name: str):
     """Imports a public module on first use (PEP 562); anything else is an AttributeError."""
     if name in PUBLIC_MODULES:
         return _importlib.import_module(f"{__name__}.{name}")
-    if name in _RENAMED:
-        return _renamed_module(name, stacklevel=2)  # the warning points at the caller's line
     raise AttributeError(f"module 'tfwd' has no attribute {name!r}. Available: {', '.join(PUBLIC_MODULES)}.")
 
 
 def __dir__() -> list[str]:
-    return sorted((set(globals()) - set(_RENAMED)) | set(PUBLIC_MODULES))
+    return sorted(set(globals()) | set(PUBLIC_MODULES))

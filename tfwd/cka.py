@@ -104,9 +104,8 @@ def cka_matrices(
 
     # reduce_retracing: a ragged last batch generalizes the batch dimension
     # instead of compiling the step again on every pass. autograph=False: the step has
-    # no Python control flow on tensors, and converting the metric's per-layer code cost
-    # seconds of tracing (with the metric's stacked U-centring, a ResNet-38's first step
-    # with every layer tapped went from about 20 s to about 4 s).
+    # no Python control flow on tensors, and converting the metric's per-layer code costs
+    # seconds of tracing on models with every layer tapped (docs/performance.md, first-step cost).
     @tf.function(reduce_retracing=True, autograph=False)
     def step(images):
         strategy.run(replica_step, args=(images,))

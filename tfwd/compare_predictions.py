@@ -501,7 +501,7 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
     Returns:
         `out_dir`.
     """
-    from tfwd.plots import populations as plots  # matplotlib only when figures are drawn
+    from tfwd.plots import compare_predictions as plots  # matplotlib only when figures are drawn
     from tfwd.plots.common import save_figure
 
     summary, ex, cl = result["summary"], result["examples"], result["classes"]

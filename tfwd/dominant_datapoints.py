@@ -232,7 +232,7 @@ def analyze_run(
         ValueError: for an unknown layer (naming the nearest) or `top` >= `examples`.
     """
     # matplotlib only when figures are drawn
-    from tfwd.plots import common, dominant as plots
+    from tfwd.plots import common, dominant_datapoints as plots
 
     if not 1 <= top < examples:
         raise ValueError(

@@ -1,7 +1,7 @@
 """The paper's claims (a)-(f), judged on analysed runs by rules fixed before the runs.
 
 The rules are those of docs/science/rules.md, committed before the science spec's
-runs were trained; the README repeats them. In short:
+runs were trained; docs/science/README.md repeats them. In short:
 
 - Every claim is measured on every seed of every cell (an architecture on a data
   subset). Blocks come from `tfwd.blocks.find_block_structure` (defaults; its peak
@@ -67,7 +67,7 @@ CROSS_MARGIN = 0.1
 
 
 @dataclasses.dataclass
-class Run:
+class JudgedRun:
     """One analysed run, as the rules see it (tfwd.report builds these).
 
     Attributes:
@@ -144,7 +144,11 @@ class _Judge:
     """The rules at one detector setting."""
 
     def __init__(
-        self, runs_: Sequence[Run], cross: dict[str, CrossSeed], detector: dict[str, Any], fit_min: float = FIT_MIN
+        self,
+        runs_: Sequence[JudgedRun],
+        cross: dict[str, CrossSeed],
+        detector: dict[str, Any],
+        fit_min: float = FIT_MIN,
     ):
         fitted = [r.train_accuracy is None or r.train_accuracy >= fit_min for r in runs_]
         self.runs = [r for r, ok in zip(runs_, fitted) if ok]  # an unfitted run is neither judged nor a control
@@ -155,18 +159,18 @@ class _Judge:
         for r in self.runs:
             self.cells[r.cell].append(r)
 
-    def block(self, run: Run) -> blocks.BlockStructure:
+    def block(self, run: JudgedRun) -> blocks.BlockStructure:
         return self.blocks[run.name]
 
-    def fraction(self, run: Run) -> float:
+    def fraction(self, run: JudgedRun) -> float:
         b = self.block(run)
         return float(b.fraction) if b.found else 0.0
 
-    def inside(self, run: Run, name: str) -> bool:
+    def inside(self, run: JudgedRun, name: str) -> bool:
         """Whether layer `name` lies in the run's largest block (the block the claims judge)."""
         return name in run.names and self.block(run).contains(run.names.index(name))
 
-    def outside(self, run: Run, name: str) -> bool:
+    def outside(self, run: JudgedRun, name: str) -> bool:
         """Whether layer `name` lies in none of the run's blocks (a second block is neither inside nor outside)."""
         if name not in run.names:
             return False
@@ -175,7 +179,7 @@ class _Judge:
 
     # --- controls -----------------------------------------------------------------------
 
-    def control_cell(self, run: Run, pair: bool = False) -> list[Run]:
+    def control_cell(self, run: JudgedRun, pair: bool = False) -> list[JudgedRun]:
         """The control runs of `run` (see the module docstring); pair=True asks for a cell
         whose seeds 0 and 1 both have no block (for cross-seed CKA)."""
         if not pair:
@@ -236,7 +240,7 @@ class _Judge:
                 )
         return rows, ok
 
-    def first_pc(self, run: Run) -> dict[str, Any] | None:
+    def first_pc(self, run: JudgedRun) -> dict[str, Any] | None:
         if run.pc is None:
             return None
         names, fraction = list(run.pc["names"]), np.asarray(run.pc["fraction"], dtype=float)
@@ -260,7 +264,7 @@ class _Judge:
         within = m_in >= PC_MIN and m_in - m_out >= PC_MARGIN
         return _judged(row, within, ctrl == ctrl and m_in - ctrl >= PC_MARGIN, bool(controls))
 
-    def probes(self, run: Run) -> dict[str, Any] | None:
+    def probes(self, run: JudgedRun) -> dict[str, Any] | None:
         if run.probes is None or not run.config.model.residual:
             return None
         post = [p for p in run.probes if p["kind"] == "post"]
@@ -290,14 +294,14 @@ class _Judge:
         within = step_in <= max(PROBE_RATIO * step_out, PROBE_FLOOR)
         return _judged(row, within, ctrl == ctrl and gain_in <= PROBE_CONTROL * ctrl, bool(controls))
 
-    def _stage_fractions(self, run: Run, adds: Sequence[str]) -> dict[int, float]:
+    def _stage_fractions(self, run: JudgedRun, adds: Sequence[str]) -> dict[int, float]:
         """Per stage, the fraction of its residual blocks whose add lies inside the block."""
         per_stage = defaultdict(list)
         for name in adds:
             per_stage[models.stage_of(name)].append(self.inside(run, name))
         return {s: float(np.mean(v)) for s, v in per_stage.items() if any(v)}
 
-    def deletion(self, run: Run) -> dict[str, Any] | None:
+    def deletion(self, run: JudgedRun) -> dict[str, Any] | None:
         if run.prune_blocks is None or not run.config.model.residual:
             return None
         curves = _deletion_curves(run)
@@ -336,7 +340,7 @@ class _Judge:
         within = _mean(drops_in) < DELETION_RATIO * _mean(drops_out)
         return _judged(row, within, ctrl == ctrl and cost <= DELETION_CONTROL * ctrl, bool(controls))
 
-    def cross_seed(self, run: Run) -> dict[str, Any] | None:
+    def cross_seed(self, run: JudgedRun) -> dict[str, Any] | None:
         pair = next((p for p in self.cross.values() if run.name in p.runs), None)
         if pair is None:
             return None
@@ -365,7 +369,7 @@ class _Judge:
         )
 
 
-def _short(run: Run) -> str:
+def _short(run: JudgedRun) -> str:
     m = run.config.model
     n = run.config.data.train_examples
     return f"ResNet-{m.depth} ({m.width:g}x{'' if m.residual else ', plain'}){f' on {n:,}' if n else ''}"
@@ -379,7 +383,7 @@ def _judged(row: dict, within: bool, control: bool, has_control: bool) -> dict:
     return row
 
 
-def _stage_gain(run: Run, stage: int) -> float:
+def _stage_gain(run: JudgedRun, stage: int) -> float:
     """A control's post-residual probe gain over one stage (from the add before it, or its own first add)."""
     post = [p for p in run.probes if p["kind"] == "post"]
     stages = [models.stage_of(p["tap"]) for p in post]
@@ -390,7 +394,7 @@ def _stage_gain(run: Run, stage: int) -> float:
     return float(post[members[-1]]["test_accuracy"]) - float(post[start]["test_accuracy"])
 
 
-def _deletion_curves(run: Run) -> dict[int, tuple[list[str], list[float]]]:
+def _deletion_curves(run: JudgedRun) -> dict[int, tuple[list[str], list[float]]]:
     """Per stage: the deletable blocks in deletion order (last first) and the accuracy after each."""
     by_stage = defaultdict(list)
     for r in run.prune_blocks["rows"]:
@@ -403,7 +407,7 @@ def _deletion_curves(run: Run) -> dict[int, tuple[list[str], list[float]]]:
     return curves
 
 
-def _control_loss(run: Run, stage: int, fraction: float) -> float:
+def _control_loss(run: JudgedRun, stage: int, fraction: float) -> float:
     """A control's accuracy loss after deleting `fraction` of a stage's deletable blocks (interpolated)."""
     curves = _deletion_curves(run)
     if stage not in curves:
@@ -468,7 +472,7 @@ def _describe(key: str, rows: list[dict]) -> str:
 
 
 def judge(
-    runs_: Sequence[Run],
+    runs_: Sequence[JudgedRun],
     cross: dict[str, CrossSeed] | None = None,
     detector: dict | None = None,
     fit_min: float = FIT_MIN,
@@ -520,7 +524,7 @@ def _finding(key: str, verdict: str, measured: str, seeds: list) -> dict:
 
 
 def judge_with_sensitivity(
-    runs_: Sequence[Run],
+    runs_: Sequence[JudgedRun],
     cross: dict[str, CrossSeed] | None = None,
     detector: dict | None = None,
     fit_min: float = FIT_MIN,

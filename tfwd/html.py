@@ -171,8 +171,8 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
             ("pc", "first_pc.png", "First principal component (Figure 3)"),
             ("probes", "probes_cka.png", "Linear probes under the CKA heatmap (Figure 4)"),
             ("prune_blocks", "prune_blocks.png", "Block deletion (Figure 5)"),
-            ("dominant", "dominant_datapoints.png", "Dominant datapoints (Nguyen et al. 2022)"),
-            ("dominant", "cka_without_top.png", "CKA with and without the dominant datapoints"),
+            ("dominant_datapoints", "dominant_datapoints.png", "Dominant datapoints (Nguyen et al. 2022)"),
+            ("dominant_datapoints", "cka_without_top.png", "CKA with and without the dominant datapoints"),
         ):
             path = os.path.join(dirs.get(kind, ""), file)
             if kind in dirs and os.path.exists(path):

@@ -16,10 +16,9 @@ weighted by its n(n-3) pairs:
 
 i.e. sum_k w_k HSIC_1(K_k, L_k) / sqrt(...) with w_k = n_k (n_k - 3). For equal
 batches this is the paper's formula (every w_k is the same). With a ragged last
-batch it lands closer to the full-batch value than weighting batches equally:
-measured in float64 over 40 synthetic trials of three batches of 64 and one of 7,
-0.004 on average (at most 0.014) from full-batch CKA, against 0.021 (at most
-0.076) for equal weights. A batch of n <= 3 has no pairs (n(n-3) <= 0): it adds
+batch it lands closer to the full-batch value than weighting batches equally
+(tests/metrics_test.py checks it; docs/performance.md has the numbers). A batch
+of n <= 3 has no pairs (n(n-3) <= 0): it adds
 nothing, and is counted in `CKA.skipped`. The reference code's MinibatchCKA sums
 the same products (it never applies 1/(n(n-3))), but divides by zero for n <= 2.
 """
@@ -185,9 +184,9 @@ _FORMULATION: list[str] = []
 def gram_formulation() -> str:
     """ "einsum" or "matmul": whichever computes a 256 x 16384 float32 Gram faster here, timed once per process.
 
-    TF 2.21 runs einsum("ip,jp->ij") about 2x faster than matmul(x, x, transpose_b=True)
-    on AVX-512 CPUs, and about as fast (47 vs 43 GFLOP/s) on AVX2-only ones
-    (benchmarks/cka_throughput.py prints the choice).
+    TensorFlow's oneDNN build runs einsum("ip,jp->ij") and matmul(x, x, transpose_b=True) on
+    different kernels, and which is faster depends on the CPU's instruction set
+    (benchmarks/cka_throughput.py prints the choice; docs/performance.md).
     """
     if not _FORMULATION:
         import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
@@ -300,8 +299,8 @@ def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
     CHANNEL_GRAM_MIN_POSITIONS or more positions; smaller ones are computed as usual).
 
     U-centring runs in the Gram matrix's dtype, widened to float32 for 16-bit Grams:
-    in float64 it cost about 4x more and changed CKA by less than 1e-6 (tests compare
-    the metric with float64 NumPy at 1e-6). Each Gram is divided by its largest
+    float64 would cost more and change CKA by less than 1e-6 (tests compare the metric
+    with float64 NumPy at 1e-6). Each Gram is divided by its largest
     absolute entry first, so that the products of `_pair_products` neither underflow
     nor overflow in float32 (a layer of 1e-11 activations has Gram entries of 1e-19
     and products of 1e-38); the scales are returned and applied in the accumulator
@@ -356,8 +355,8 @@ def _pair_products(ga, scales_a, gb, scales_b, dtype):
     products are multiplied back by them in `dtype`.
 
     Each row's n products are summed in the Grams' dtype and the n row sums in `dtype`
-    (float64 by default): about 2x faster than one float64 product, and as close to it
-    as float32 rounding of n = 256 terms allows (4e-8 relative, measured).
+    (float64 by default): cheaper than one float64 product, and as close to it as float32
+    rounding of n terms allows.
     """
     rows_a = ops.transpose(ga, (1, 0, 2))  # (n, La, n)
     rows_b = ops.transpose(gb, (1, 2, 0))  # (n, n, Lb)
@@ -432,8 +431,8 @@ class CKA(keras.metrics.Metric):
         gram_dtype: None computes Gram matrices in the activations' dtype.
             "bfloat16" casts the (centred) activations first: faster only where the
             CPU multiplies bfloat16 natively (AVX512_BF16 or AMX; `native_bfloat16`),
-            and it moves CKA by up to about 0.02 (0.14 measured on an AVX2 CPU, where
-            it was also 13x slower). Elsewhere it warns and computes in float32.
+            and it moves CKA by up to about 0.02. Elsewhere bfloat16 is emulated, slower
+            and less precise, so it warns and computes in float32.
         name: metric name.
 
     Example:
@@ -459,7 +458,8 @@ class CKA(keras.metrics.Metric):
         if gram_dtype == "bfloat16" and not native_bfloat16():
             warnings.warn(
                 "CKA(gram_dtype='bfloat16'): this CPU has no native bfloat16 (AVX512_BF16 or AMX), where bfloat16 "
-                "Grams were measured 13x slower and 0.14 off; computing them in float32 instead.",
+                "Grams are slower and less precise than float32; computing them in float32 instead. Pass "
+                "gram_dtype=None to silence this.",
                 stacklevel=2,
             )
             gram_dtype = "float32"

@@ -455,7 +455,7 @@ def analyze_run(
         analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)  # -> 'runs/cifar10-resnet38-w10-s0/prune_blocks'
     """
     from tfwd.plots.common import save_figure  # matplotlib only when drawing
-    from tfwd.plots.pruning import deletion_accuracy  # matplotlib only when drawing
+    from tfwd.plots.prune_blocks import deletion_accuracy  # matplotlib only when drawing
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")

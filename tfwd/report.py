@@ -12,7 +12,7 @@ A report spec (data/reports/*.json) is a JSON object:
         "probes": {"epochs": 5},                     tfwd.probes.analyze_run, every residual run
         "prune_blocks": {"examples": 2000},          tfwd.prune_blocks.analyze_run, every residual run
         "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell
-        "dominant": {"examples": 1000, "top": 10}    tfwd.dominant_datapoints.analyze_run, every run with a block
+        "dominant_datapoints": {"examples": 1000, "top": 10}  tfwd.dominant_datapoints.analyze_run, runs with a block
       },                                             (only when given); false skips an analysis (not cka)
       "block_structure": {"min_contrast": 0.3, ...} tfwd.blocks.find_block_structure
       "min_train_accuracy": 0.9                       runs below it count in no claim (rules v2)
@@ -47,7 +47,7 @@ from absl import logging
 from tfwd import blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
 
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy")
-ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant")
+ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant_datapoints")
 
 
 def load_spec(path: str) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def _analysis_functions() -> dict[str, Callable]:
         "probes": probes.analyze_run,
         "prune_blocks": prune_blocks.analyze_run,
         "cross_seed": cka.analyze_runs,
-        "dominant": dominant_datapoints.analyze_run,
+        "dominant_datapoints": dominant_datapoints.analyze_run,
     }
 
 
@@ -189,7 +189,7 @@ class Analyses:
     """Everything `analyze` measured on a set of finished runs.
 
     Attributes:
-        runs: findings.Run per run (what the rules read), in the spec's order.
+        runs: findings.JudgedRun per run (what the rules read), in the spec's order.
         opened: the tfwd.runs.Run of each, by name.
         blocks: the detected block structure of each (the spec's detector settings).
         cross_seed: findings.CrossSeed per cell trained with seeds 0 and 1, by cell label.
@@ -197,7 +197,7 @@ class Analyses:
         dirs: the folder of each analysis of each run, by name and kind ("cross_seed" by cell).
     """
 
-    runs: list[findings.Run]
+    runs: list[findings.JudgedRun]
     opened: dict[str, runs.Run]
     blocks: dict[str, blocks.BlockStructure]
     cross_seed: dict[str, findings.CrossSeed]
@@ -237,7 +237,7 @@ def analyze(
             "cka", cka.analyze_runs, {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256}, [run_dir]
         )
         loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
-        analysed = findings.Run(
+        analysed = findings.JudgedRun(
             run.name,
             run.config,
             list(loaded["names"][0]),
@@ -255,8 +255,10 @@ def analyze(
                 prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, {"examples": 2000})
                 analysed.prune_blocks = prune_blocks.load(prune_dir)
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
-        if block.found and "dominant" in settings and "dominant" not in skipped:
-            dominant_dir = analysis("dominant", dominant_datapoints.analyze_run, {"examples": 1000, "top": 10})
+        if block.found and "dominant_datapoints" in settings and "dominant_datapoints" not in skipped:
+            dominant_dir = analysis(
+                "dominant_datapoints", dominant_datapoints.analyze_run, {"examples": 1000, "top": 10}
+            )
             out.dominant[run.name] = dominant_datapoints.load(dominant_dir)
         out.runs.append(analysed)
         out.opened[run.name] = run

@@ -26,7 +26,7 @@ ARCHS = ("cifar_resnet", "imagenet_resnet")
 DECAY_EVERY = ("step", "epoch")
 # Learning-rate recipes (`--recipe`): "reference" is the reference code's cifar_train.py
 # (lr 0.01, cosine stepped per epoch, no warmup); "warmup" is He et al.'s lr 0.1 with a
-# 2-epoch linear warmup and a per-step cosine. README ("Learning rate") has the comparison.
+# 2-epoch linear warmup and a per-step cosine. docs/science/learning_rate.md has the comparison.
 LR_RECIPES = {
     "warmup": {"learning_rate": 0.1, "warmup_epochs": 2, "decay_every": "step"},
     "reference": {"learning_rate": 0.01, "warmup_epochs": 0, "decay_every": "epoch"},

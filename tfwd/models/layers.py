@@ -9,9 +9,8 @@ a zero-initialised last BN of a residual branch, the head's initializer.
 where it applies. Keras 3 builds batch normalization from separate moments,
 subtract, multiply and add ops (forward and backward); on the small feature maps
 of CIFAR ResNets that elementwise traffic costs as much as the convolutions. The
-fused kernel (`FusedBatchNormV3`) does the same arithmetic in one pass: ResNet-38
-(1x) trains at 212 images/s instead of 113 on 2 CPU cores (Intel Xeon, AVX-512;
-batch 128; benchmarks/training_throughput.py). Variables, config, saved files
+fused kernel (`FusedBatchNormV3`) does the same arithmetic in one pass, so training
+is faster (benchmarks/training_throughput.py; docs/performance.md). Variables, config, saved files
 and the arithmetic (batch statistics in training, moving statistics in
 inference, the moving statistics updated with the biased batch variance,
 `momentum` and `epsilon` as Keras defines them) are Keras' own; tests check the

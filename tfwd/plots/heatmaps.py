@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from tfwd.layer_names import stage_boundaries
+from tfwd.plots import common
 from tfwd.plots.common import mark_stages
 
 
 def heatmap(
     matrix,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     title: str | None = None,
     rows: Sequence[str] | None = None,
     cols: Sequence[str] | None = None,
@@ -21,7 +23,7 @@ def heatmap(
     ylabel: str | None = None,
     cmap: str = "magma",
     colorbar: bool = True,
-) -> plt.Axes:
+) -> Axes:
     """Draws a layer x layer CKA matrix on a fixed 0..1 colour scale.
 
     Args:
@@ -40,7 +42,7 @@ def heatmap(
     """
     matrix = np.asarray(matrix)
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 3.6))
+        _, ax = common.subplots(figsize=(4.2, 3.6))
     image = ax.imshow(matrix, origin="lower", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
     if rows is not None:
         mark_stages(ax, stage_boundaries(rows), axis="y")
@@ -55,7 +57,7 @@ def heatmap(
     return ax
 
 
-def cka_grid(blocks: dict, names: Sequence[Sequence[str]], model_names: Sequence[str], size: float = 3.2) -> plt.Figure:
+def cka_grid(blocks: dict, names: Sequence[Sequence[str]], model_names: Sequence[str], size: float = 3.2) -> Figure:
     """All within- and cross-model heatmaps of K models as a K x K grid (upper triangle and diagonal).
 
     Args:
@@ -68,7 +70,7 @@ def cka_grid(blocks: dict, names: Sequence[Sequence[str]], model_names: Sequence
         The figure; panel (i, j) shows model i's layers (y) against model j's (x).
     """
     k = len(model_names)
-    fig, axes = plt.subplots(k, k, figsize=(size * k + 0.6, size * k), squeeze=False)
+    fig, axes = common.subplots(k, k, figsize=(size * k + 0.6, size * k), squeeze=False)
     for i in range(k):
         for j in range(k):
             ax = axes[i][j]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from tfwd.layer_names import stage_boundaries
+from tfwd.plots import common
 from tfwd.plots.common import mark_stages
 from tfwd.plots.heatmaps import heatmap
 
@@ -22,11 +24,11 @@ KIND_STYLES = {
 
 def probe_accuracy(
     table: Sequence[Mapping[str, Any]],
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     title: str | None = None,
     metric: str = "test_accuracy",
     chance: float | None = None,
-) -> plt.Axes:
+) -> Axes:
     """Probe accuracy against layer, one line per tap kind, stage boundaries marked.
 
     Args:
@@ -48,7 +50,7 @@ def probe_accuracy(
         >>> ax = probe_accuracy(rows, chance=0.1)
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 2.6))
+        _, ax = common.subplots(figsize=(4.2, 2.6))
     names = [row["tap"] for row in table]
     kinds = [row["kind"] for row in table]
     unknown = sorted(set(kinds) - set(KIND_STYLES))
@@ -78,7 +80,7 @@ def probes_with_cka(
     metric: str = "test_accuracy",
     chance: float | None = None,
     size: float = 4.0,
-) -> plt.Figure:
+) -> Figure:
     """Figure 4: a model's within-model CKA heatmap above its probe accuracies, layers aligned.
 
     Args:
@@ -99,7 +101,7 @@ def probes_with_cka(
         raise ValueError(
             f"`cka_matrix` must be (L, L) for the table's L = {len(table)} taps. Received shape: {matrix.shape}"
         )
-    fig = plt.figure(figsize=(size + 0.5, size * 1.55))
+    fig = Figure(figsize=(size + 0.5, size * 1.55))
     grid = fig.add_gridspec(2, 2, height_ratios=(1.0, 0.55), width_ratios=(1.0, 0.04), hspace=0.3, wspace=0.05)
     top, bottom, bar = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[0, 1])
     names = [row["tap"] for row in table]

@@ -6,23 +6,25 @@ import math
 from collections.abc import Sequence
 
 import matplotlib.patches
-import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from tfwd.plots import common
 from tfwd.plots.heatmaps import heatmap
 
 
-def outline_block(ax: plt.Axes, start: int, end: int, color: str = "cyan", linestyle: str = "-") -> None:
+def outline_block(ax: Axes, start: int, end: int, color: str = "cyan", linestyle: str = "-") -> None:
     """Draws the square of layers start..end (inclusive) on a heatmap."""
     size = end - start + 1
     square = (start - 0.5, start - 0.5)
     ax.add_patch(
-        matplotlib.patches.Rectangle(square, size, size, fill=False, edgecolor=color, linewidth=1.5, linestyle=linestyle)
+        matplotlib.patches.Rectangle(
+            square, size, size, fill=False, edgecolor=color, linewidth=1.5, linestyle=linestyle
+        )
     )
 
 
-def block_heatmaps(
-    panels: Sequence[dict], columns: int = 4, size: float = 2.9, suptitle: str | None = None
-) -> plt.Figure:
+def block_heatmaps(panels: Sequence[dict], columns: int = 4, size: float = 2.9, suptitle: str | None = None) -> Figure:
     """A grid of within-model CKA heatmaps, each with its detected block outlined.
 
     Args:
@@ -38,7 +40,7 @@ def block_heatmaps(
     """
     rows = max(1, math.ceil(len(panels) / columns))
     cols = min(columns, max(1, len(panels)))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows + 0.3), squeeze=False)
+    fig, axes = common.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows + 0.3), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         block = panel.get("block")
         title = panel["title"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import matplotlib.transforms as mtransforms
 import numpy as np
+from matplotlib.axes import Axes
 
+from tfwd.plots import common
 from tfwd.plots.common import mark_stages
 
 
@@ -16,9 +17,9 @@ def deletion_accuracy(
     blocks_deleted: Sequence[int],
     accuracy: Sequence[float],
     full_accuracy: float,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     title: str | None = None,
-) -> plt.Axes:
+) -> Axes:
     """Test accuracy after each block deletion, grouped by stage.
 
     As in the paper's Figure 5, the x axis holds one group of points per stage
@@ -48,7 +49,7 @@ def deletion_accuracy(
             f"Received: lengths {len(stages)}, {len(blocks_deleted)}, {len(accuracy)}"
         )
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(3.0, 0.35 * len(stages) + 1.5), 3.0))
+        _, ax = common.subplots(figsize=(max(3.0, 0.35 * len(stages) + 1.5), 3.0))
     label_at = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     start, starts, ticks, tick_labels = 0, [], [], []
     for stage in sorted(set(stages.tolist())):

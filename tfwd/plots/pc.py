@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from tfwd.layer_names import stage_boundaries
+from tfwd.plots import common
 from tfwd.plots.common import mark_stages
 from tfwd.plots.heatmaps import heatmap
 
@@ -22,11 +24,11 @@ def _stages_label(last_stages: Sequence[int]) -> str:
 def variance_explained(
     fraction,
     names: Sequence[str],
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     title: str | None = None,
     last_stages_fraction: float | None = None,
     last_stages: Sequence[int] = (),
-) -> plt.Axes:
+) -> Axes:
     """The first PC's fraction of variance per layer, on 0..1, with stage boundaries.
 
     Args:
@@ -46,7 +48,7 @@ def variance_explained(
     if fraction.shape != (len(names),):
         raise ValueError(f"`fraction` must have one value per layer ({len(names)}). Received shape {fraction.shape}.")
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 3.2))
+        _, ax = common.subplots(figsize=(4.2, 3.2))
     ax.plot(
         np.arange(len(fraction)), fraction, marker=".", markersize=3, linewidth=1.0, color="tab:blue", label="per layer"
     )
@@ -76,7 +78,7 @@ def first_pc_figure(
     last_stages_fraction: float | None = None,
     last_stages: Sequence[int] = (),
     size: float = 3.4,
-) -> plt.Figure:
+) -> Figure:
     """The four panels of Figure 3 for one model, laid out as in the paper.
 
     Top left "Similarity of First PCs" (|cos| of the layers' first PCs, 0..1), top
@@ -100,7 +102,7 @@ def first_pc_figure(
     for arg, value in (("cka", cka), ("pc_cosine", pc_cosine), ("cka_without_pc", cka_without_pc)):
         if np.shape(value) != (len(names), len(names)):
             raise ValueError(f"`{arg}` must be (L, L) with L = {len(names)} layers. Received shape {np.shape(value)}.")
-    fig, axes = plt.subplots(2, 2, figsize=(2 * size + 1.2, 2 * size))
+    fig, axes = common.subplots(2, 2, figsize=(2 * size + 1.2, 2 * size))
     cosine_ax = heatmap(
         pc_cosine, ax=axes[0, 0], title="Similarity of First PCs", rows=names, cols=names, colorbar=False
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+
+from tfwd.plots import common
 
 COMPARISON, CONTROL = "tab:blue", "tab:orange"  # the paper's colours in Figure 7c
 
@@ -14,12 +16,12 @@ def per_example_scatter(
     acc_x,
     acc_y,
     control_y=None,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     names: Sequence[str] = ("A", "B"),
     models: int | None = None,
     jitter: float = 0.3,
     seed: int = 0,
-) -> plt.Axes:
+) -> Axes:
     """Per-example accuracy of one group against another (Figure 7a/b), with a baseline.
 
     Args:
@@ -46,7 +48,7 @@ def per_example_scatter(
         2
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 4.2))
+        _, ax = common.subplots(figsize=(4.2, 4.2))
     rng = np.random.default_rng(seed)
     step = jitter / models if models else 0.0
 
@@ -73,12 +75,12 @@ def per_class_differences(
     acc_a,
     diff,
     control_diff=None,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     names: Sequence[str] | None = None,
     groups: Sequence[str] = ("A", "B"),
     models: int | None = None,
     annotate: Sequence[int] = (),
-) -> plt.Axes:
+) -> Axes:
     """Per-class accuracy difference against group A's class accuracy (Figure 7c).
 
     Args:
@@ -95,7 +97,7 @@ def per_class_differences(
         The Axes; both axes in %.
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.0, 3.8))
+        _, ax = common.subplots(figsize=(5.0, 3.8))
     x, y = 100 * np.asarray(acc_a), 100 * np.asarray(diff)
     each = f" ({models} models each)" if models else ""
     ax.axhline(0, color="0.6", linewidth=0.8, zorder=0)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
+from tfwd.plots import common
 from tfwd.plots.report import block_heatmaps
 
 
@@ -18,7 +19,7 @@ def image_grid(
     indices: Sequence[int],
     title: str = "",
     columns: int = 5,
-) -> plt.Figure:
+) -> Figure:
     """The dominant examples, most dominant first, each titled with its test index, label and score.
 
     Args:
@@ -30,7 +31,7 @@ def image_grid(
     k = len(images)
     rows, cols = max(1, math.ceil(k / columns)), min(columns, max(1, k))
     # Constrained layout keeps each row's two-line titles clear of the images above (tight_layout let them overlap).
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows + 0.4), squeeze=False, layout="constrained")
+    fig, axes = common.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows + 0.4), squeeze=False, layout="constrained")
     for ax, image, label, score, index in zip(axes.flat, images, labels, scores, indices):
         ax.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
         ax.set_title(f"#{index} {label}\nscore {score:.3g}", fontsize=8)
@@ -44,7 +45,7 @@ def image_grid(
     return fig
 
 
-def with_and_without(result: dict, top: int, title: str = "") -> plt.Figure:
+def with_and_without(result: dict, top: int, title: str = "") -> Figure:
     """Within-model CKA with every example and without the top K, the detected block outlined on each."""
     panels = [
         {
