@@ -61,13 +61,13 @@ def test_top_must_leave_examples():
 def test_default_layer_is_the_block_output_nearest_the_middle_of_the_block():
     names = models.tap_names(models.cifar_resnet(depth=14), "all")
     c = np.eye(len(names))
-    c[10:30, 10:30] = 1.0
+    c[9:32, 9:32] = 1.0  # four residual-stream layers: stage1_block1_out .. stage2_block2_out
     block = blocks.find_block_structure(c, names)
-    assert block.found
+    assert block.found and (block.start, block.end) == (9, 31)
     chosen = dominant_datapoints.default_layer(names, block)
-    outs = [i for i, n in enumerate(names) if n.endswith("_out") and 10 <= i <= 29]
+    outs = [i for i, n in enumerate(names) if n.endswith("_out") and 9 <= i <= 31]
     assert chosen in [names[i] for i in outs]
-    assert abs(names.index(chosen) - 19.5) == min(abs(i - 19.5) for i in outs)
+    assert abs(names.index(chosen) - 20) == min(abs(i - 20) for i in outs)
     assert dominant_datapoints.default_layer(names, blocks.BlockStructure(False)) == "stage3_block1_out"
 
 
