@@ -107,6 +107,7 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
                 "measured": {"summary": f["measured"], "verdict_at_contrast": f.get("sensitivity", {})},
                 "seeds": f["seeds"],
                 "control": controls,
+                "not_fitted": f.get("not_fitted", []),
             }
         )
     runs_ = {}
