@@ -40,11 +40,12 @@ import time
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from absl import logging
 
 from tfwd import blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
+from tfwd.progress import showing
 
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy")
 ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant_datapoints")
@@ -304,6 +305,7 @@ def build(
     parallel: int = 1,
     program: str = "bin/train",
     train: bool = True,
+    progress: TextIO | None = None,
 ) -> str:
     """Trains what is missing, analyses everything, and writes the report; returns report.html's path.
 
@@ -315,6 +317,8 @@ def build(
         parallel: trainings at a time.
         program: the bin/train executable.
         train: False only reports on runs that are already finished.
+        progress: a stream (sys.stderr) for the trainings' progress and a heartbeat
+            while analyses run (`tfwd.progress`); None shows nothing.
 
     Raises:
         ValueError: for an invalid spec (runs or analysis settings), before anything runs.
@@ -331,7 +335,7 @@ def build(
         sweep = {**sweep, "flags": {**sweep.get("flags", {}), "data_dir": data_dir}}
     planned = sweeps.expand(sweep)
     if train:
-        outcome = sweeps.run(sweep, out_dir, parallel=parallel, program=program)
+        outcome = sweeps.run(sweep, out_dir, parallel=parallel, program=program, progress=progress)
         if outcome["failed"]:
             raise runs.RunError(f"Trainings failed: {outcome['failed']} (each run's log names the cause).")
     run_dirs = [os.path.join(out_dir, r.name) for r in planned if sweeps.is_finished(out_dir, r)]
@@ -339,7 +343,8 @@ def build(
     if missing:
         raise runs.RunError(f"Runs not finished: {missing}. Run bin/report without --notrain to train them.")
     timings: dict[str, float] = {}
-    analyses = analyze(run_dirs, spec, data_dir=data_dir, timings=timings)
+    with showing(progress):  # analyses log as they go; this fills their quiet stretches
+        analyses = analyze(run_dirs, spec, data_dir=data_dir, timings=timings)
     judged = findings.judge_with_sensitivity(
         analyses.runs,
         analyses.cross_seed,

@@ -55,11 +55,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from absl import logging
 
 from tfwd import data, run_settings, runs, training
+from tfwd.progress import TrainingLogs, showing
 
 # bin/train's flags and their kinds (tfwd.run_settings), in the order commands list them (tests
 # check the names against bin/train --helpfull). out_dir is the caller's; overwrite is refused.
@@ -391,6 +392,7 @@ def run(
     runner: Runner = subprocess_runner,
     dry_run: bool = False,
     prepare_data: bool | None = None,
+    progress: TextIO | None = None,
 ) -> dict[str, list]:
     """Runs the unfinished runs of a spec on this machine, `parallel` at a time.
 
@@ -411,6 +413,8 @@ def run(
         dry_run: plan only: launch nothing, everything to run is "not_started".
         prepare_data: fetch missing datasets before launching; None: only with the
             real `subprocess_runner` (an injected runner trains nothing).
+        progress: a stream (sys.stderr) on which each training's epoch, loss, accuracy
+            and time left are shown as they run (`tfwd.progress`); None shows nothing.
 
     Returns:
         {"finished": names run to exit code 0, "skipped": names already finished,
@@ -453,10 +457,15 @@ def run(
         prepare_datasets(launch)
     os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
     lock, counter = threading.Lock(), itertools.count(1)
+    logs = TrainingLogs(total=len(launch))
 
     def one(r: SweepRun):
         log = os.path.join(out_dir, "logs", f"{r.name}.log")
-        code = runner(r.argv(out_dir, program), log)
+        logs.add(r.name, log)
+        try:
+            code = runner(r.argv(out_dir, program), log)
+        finally:
+            logs.remove(r.name)
         with lock:
             if code == 0:
                 result["finished"].append(r.name)
@@ -465,7 +474,7 @@ def run(
             status = "finished" if code == 0 else f"FAILED (exit {code})"
             logging.info("[%d/%d] %s %s (log: %s)", next(counter), len(launch), r.name, status, log)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+    with showing(progress, logs.text), concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         for future in [pool.submit(one, r) for r in launch]:
             future.result()  # re-raises a runner's exception
     order = {r.name: i for i, r in enumerate(launch)}
