@@ -43,7 +43,7 @@ from typing import Any
 
 from absl import logging
 
-from tfwd import blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
+from tfwd import apps, blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
 
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure")
 ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant")
@@ -51,6 +51,7 @@ ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant")
 
 def load_spec(path: str) -> dict[str, Any]:
     """Reads a report spec and checks its keys and its runs. Raises ValueError naming the file."""
+    path = apps.spec_path("reports", path)
     try:
         with open(path) as f:
             spec = json.load(f)
