@@ -1,6 +1,8 @@
 """tfwd.data: balanced nested subsets, augmentation, reproducible order, sources and errors."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -314,6 +316,64 @@ def test_offline_download_fails_in_one_line(tfds_default, fake_download):
         "--data_dir (or TFDS_DATA_DIR) at a TFDS data directory that holds it, or rerun with network access to let "
         "TFDS fetch it."
     )
+
+
+def test_missing_module_is_named_not_blamed_on_the_network(tfds_default, fake_download):
+    try:  # as TFDS's lazy imports raise it: the ModuleNotFoundError is the cause of another error
+        try:
+            import importlib_resources_not_installed  # noqa: F401
+        except ModuleNotFoundError as e:
+            raise ImportError("Error while importing importlib_resources_not_installed") from e
+    except ImportError as e:
+        error = e
+    fake_download(error)
+    with pytest.raises(DataNotFoundError) as info:
+        Data(DataConfig("cifar10"))
+    default = str(tfds.builder("cifar10").data_dir_root)
+    assert str(info.value) == (
+        f"Dataset 'cifar10' is not prepared in {default} and TFDS cannot download it: its download code needs the "
+        "Python module 'importlib_resources_not_installed', which is not installed. Install it (pip install "
+        "importlib_resources_not_installed) or reinstall tfwd with its dependencies."
+    )
+
+
+# Python's sockets fail as on a machine without network (installed as sitecustomize in a subprocess);
+# urllib3 retries at once, not after TFDS's backoff (~200 s over its 10 retries).
+NO_NETWORK = """
+import socket
+
+import urllib3.util.retry
+
+def _unreachable(*args, **kwargs):
+    raise OSError(101, "Network is unreachable")
+
+def _no_dns(*args, **kwargs):
+    raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+socket.socket.connect = socket.socket.connect_ex = _unreachable
+socket.getaddrinfo = _no_dns
+urllib3.util.retry.Retry.get_backoff_time = lambda self: 0.0
+"""
+
+
+def test_real_download_offline_blames_the_network(tmp_path, root):
+    # The real install and TFDS's real download path (nothing faked in-process), no prepared data.
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_NETWORK)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{root}", TFDS_DATA_DIR=str(tmp_path / "tfds"))
+    code = (
+        "from tfwd import data, errors\n"
+        "try:\n    data.prepare(data.DataConfig('cifar10'))\n"
+        "except errors.DataNotFoundError as e:\n    print(e)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    message = out.stdout.strip().splitlines()[-1]  # after TFDS's progress lines
+    assert message.startswith(f"Dataset 'cifar10' is not prepared in {tmp_path / 'tfds'} and could not be downloaded (")
+    assert message.endswith("or rerun with network access to let TFDS fetch it."), message
+    assert "module" not in message.lower(), message
 
 
 def test_download_setting_is_auto_by_default_and_old_configs_read_unchanged():

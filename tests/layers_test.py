@@ -67,8 +67,24 @@ def test_saved_model_round_trip(tmp_path):
     model.get_layer("bn").moving_mean.assign([1.0, 2.0, 3.0])
     path = os.path.join(tmp_path, "m.keras")
     model.save(path)
+    # The file names Keras' own class (plain Keras loads it); `fuse` swaps tfwd's kernel back in.
     loaded = keras.models.load_model(path)
-    assert type(loaded.get_layer("bn")) is layers.BatchNormalization
-    x = np.random.default_rng(4).normal(size=(2, 4, 4, 3)).astype("float32")
-    np.testing.assert_array_equal(loaded(x), model(x))
+    assert type(loaded.get_layer("bn")) is keras.layers.BatchNormalization
     assert loaded.get_layer("bn").get_config() == model.get_layer("bn").get_config()
+    x = np.random.default_rng(4).normal(size=(2, 4, 4, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+    fused = layers.fuse(loaded)
+    assert fused is loaded and type(loaded.get_layer("bn")) is layers.BatchNormalization
+    np.testing.assert_array_equal(loaded(x), model(x))
+
+
+def test_fuse_reaches_nested_models_and_leaves_subclasses_alone():
+    class Custom(keras.layers.BatchNormalization):
+        pass
+
+    inputs = keras.Input((4, 4, 3))
+    inner = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.BatchNormalization(name="inner_bn")], name="inner")
+    outer = keras.Model(inputs, Custom(name="custom")(inner(inputs)))
+    layers.fuse(outer)
+    assert type(outer.get_layer("inner").get_layer("inner_bn")) is layers.BatchNormalization
+    assert type(outer.get_layer("custom")) is Custom

@@ -31,7 +31,8 @@ When CIFAR-10 or CIFAR-100 is prepared nowhere and no `data_dir` is given, TFDS 
 and prepares it into its default folder, as `tfds.load` would (download="auto", the
 default; one log line says so first, then TFDS shows its progress). ImageNet needs
 TFDS's manual download and is only prepared when asked (download=True); nothing is
-fetched with download=False. Offline, a failed download is one DataNotFoundError line.
+fetched with download=False. Offline, a failed download is one DataNotFoundError line (a
+missing Python module is named as such: it is not a network problem).
 """
 
 from __future__ import annotations
@@ -177,9 +178,27 @@ def _tfds_builder(config: DataConfig):
     try:
         builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+        missing = _missing_module(e)
+        if missing is not None:  # the install lacks a package TFDS imports: no network fixes that
+            raise DataNotFoundError(
+                f"Dataset {config.dataset!r} is not prepared in {where} and TFDS cannot download it: its download "
+                f"code needs the Python module {missing!r}, which is not installed. Install it (pip install {missing}) "
+                "or reinstall tfwd with its dependencies."
+            ) from e
         detail = f" and could not be downloaded ({type(e).__name__})"
         raise _not_found(config.dataset, where, detail, failed=True) from e
     return builder
+
+
+def _missing_module(error: BaseException) -> str | None:
+    """The top-level module whose import failed somewhere in `error`'s chain of causes, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ModuleNotFoundError) and error.name:
+            return error.name.split(".")[0]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def prepare(config: DataConfig) -> str:

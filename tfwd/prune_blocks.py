@@ -40,6 +40,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfwd import runs
+from tfwd.models import layers
 
 # The analysis' one name: this module, bin/prune_blocks and its output folder
 # (RUN/prune_blocks/), whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py
@@ -181,7 +182,8 @@ def delete_blocks(model: keras.Model, blocks: Sequence[str], copy: bool = False)
             )
         return next(iter(inputs.values()))
 
-    clone = (lambda layer: layer.__class__.from_config(layer.get_config())) if copy else (lambda layer: layer)
+    # type(), not __class__ (which names Keras' class, see tfwd.models.layers): copies keep the fused kernel.
+    clone = (lambda layer: type(layer).from_config(layer.get_config())) if copy else (lambda layer: layer)
     pruned = keras.models.clone_model(model, clone_function=clone, call_function=call)
     if copy:
         for layer in pruned.layers:
@@ -341,7 +343,7 @@ def _moments(probe: keras.Model, axes: list[list[int]], images: tf.Tensor) -> li
 
 
 def _copy(model: keras.Model) -> keras.Model:
-    clone = keras.models.clone_model(model)
+    clone = layers.fuse(keras.models.clone_model(model))  # Keras clones tfwd's BatchNormalization as its own
     for layer in clone.layers:
         layer.set_weights(model.get_layer(layer.name).get_weights())
     return clone

@@ -44,7 +44,7 @@ from typing import Any, TextIO
 
 from absl import logging
 
-from tfwd import blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
+from tfwd import apps, blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
 from tfwd.progress import showing
 
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy")
@@ -53,6 +53,7 @@ ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant_datap
 
 def load_spec(path: str) -> dict[str, Any]:
     """Reads a report spec and checks its keys and its runs. Raises ValueError naming the file."""
+    path = apps.spec_path("reports", path)
     try:
         with open(path) as f:
             spec = json.load(f)

@@ -263,7 +263,7 @@ class Run:
                 model = shared[key]
             else:
                 try:
-                    model = keras.models.load_model(path, compile=False)
+                    model = models.saved.load_keras(path)
                 except Exception as e:  # noqa: BLE001 - a corrupt zip or config raises many types
                     raise RunError(f"Cannot load {path} ({type(e).__name__}: {e}); retrain with --overwrite.") from e
                 shared.clear()

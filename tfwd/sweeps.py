@@ -59,7 +59,7 @@ from typing import Any, TextIO
 
 from absl import logging
 
-from tfwd import data, run_settings, runs, training
+from tfwd import apps, data, run_settings, runs, training
 from tfwd.progress import TrainingLogs, showing
 
 # bin/train's flags and their kinds (tfwd.run_settings), in the order commands list them (tests
@@ -296,6 +296,7 @@ def run_config(flags: dict[str, Any], where: str = "run") -> runs.RunConfig:
 
 def load_spec(path: str) -> dict[str, Any]:
     """Reads and validates a spec file and its first CHECK_ON_LOAD runs. Raises ValueError naming the file."""
+    path = apps.spec_path("sweeps", path)
     try:
         with open(path) as f:
             spec = json.load(f)

@@ -519,7 +519,7 @@ def _finish(model: keras.Model, data: Data, run_dir: str, history: list[dict[str
     if distributed:
         # Predict with a local copy: the distributed model would shard the test
         # set across workers, and only this process writes the predictions.
-        model = keras.models.load_model(path, compile=False)
+        model = models.saved.load_keras(path)
     logits = model.predict(data.eval_dataset("test", 500), verbose=0)
     probs = tf.nn.softmax(logits).numpy().astype(np.float32)
     labels = data.labels("test")

@@ -15,7 +15,9 @@ and the arithmetic (batch statistics in training, moving statistics in
 inference, the moving statistics updated with the biased batch variance,
 `momentum` and `epsilon` as Keras defines them) are Keras' own; tests check the
 outputs, gradients and moving statistics against `keras.layers.BatchNormalization`.
-Any case the kernel does not cover (other backends, masks, renorm, synchronized
+Saved files name Keras' own class, so plain Keras loads them under any backend
+(without the fused kernel); tfwd swaps the kernel back in when it loads a model
+(`fuse`, `tfwd.models.load_model`). Any case the kernel does not cover (other backends, masks, renorm, synchronized
 BN, inputs that are not 4-D float32 with channels last, no centre or scale)
 runs Keras' code unchanged.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import keras
 
 
+# Registered so that files saved before they named Keras' class ("tfwd>BatchNormalization") still load.
 @keras.saving.register_keras_serializable(package="tfwd")
 class BatchNormalization(keras.layers.BatchNormalization):
     """keras.layers.BatchNormalization with TensorFlow's fused kernel (see the module docstring).
@@ -38,6 +41,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
         >>> bool(np.allclose(ours(x, training=True), theirs(x, training=True), atol=1e-5))
         True
     """
+
+    @property
+    def __class__(self):
+        # What Keras serializes (obj.__class__): model files name keras.layers.BatchNormalization, which
+        # any Keras loads. type(layer) stays this class, as unittest.mock's spec objects do.
+        return keras.layers.BatchNormalization
 
     def _fused(self, inputs, mask) -> bool:
         return (
@@ -79,6 +88,32 @@ class BatchNormalization(keras.layers.BatchNormalization):
             is_training=False,
         )
         return outputs
+
+
+def fuse(model: keras.Model) -> keras.Model:
+    """Gives every keras.layers.BatchNormalization of `model` (nested models too) the fused kernel, in place.
+
+    The layers keep their variables and config; only their class becomes tfwd's, whose arithmetic
+    is Keras' own (module docstring). Subclasses of Keras' layer are left alone. Returns `model`.
+
+    Example:
+        >>> inputs = keras.Input((4, 4, 3))
+        >>> model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(inputs))
+        >>> type(fuse(model).get_layer("bn")).__module__
+        'tfwd.models.layers'
+    """
+    for layer in _layers(model):
+        if type(layer) is keras.layers.BatchNormalization:
+            object.__setattr__(layer, "__class__", BatchNormalization)  # same layout: the subclass adds no state
+    return model
+
+
+def _layers(model: keras.Model):
+    """Every layer of `model`, depth first, inside nested models too."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
 
 
 def _l2(weight_decay: float):

@@ -10,6 +10,9 @@ import os
 import zipfile
 
 import keras
+from absl import logging
+
+from tfwd.models import layers
 
 
 def image_input(model: keras.Model) -> tuple[int | None, int | None, int | None]:
@@ -51,10 +54,26 @@ def load_model(path: str) -> keras.Model:
             f"Received: {path}"
         )
     try:
-        return keras.models.load_model(path, compile=False)
+        return load_keras(path)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for files it cannot read
         detail = (str(e).strip().splitlines() or [""])[0][:200]
         raise ValueError(
             f"`models` must list saved Keras models that Keras can load; {path} fails ({type(e).__name__}: {detail}). "
             f"Received: {path}"
         ) from e
+
+
+def load_keras(path: str) -> keras.Model:
+    """keras.models.load_model(path, compile=False) with tfwd's fused BatchNormalization kernel swapped in.
+
+    Files written before tfwd saved its BatchNormalization under Keras' own class name (they name
+    "tfwd>BatchNormalization", which only loads where tfwd is imported) load too; one log line says so.
+    """
+    model = keras.models.load_model(path, compile=False)
+    if any(type(layer) is layers.BatchNormalization for layer in layers._layers(model)):
+        logging.info(
+            "%s names tfwd's BatchNormalization class (saved by an earlier tfwd): converted on load to Keras' own; "
+            "model.save() writes a file that plain Keras loads.",
+            path,
+        )
+    return layers.fuse(model)
