@@ -49,31 +49,44 @@ def gram(x) -> np.ndarray:
     return x @ x.T
 
 
-def u_center(k: np.ndarray) -> np.ndarray:
-    """U-centring of a symmetric (n, n) Gram matrix (Szekely & Rizzo 2014); needs n >= 4."""
-    k = np.array(k, dtype=np.float64)
+def u_center_means(k) -> np.ndarray:
+    """m (n,) float64 with U(K)_ij = K_ij - m_i - m_j off the diagonal, for a symmetric (n, n) K (n >= 4).
+
+    m_i = r_i / (n-2) - T / (2 (n-1) (n-2)), with r_i the row sums and T the total of K without its
+    diagonal (the module docstring's U(K)). `tfwd.pc` U-centres its Gram matrices row by row with it.
+    """
+    k = np.asarray(k, dtype=np.float64)
     n = k.shape[0]
-    np.fill_diagonal(k, 0.0)
-    means = k.sum(0) / (n - 2)
-    means -= means.sum() / (2 * (n - 1))
-    k -= means[:, None] + means[None, :]
+    means = (k.sum(0) - np.diag(k)) / (n - 2)
+    return means - means.sum() / (2 * (n - 1))
+
+
+def u_center(k) -> np.ndarray:
+    """U-centring of a symmetric (n, n) Gram matrix (Szekely & Rizzo 2014), in float64; needs n >= 4."""
+    means = u_center_means(k)
+    k = np.asarray(k, dtype=np.float64) - means[:, None] - means[None, :]
     np.fill_diagonal(k, 0.0)
     return k
+
+
+def double_center(k) -> np.ndarray:
+    """H K H (H = I - 11^T/n) of an (n, n) Gram matrix, in float64: the Gram matrix of centred features."""
+    k = np.asarray(k, dtype=np.float64)
+    return k - k.mean(0)[None, :] - k.mean(1)[:, None] + k.mean()
 
 
 def hsic(k: np.ndarray, l: np.ndarray, unbiased: bool = True) -> float:
     """HSIC of two (n, n) Gram matrices.
 
     unbiased=True: HSIC_1 = <U(K), U(L)> / (n(n-3)) (needs n >= 4).
-    unbiased=False: HSIC_0 = tr(K H L H) / (n-1)^2 with H = I - 11^T/n.
+    unbiased=False: HSIC_0 = tr(K H L H) / (n-1)^2 = <H K H, H L H> / (n-1)^2 with H = I - 11^T/n.
     """
     n = k.shape[0]
     if unbiased:
         if n < 4:
             raise ValueError(f"The unbiased HSIC estimator needs n >= 4 examples. Received: n={n}")
         return float(np.sum(u_center(k) * u_center(l)) / (n * (n - 3)))
-    h = np.eye(n) - 1.0 / n
-    return float(np.trace(k @ h @ l @ h) / (n - 1) ** 2)
+    return float(np.sum(double_center(k) * double_center(l)) / (n - 1) ** 2)
 
 
 def linear_cka(x, y, unbiased: bool = False) -> float:
@@ -372,7 +385,12 @@ def _self_products(g, scales, dtype):
 
 def _u_center(k, n):
     """U(K) of one (n, n) or a stack (..., n, n) of symmetric Grams (see the module docstring);
-    finite for any n (a batch of n <= 3 is then weighted 0)."""
+    finite for any n (a batch of n <= 3 is then weighted 0).
+
+    The formula of `u_center_means`, in keras.ops: in the graph, on any backend, in the Grams'
+    dtype. The references keep their NumPy twin so that they stay float64 on every backend
+    (JAX computes float64 only with x64 enabled).
+    """
     nf = ops.cast(n, k.dtype)
     off_diagonal = 1.0 - ops.eye(n, dtype=k.dtype)
     k = k * off_diagonal
