@@ -234,7 +234,7 @@ def layer_grams(
 
     @tf.function(input_signature=[flat, flat], autograph=False)
     def tiles(xs, ys):
-        # einsum: about 2x faster than matmul(transpose_b=True) on TF 2.21 CPUs (see tfwd.metrics).
+        # einsum: about 2x faster than matmul(transpose_b=True) on TF 2.21 CPUs (see tfwd._grams.gram_formulation).
         return tf.stack([tf.einsum("ip,jp->ij", x, y) for x, y in zip(xs, ys)])
 
     def run(i, shift):
