@@ -30,14 +30,14 @@ import tensorflow as tf  # noqa: E402
 from cka_throughput import N, ReferenceMinibatchCKA, step_fn  # noqa: E402
 from common import interleaved, machine  # noqa: E402
 
-from tfwd import cka, metrics, models  # noqa: E402
+from tfwd import _grams, cka, metrics, models  # noqa: E402
 
 
 def gram_plan(model, tapped, names):
     """({layer: kind} for the Grams tfwd computes, derived layers left out;
-    the features of every layer), from tfwd.metrics._gram_plan."""
+    the features of every layer), from tfwd._grams.gram_plan."""
     acts = [tf.zeros([4, *o.shape[1:]]) for o in tapped.outputs]
-    kinds = metrics._gram_plan(acts, cka.joint_channel_affine([model], [names]))
+    kinds = _grams.gram_plan(acts, cka.joint_channel_affine([model], [names]))
     features = [int(np.prod(a.shape[1:])) for a in acts]
     return {i: kind for i, kind in enumerate(kinds) if kind != "derived"}, features
 
@@ -71,9 +71,9 @@ def main():
         out = []
         for i, kind in plan.items():
             if kind.startswith("channel"):
-                k = metrics._channel_grams(acts[i], tf.ones([2, acts[i].shape[-1]]))  # the conv's and the BN's
+                k = _grams.channel_grams(acts[i], tf.ones([2, acts[i].shape[-1]]))  # the conv's and the BN's
             else:
-                k = metrics._gram(tf.reshape(acts[i], (N, -1)))
+                k = _grams.gram(tf.reshape(acts[i], (N, -1)))
             out.append(tf.reduce_sum(k))
         return out
 

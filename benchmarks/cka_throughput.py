@@ -50,7 +50,7 @@ from common import (  # noqa: E402
     rate,
 )
 
-from tfwd import cka, metrics, models  # noqa: E402
+from tfwd import _grams, cka, metrics, models  # noqa: E402
 
 N = 256
 
@@ -173,8 +173,8 @@ def main():
     print(f"machine: {machine()}")
     peak = matmul_flops_per_second()
     print(f"float32 2048^3 matmul: {peak / 1e9:.0f} GFLOP/s")
-    print(f"Gram formulation chosen by tfwd.metrics.gram_formulation(): {metrics.gram_formulation()}")
-    print(f"native bfloat16 (AVX512_BF16 or AMX): {metrics.native_bfloat16()}")
+    print(f"Gram formulation chosen by tfwd._grams.gram_formulation(): {_grams.gram_formulation()}")
+    print(f"native bfloat16 (AVX512_BF16 or AMX): {_grams.native_bfloat16()}")
     configs = [(20, 1)] if args.quick else [(20, 1), (20, 4), (56, 1)]
     throughput_table(configs, peak, repeats=args.rounds)
     many_models_table([2, 4] if args.quick else [2, 4, 8], 14, repeats=2)

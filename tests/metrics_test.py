@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfwd import metrics
+from tfwd import _grams, metrics
 from tfwd.metrics import CKA, linear_cka
 
 
@@ -355,7 +355,7 @@ class TestChannelAffine:
         conv, bn, relu, scale = self.conv_and_bn(n=4, shape=(16, 16, 8))  # 256 positions, 2,048 features
         thin_conv, thin_bn, _, thin_scale = self.conv_and_bn(n=4, shape=(16, 16, 7))  # 256 positions, 1,792
         small_conv, small_bn, _, small_scale = self.conv_and_bn(n=4, shape=(4, 4, 3))  # 16 positions, 48 features
-        plan = metrics._gram_plan(
+        plan = _grams.gram_plan(
             [conv, bn, relu, thin_conv, thin_bn, small_conv, small_bn],
             {1: (0, scale), 4: (3, thin_scale), 6: (5, small_scale)},
         )
@@ -453,13 +453,13 @@ class TestKerasContract:
         np.testing.assert_allclose(cka.result().numpy(), eager.result().numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("features", [metrics.SYMMETRIC_MIN_FEATURES - 1, metrics.SYMMETRIC_MIN_FEATURES + 3])
+@pytest.mark.parametrize("features", [_grams.SYMMETRIC_MIN_FEATURES - 1, _grams.SYMMETRIC_MIN_FEATURES + 3])
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_gram_equals_the_float64_product_whole_or_from_row_halves(features, n):
     # From SYMMETRIC_MIN_FEATURES on, the Gram is built from row halves; an odd n gives unequal
     # halves, n = 1 an empty one; a None batch dimension is the traced case.
     x = np.random.default_rng(n).normal(size=(n, features))
-    gram = tf.function(metrics._gram, input_signature=[tf.TensorSpec([None, features], tf.float64)])
+    gram = tf.function(_grams.gram, input_signature=[tf.TensorSpec([None, features], tf.float64)])
     np.testing.assert_allclose(gram(tf.constant(x)).numpy(), x @ x.T, rtol=1e-12, atol=1e-10)
 
 
@@ -474,7 +474,7 @@ def test_weighted_channel_grams_equal_the_float64_sums(channels, n):
     flat = x.reshape(n, -1, channels)
     expected = np.einsum("kc,ipc,jpc->kij", weights, flat, flat)
     grams = tf.function(
-        metrics._channel_grams,
+        _grams.channel_grams,
         input_signature=[tf.TensorSpec([None, 16, 16, channels], tf.float64), tf.TensorSpec([2, channels], tf.float64)],
     )
     np.testing.assert_allclose(grams(tf.constant(x), tf.constant(weights)).numpy(), expected, rtol=1e-12, atol=1e-10)

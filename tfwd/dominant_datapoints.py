@@ -8,7 +8,7 @@ shared first principal component. This module measures that on one layer:
 - X: the layer's activations on N images, flattened to (N, p), centred over the N
   examples (Xc = X - mean).
 - The first principal component, from the top eigenpair (lambda_1, u_1) of the
-  centred Gram matrix Xc Xc^T (float64): each example's *score* is its coordinate
+  centred Gram matrix Xc Xc^T (float64, `tfwd.pc.first_pc`): each example's *score* is its coordinate
   along the component, sqrt(lambda_1) u_1 (= Xc v_1), signed so that the largest
   |score| is positive.
 - first_pc_fraction = lambda_1 / sum of all eigenvalues (= sigma_1^2 / sum sigma_i^2).
@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import blocks, cka, models, runs
+from tfwd import blocks, cka, models, pc, runs
 
 # The analysis' one name: this module, bin/dominant_datapoints and its output folder
 # (RUN/dominant_datapoints/), whose marker (tfwd.runs.OUTPUT_MARKER) holds it.
@@ -69,14 +69,9 @@ def first_pc_scores(activations: np.ndarray, top: int) -> dict[str, Any]:
         raise ValueError(f"Need at least 2 examples for a principal component. Received: {n}")
     if not 1 <= top < n:
         raise ValueError(f"`top` must be in [1, {n - 1}] (fewer than the {n} examples). Received: top={top}")
-    centred = x - x.mean(0)
-    gram = centred @ centred.T
-    values, vectors = np.linalg.eigh(gram)
-    lam, u = max(values[-1], 0.0), vectors[:, -1]
-    total = float(np.trace(gram))
-    scores = np.sqrt(lam) * u
-    if scores[np.argmax(np.abs(scores))] < 0:
-        scores = -scores
+    centred = x - x.mean(0)  # centred before the product: large common offsets keep their precision
+    first = pc.first_pc(centred @ centred.T)
+    scores = np.sqrt(first.eigenvalue) * first.scores
     order = np.argsort(-np.abs(scores), kind="stable")
     chosen = order[:top]
     squared = scores**2
@@ -88,7 +83,7 @@ def first_pc_scores(activations: np.ndarray, top: int) -> dict[str, Any]:
         "scores": scores,
         "order": order,
         "top": chosen,
-        "first_pc_fraction": float(lam / total) if total > 0 else 0.0,
+        "first_pc_fraction": first.fraction,
         "top_share": float(squared[chosen].sum() / squared.sum()) if squared.sum() > 0 else 0.0,
         "norm_ratio": float(norms[chosen].mean() / rest_norm) if rest_norm > 0 else float("inf"),
     }

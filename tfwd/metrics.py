@@ -21,18 +21,22 @@ batch it lands closer to the full-batch value than weighting batches equally
 of n <= 3 has no pairs (n(n-3) <= 0): it adds
 nothing, and is counted in `CKA.skipped`. The reference code's MinibatchCKA sums
 the same products (it never applies 1/(n(n-3))), but divides by zero for n <= 2.
+
+The Gram matrices K are computed by the private `tfwd._grams` (the fastest product for this
+CPU, and a BatchNormalization tap's Gram from its input's per-channel Grams).
 """
 
 from __future__ import annotations
 
-import os
-import time
 import warnings
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import ops
+
+from tfwd import _grams
+from tfwd._grams import native_bfloat16
 
 # --- full-batch references (float64 NumPy) ---------------------------------------------------
 
@@ -48,31 +52,44 @@ def gram(x) -> np.ndarray:
     return x @ x.T
 
 
-def u_center(k: np.ndarray) -> np.ndarray:
-    """U-centring of a symmetric (n, n) Gram matrix (Szekely & Rizzo 2014); needs n >= 4."""
-    k = np.array(k, dtype=np.float64)
+def u_center_means(k) -> np.ndarray:
+    """m (n,) float64 with U(K)_ij = K_ij - m_i - m_j off the diagonal, for a symmetric (n, n) K (n >= 4).
+
+    m_i = r_i / (n-2) - T / (2 (n-1) (n-2)), with r_i the row sums and T the total of K without its
+    diagonal (the module docstring's U(K)). `tfwd.pc` U-centres its Gram matrices row by row with it.
+    """
+    k = np.asarray(k, dtype=np.float64)
     n = k.shape[0]
-    np.fill_diagonal(k, 0.0)
-    means = k.sum(0) / (n - 2)
-    means -= means.sum() / (2 * (n - 1))
-    k -= means[:, None] + means[None, :]
+    means = (k.sum(0) - np.diag(k)) / (n - 2)
+    return means - means.sum() / (2 * (n - 1))
+
+
+def u_center(k) -> np.ndarray:
+    """U-centring of a symmetric (n, n) Gram matrix (Szekely & Rizzo 2014), in float64; needs n >= 4."""
+    means = u_center_means(k)
+    k = np.asarray(k, dtype=np.float64) - means[:, None] - means[None, :]
     np.fill_diagonal(k, 0.0)
     return k
+
+
+def double_center(k) -> np.ndarray:
+    """H K H (H = I - 11^T/n) of an (n, n) Gram matrix, in float64: the Gram matrix of centred features."""
+    k = np.asarray(k, dtype=np.float64)
+    return k - k.mean(0)[None, :] - k.mean(1)[:, None] + k.mean()
 
 
 def hsic(k: np.ndarray, l: np.ndarray, unbiased: bool = True) -> float:
     """HSIC of two (n, n) Gram matrices.
 
     unbiased=True: HSIC_1 = <U(K), U(L)> / (n(n-3)) (needs n >= 4).
-    unbiased=False: HSIC_0 = tr(K H L H) / (n-1)^2 with H = I - 11^T/n.
+    unbiased=False: HSIC_0 = tr(K H L H) / (n-1)^2 = <H K H, H L H> / (n-1)^2 with H = I - 11^T/n.
     """
     n = k.shape[0]
     if unbiased:
         if n < 4:
             raise ValueError(f"The unbiased HSIC estimator needs n >= 4 examples. Received: n={n}")
         return float(np.sum(u_center(k) * u_center(l)) / (n * (n - 3)))
-    h = np.eye(n) - 1.0 / n
-    return float(np.trace(k @ h @ l @ h) / (n - 1) ** 2)
+    return float(np.sum(double_center(k) * double_center(l)) / (n - 1) ** 2)
 
 
 def linear_cka(x, y, unbiased: bool = False) -> float:
@@ -109,240 +126,21 @@ def linear_cka(x, y, unbiased: bool = False) -> float:
 # --- the streaming metric -------------------------------------------------------------------
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16 in /proc/cpuinfo).
-
-    False when ONEDNN_MAX_CPU_ISA limits oneDNN below those instructions (e.g. AVX2):
-    its bfloat16 matmul then has no kernel and aborts the process.
-    """
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if isa and isa != "ALL" and not any(word in isa for word in ("BF16", "AMX", "FP16", "AVX10")):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
-
-
-# Features from which a Gram matrix is built from its blocks (see `_gram`).
-SYMMETRIC_MIN_FEATURES = 2048
-
-
-def _gram(x):
-    """X X^T of (n, p) features.
-
-    Under TensorFlow with the faster of einsum and matmul(transpose_b) on this CPU
-    (`gram_formulation`), and for p >= SYMMETRIC_MIN_FEATURES from row halves
-    (`_from_halves`: 3/4 of the FLOPs; benchmarks/cka_throughput.py). On small p the
-    extra ops cost more than they save.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return _matmul_t(x, x)
-    import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
-
-    product = _matmul_t if gram_formulation() == "matmul" else (lambda a, b: tf.einsum("ip,jp->ij", a, b))
-    if not _uses_row_halves(x.shape[-1]):
-        return product(x, x)
-    half = tf.shape(x)[0] // 2
-    return _from_halves(x[:half], x[half:], product)
-
-
-def _matmul_t(a, b):
-    """A B^T over the last two axes."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
-
-        return tf.matmul(a, b, transpose_b=True)
-    return ops.matmul(a, ops.swapaxes(b, -1, -2))
-
-
-def _from_halves(a, b, product):
-    """The symmetric product of X = [A; B] with itself, from `product` (linear in each factor,
-    product(b, a) = product(a, b)^T over the last two axes) of its row halves A and B:
-    [[A A^T, A B^T], [B A^T, B B^T]] with B A^T = (A B^T)^T, so three products of half the
-    rows do the work of four (3/4 of the FLOPs)."""
-    ab = product(a, b)
-    top = ops.concatenate([product(a, a), ab], axis=-1)
-    bottom = ops.concatenate([ops.swapaxes(ab, -1, -2), product(b, b)], axis=-1)
-    return ops.concatenate([top, bottom], axis=-2)
-
-
-def _uses_row_halves(features) -> bool:
-    """Whether a Gram matrix of `features` (None: not known when traced) is built from row halves
-    (under TensorFlow only: on other backends the extra ops were not measured to pay)."""
-    return features is not None and features >= SYMMETRIC_MIN_FEATURES and keras.backend.backend() == "tensorflow"
-
-
-_FORMULATION: list[str] = []
-
-
-def gram_formulation() -> str:
-    """ "einsum" or "matmul": whichever computes a 256 x 16384 float32 Gram faster here, timed once per process.
-
-    TensorFlow's oneDNN build runs einsum("ip,jp->ij") and matmul(x, x, transpose_b=True) on
-    different kernels, and which is faster depends on the CPU's instruction set
-    (benchmarks/cka_throughput.py prints the choice; docs/performance.md).
-    """
-    if not _FORMULATION:
-        import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
-
-        with tf.init_scope():  # time eagerly even when first called while tracing a tf.function
-            _FORMULATION.append(_time_formulations())
-    return _FORMULATION[0]
-
-
-def _time_formulations() -> str:
-    import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
-
-    x = tf.random.stateless_normal([256, 16384], seed=[0, 0])
-    kinds = {
-        "einsum": tf.function(lambda a: tf.einsum("ip,jp->ij", a, a), autograph=False),
-        "matmul": tf.function(lambda a: tf.matmul(a, a, transpose_b=True), autograph=False),
-    }
-    best = {}
-    for kind, fn in kinds.items():
-        fn(x).numpy()
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn(x).numpy()
-            times.append(time.perf_counter() - start)
-        best[kind] = min(times)
-    return min(best, key=best.get)
-
-
-# Positions (product of the non-batch, non-channel dimensions) from which a layer that
-# another layer rescales per channel gets its Gram matrix from per-channel Grams (see
-# `_centered_grams`): on fewer the (C, n, n) products are too thin to pay off.
-CHANNEL_GRAM_MIN_POSITIONS = 256
-
-
-def _channel_grams(x, weights):
-    """sum_c w_kc X_c X_c^T for each row w_k of `weights` (m, C), with X_c (n, positions) the
-    channel c of (n, ..., C) activations: (m, n, n) in `weights`' dtype.
-
-    One batched product gives every channel's Gram (the FLOPs of one Gram of x), and the weighted
-    sums are taken before anything of size (C, n, n) is put together. From row halves when x has
-    SYMMETRIC_MIN_FEATURES features or more (`_from_halves`: 3/4 of the FLOPs); the rows are split
-    before each half is moved channel-first, so that no slice is copied.
-    """
-    c = x.shape[-1]
-
-    def channel_first(rows):  # (r, ..., C) -> (C, r, positions)
-        return ops.transpose(ops.reshape(rows, (ops.shape(rows)[0], -1, c)), (2, 0, 1))
-
-    def product(a, b):
-        return ops.tensordot(weights, ops.cast(_matmul_t(a, b), weights.dtype), axes=1)
-
-    if not _uses_row_halves(int(np.prod(x.shape[1:]))):
-        per_channel = channel_first(x)
-        return product(per_channel, per_channel)
-    half = ops.shape(x)[0] // 2
-    return _from_halves(channel_first(x[:half]), channel_first(x[half:]), product)
-
-
-def _channel_derived(acts, channel_affine) -> dict[int, tuple[int, object]]:
-    """The hints of `channel_affine` ({j: (i, scale)}) that pay off, after checking them all."""
-    derived = {}
-    for j, (i, scale) in (channel_affine or {}).items():
-        if not 0 <= i < j < len(acts) or i in channel_affine:
-            raise ValueError(
-                f"`channel_affine` derives layer {j} from layer {i}: both must index the {len(acts)} layers, "
-                "the source must come first and must not itself be derived."
-            )
-        x = acts[i]
-        if tuple(x.shape[1:]) != tuple(acts[j].shape[1:]) or tuple(ops.shape(scale)) != (x.shape[-1],):
-            raise ValueError(
-                f"`channel_affine`: layer {j} {tuple(acts[j].shape)} is not a per-channel rescaling of layer {i} "
-                f"{tuple(x.shape)} by a scale of shape {tuple(ops.shape(scale))}."
-            )
-        positions = int(np.prod([d or 0 for d in x.shape[1:-1]])) if len(x.shape) > 2 else 1
-        if positions >= CHANNEL_GRAM_MIN_POSITIONS:
-            derived[j] = (i, scale)
-    return derived
-
-
-def _gram_plan(acts, channel_affine=None) -> list[str]:
-    """How `_centered_grams` gets each layer's Gram matrix: "derived" (from another layer's
-    per-channel Grams, no product of its own), "channel" (per-channel Grams, which a derived layer
-    reuses), "full" (one product), and "channel halves" or "halves" when from row halves (3/4 of
-    the FLOPs)."""
-    derived = _channel_derived(acts, channel_affine)
-    sources = {i for i, _ in derived.values()}
-    plan = []
-    for i, a in enumerate(acts):
-        if i in derived:
-            plan.append("derived")
-            continue
-        halves = _uses_row_halves(int(np.prod(a.shape[1:])))
-        if i in sources:
-            plan.append("channel halves" if halves else "channel")
-        else:
-            plan.append("halves" if halves else "full")
-    return plan
-
-
 def _centered_grams(acts, gram_dtype, check_finite, channel_affine=None):
     """U-centred Gram matrices of a list of layers, each divided by its largest entry: ((L, n, n), (L,), n).
 
-    `channel_affine` ({j: (i, s)}, see `CKA.update_state`) says that layer j is layer i
-    times s per channel (the last axis) plus a constant, as a BatchNormalization in
-    inference mode is of its input. U-centring removes the constant, so
-    K_j = sum_c s_c^2 G_c and K_i = sum_c G_c with G_c = X_c X_c^T the Grams of layer
-    i's channels: one batched product of the FLOPs of K_i gives both Grams
-    (`_channel_grams`), and layer j's activations are not read (for layers of
-    CHANNEL_GRAM_MIN_POSITIONS or more positions; smaller ones are computed as usual).
-
-    U-centring runs in the Gram matrix's dtype, widened to float32 for 16-bit Grams:
-    float64 would cost more and change CKA by less than 1e-6 (tests compare the metric
-    with float64 NumPy at 1e-6). Each Gram is divided by its largest
-    absolute entry first, so that the products of `_pair_products` neither underflow
-    nor overflow in float32 (a layer of 1e-11 activations has Gram entries of 1e-19
-    and products of 1e-38); the scales are returned and applied in the accumulator
-    dtype.
+    The Gram matrices come from `tfwd._grams.layer_grams` (`channel_affine` as there). U-centring
+    runs in the Gram matrix's dtype, widened to float32 for 16-bit Grams: in float64 it cost
+    about 4x more and changed CKA by less than 1e-6 (tests compare the metric with float64 NumPy
+    at 1e-6). Each Gram is divided by its largest absolute entry first, so that the products of
+    `_pair_products` neither underflow nor overflow in float32 (a layer of 1e-11 activations has
+    Gram entries of 1e-19 and products of 1e-38); the scales are returned and applied in the
+    accumulator dtype.
     """
     n = ops.shape(acts[0])[0]
-    derived_from = {}  # source layer -> [(derived layer, scale)]
-    for j, (i, scale) in sorted(_channel_derived(acts, channel_affine).items()):
-        derived_from.setdefault(i, []).append((j, scale))
-    computed = {}  # derived layer -> its Gram, made with its source's
-    grams = []
-    for i, a in enumerate(acts):
-        if i in computed:
-            k = computed.pop(i)
-        else:
-            # U-centring removes any a1^T + 1b^T term, so subtracting one example from
-            # every example leaves U(K) unchanged and changes only the rounding: features
-            # with a large common offset (post-ReLU) keep their precision, and a layer
-            # that is constant over the batch gives K = 0, hence U(K) = 0, exactly.
-            x = a - a[:1]
-            if gram_dtype is not None:
-                x = ops.cast(x, gram_dtype)
-            if i in derived_from:
-                dtype = "float32" if x.dtype in ("bfloat16", "float16") else x.dtype
-                squares = [ops.square(ops.cast(scale, dtype)) for _, scale in derived_from[i]]
-                sums = _channel_grams(x, ops.stack([ops.ones_like(squares[0]), *squares]))  # source, then derived
-                k = sums[0]
-                computed.update((j, sums[m]) for m, (j, _) in enumerate(derived_from[i], start=1))
-            else:
-                k = _gram(ops.reshape(x, (n, -1)))
-        if check_finite and keras.backend.backend() == "tensorflow":
-            import tensorflow as tf  # TensorFlow backend only: this module is backend-neutral
-
-            k = tf.debugging.assert_all_finite(
-                k, f"CKA: layer {i} has NaN or Inf activations (or its Gram matrix overflows)."
-            )
-        if k.dtype in ("bfloat16", "float16"):
-            k = ops.cast(k, "float32")
-        grams.append(k)
     # Scaled and U-centred all at once: a few ops on (L, n, n) instead of a dozen per layer,
     # which keeps the traced graph small (tracing cost grows with the op count).
-    grams = ops.stack(grams)
+    grams = _grams.layer_grams(acts, gram_dtype, check_finite, channel_affine)
     scales = ops.max(ops.abs(grams), axis=(1, 2), initial=0.0)  # an empty batch (n = 0) has no entries
     scales = ops.where(scales > 0, scales, ops.ones_like(scales))  # K = 0 (a constant layer) stays 0
     return _u_center(grams / scales[:, None, None], n), scales, n
@@ -371,7 +169,12 @@ def _self_products(g, scales, dtype):
 
 def _u_center(k, n):
     """U(K) of one (n, n) or a stack (..., n, n) of symmetric Grams (see the module docstring);
-    finite for any n (a batch of n <= 3 is then weighted 0)."""
+    finite for any n (a batch of n <= 3 is then weighted 0).
+
+    The formula of `u_center_means`, in keras.ops: in the graph, on any backend, in the Grams'
+    dtype. The references keep their NumPy twin so that they stay float64 on every backend
+    (JAX computes float64 only with x64 enabled).
+    """
     nf = ops.cast(n, k.dtype)
     off_diagonal = 1.0 - ops.eye(n, dtype=k.dtype)
     k = k * off_diagonal
@@ -499,7 +302,7 @@ class CKA(keras.metrics.Metric):
                 (scale = gamma / sqrt(moving_variance + epsilon); `tfwd.models.channel_affine_taps`
                 finds such pairs). Both Gram matrices then come from one batched product of
                 layer i's per-channel Grams, and acts_a[j] is not read (on layers with at least
-                CHANNEL_GRAM_MIN_POSITIONS positions). The result is the same up to rounding.
+                `tfwd._grams.CHANNEL_GRAM_MIN_POSITIONS` = 256 positions). The result is the same up to rounding.
             channel_affine_b: the same over acts_b.
         """
         if sample_weight is not None:

@@ -54,6 +54,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfwd import models, runs
+from tfwd.metrics import double_center, u_center_means
 
 # The analysis' one name: this module, bin/pc and its output folders (RUN/pc_<taps>_<split>/),
 # whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py checks that they agree.
@@ -82,12 +83,6 @@ class FirstPC(NamedTuple):
     scores: np.ndarray
     eigenvalue: float
     total: float
-
-
-def double_center(k) -> np.ndarray:
-    """H K H (H = I - 11^T/n) of an (n, n) Gram matrix, in float64: the Gram matrix of centred features."""
-    k = np.asarray(k, dtype=np.float64)
-    return k - k.mean(0)[None, :] - k.mean(1)[:, None] + k.mean()
 
 
 def _top_eigenpair(kc: np.ndarray) -> tuple[float, np.ndarray]:
@@ -239,7 +234,7 @@ def layer_grams(
 
     @tf.function(input_signature=[flat, flat], autograph=False)
     def tiles(xs, ys):
-        # einsum: oneDNN's faster Gram kernel on AVX-512 CPUs (see tfwd.metrics.gram_formulation).
+        # einsum: oneDNN's faster Gram kernel on AVX-512 CPUs (see tfwd._grams.gram_formulation).
         return tf.stack([tf.einsum("ip,jp->ij", x, y) for x, y in zip(xs, ys)])
 
     def run(i, shift):
@@ -265,20 +260,6 @@ def layer_grams(
 
 
 # --- the analyses, from Gram matrices -----------------------------------------------------------
-
-
-def _u_center_means(k: np.ndarray) -> np.ndarray:
-    """m with U(K)_ij = K_ij - m_i - m_j off the diagonal (as `tfwd.metrics.u_center`)."""
-    n = k.shape[0]
-    means = (k.sum(0) - np.diag(k)) / (n - 2)
-    return means - means.sum() / (2 * (n - 1))
-
-
-def _rank_one_u_center_means(u: np.ndarray) -> np.ndarray:
-    """`_u_center_means` of u u^T in O(n): its diagonal-free column sums are u_j (sum(u) - u_j)."""
-    n = u.shape[0]
-    means = u * (u.sum() - u) / (n - 2)
-    return means - means.sum() / (2 * (n - 1))
 
 
 def _u_center_rows(rows: np.ndarray, means: np.ndarray, start: int) -> np.ndarray:
@@ -309,7 +290,7 @@ def _cka_with_and_without_pc(grams, means, pcs, tile_bytes) -> tuple[np.ndarray,
     num_layers, n = grams.shape[0], grams.shape[1]
     scores = np.stack([pc.scores for pc in pcs])
     eigenvalues = np.array([pc.eigenvalue for pc in pcs])
-    rank_one_means = np.stack([_rank_one_u_center_means(u) for u in scores])
+    rank_one_means = np.stack([u_center_means(np.outer(u, u)) for u in scores])
     step = max(1, tile_bytes // (8 * num_layers * n))
     full, removed = np.zeros((num_layers, num_layers)), np.zeros((num_layers, num_layers))
     for start in range(0, n, step):
@@ -368,7 +349,7 @@ def analyze_grams(
         if not np.all(np.isfinite(k)):
             raise ValueError(f"Layer {names[l]!r} has NaN or Inf activations (or its Gram matrix overflows).")
         pcs.append(first_pc(k))
-        means[l] = _u_center_means(k)
+        means[l] = u_center_means(k)
         if models.stage_of(names[l]) in stages:
             pooled += double_center(k)
     cka, cka_without_pc = _cka_with_and_without_pc(grams, means, pcs, tile_bytes)
