@@ -205,3 +205,14 @@ def test_a_finished_run_an_analysis_reads_is_still_finished_for_training(tmp_pat
         assert training.train(config, str(tmp_path), verbose=0, tensorboard=False) == str(run_dir)
         with pytest.raises(runlock.RunBusyError, match=f"being read by an analysis \\(pid {os.getpid()}\\)"):
             training.train(config, str(tmp_path), verbose=0, tensorboard=False, overwrite=True)
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["the-loop", "inside-the-loop"])
+def test_training_into_a_symlink_loop_names_the_loop(tmp_path, inside):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    out = tmp_path / "a" / "runs" if inside else tmp_path / "a"
+    where = f"lies inside a symlink loop ({tmp_path / 'a'})" if inside else "is a symlink loop"
+    with pytest.raises(runs.RunError) as info:
+        runlock.RunLock(str(out / "cifar10-resnet8-w1-s0")).__enter__()
+    assert str(info.value) == f"--out_dir {out} {where}; choose a path that resolves to a folder."

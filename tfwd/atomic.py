@@ -218,7 +218,8 @@ def _temporary_kind(path: str) -> str | None:
     match = _TEMPORARY_DIR.match(os.path.basename(path))
     candidates = [os.path.join(path, OUTPUT_MARKER)]
     if match and match.group(3):  # an .old.tmp folder holds the replaced output
-        candidates.append(os.path.join(path, match.group(1), OUTPUT_MARKER))
+        with contextlib.suppress(OSError):
+            candidates += [os.path.join(path, name, OUTPUT_MARKER) for name in os.listdir(path)]
     for marker in candidates:
         with contextlib.suppress(OSError):
             with open(marker) as f:

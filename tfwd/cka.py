@@ -554,6 +554,7 @@ def analyze_models(
         passes=passes,
         seed=seed,
         input_shapes=[list(models.image_input(m)) for m in loaded],
+        measured=[{"model": os.path.abspath(p), "sha256": runs.file_sha256(p)} for p in model_paths],
     )
     _write(out_dir, result, labels, labels, settings, f"CKA of {len(loaded)} model(s)")
     return out_dir

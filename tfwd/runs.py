@@ -233,11 +233,13 @@ MEASURED_FILES = (CONFIG, MODEL, RESULTS, PREDICTIONS)
 _DIGESTS: dict[tuple, str] = {}
 
 
-def _sha256(path: str) -> str | None:
+def file_sha256(path: str) -> str | None:
+    """The sha256 (hex) of a file, None if it is missing; computed once per process for each version of it."""
     try:
         stat = os.stat(path)
     except OSError:
         return None
+    path = os.path.abspath(path)
     key = (path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
@@ -256,7 +258,7 @@ def fingerprint(run_dir: str) -> dict[str, Any]:
         them all}. A run retrained (or resumed to more epochs) gets another digest.
     """
     path = os.path.abspath(run_dir)
-    files = {name: _sha256(os.path.join(path, name)) for name in MEASURED_FILES}
+    files = {name: file_sha256(os.path.join(path, name)) for name in MEASURED_FILES}
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return {"run": path, "files": files, "digest": digest}
 
