@@ -359,3 +359,61 @@ def test_bin_compare_predictions_bad_inputs(population_dirs, tmp_path, root, bin
     errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
     assert result.returncode == 1 and errors == [expected], result.stderr[-2000:]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "nan-probs",
+        *[
+            pytest.param(c, marks=pytest.mark.slow)
+            for c in ("negative-probs", "fractional-labels", "labels-out-of-range")
+        ],
+    ],
+)
+def test_bin_compare_predictions_refuses_invalid_predictions(population_dirs, tmp_path, root, bin_env, case):
+    """Probabilities that are not a distribution, or labels outside the classes, name their run, not a healthy one."""
+    runs_root, _, _, _ = population_dirs
+    bad = runs_root / "cifar10-resnet62-w1-s0"  # the first run read: its labels are the reference
+    npz = bad / "test_predictions.npz"
+    with np.load(npz) as f:
+        probs, labels = f["probs"], f["labels"]
+    if case == "nan-probs":
+        probs[::3] = np.nan
+    elif case == "negative-probs":
+        probs = -probs
+    elif case == "fractional-labels":
+        labels = labels + 0.5
+    else:
+        labels = labels + 100
+    np.savez(npz, probs=probs, labels=labels)
+    out = tmp_path / "cmp"
+    cmd = [
+        sys.executable,
+        str(root / "bin" / "compare_predictions"),
+        f"--group_a={runs_root}/*resnet62*",
+        f"--group_b={runs_root}/*resnet14*",
+        f"--out_dir={out}",
+    ]
+    result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=300)
+    n = len(labels)
+    expected = {
+        "nan-probs": f"holds {(n + 2) // 3 * 10} non-finite probabilities (first in row 0); probabilities must be finite",
+        "negative-probs": f"holds {n * 10} negative probabilities (first in row 0: -0.9); probabilities must be >= 0",
+        "fractional-labels": f"holds {n} labels outside the integers in [0, 10) (first: row 0 holds {labels[0].item()!r})",
+        "labels-out-of-range": f"holds {n} labels outside the integers in [0, 10) (first: row 0 holds {labels[0].item()})",
+    }[case]
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert errors == [f"error: Run {bad}: test_predictions.npz {expected}; retrain the run with --overwrite."]
+    assert not out.exists()
+
+
+def test_predictions_problem_accepts_real_distributions_only():
+    probs = np.array([[0.2, 0.8], [1.0, 0.0]], np.float32)
+    assert runs.predictions_problem(probs, np.array([1, 0])) is None
+    assert runs.predictions_problem(probs * (1 + 9e-4), np.array([1, 0])) is None  # within 1e-3
+    assert "row 1 sums to 1.002" in runs.predictions_problem(probs + [[0, 0], [0.002, 0]], np.array([1, 0]))
+    assert "row 1 holds 2" in runs.predictions_problem(probs, np.array([1, 2]))
+    assert "row 0 holds -1" in runs.predictions_problem(probs, np.array([-1, 0]))
+    assert runs.predictions_problem(probs, np.array([1.0, 0.0])) is None  # whole numbers stored as floats

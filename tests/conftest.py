@@ -1,5 +1,6 @@
 """Shared fixtures: the prepared TFDS folder, quiet TensorFlow, the repository root."""
 
+import json
 import os
 import pathlib
 
@@ -59,3 +60,59 @@ def tiny_runs(tmp_path_factory, tfds_dir):
         )
         for seed in (0, 1)
     ]
+
+
+def _strict_json(text: str, where: str) -> None:
+    """Fails if `text` parses only as Python's lenient JSON (NaN, Infinity); text that is no JSON at all is a test's
+    own stand-in file, not tfwd's output."""
+
+    def refuse(constant):
+        raise AssertionError(f"{where} is not strict JSON: it holds {constant} (strict JSON writes null)")
+
+    try:
+        json.loads(text)
+    except ValueError:
+        return
+    json.loads(text, parse_constant=refuse)
+
+
+def check_outputs_are_strict_json(folder) -> int:
+    """Parses every JSON file, and the JSON settings of every .npz, in the tfwd outputs below `folder` (the folders
+    holding tfwd's output marker, a report's included) with a strict parser; returns how many it parsed."""
+    import numpy as np
+
+    parsed = 0
+    for path, _, files in os.walk(folder):
+        if ".tfwd_output" not in files:
+            continue
+        for below, _, names in os.walk(path):
+            for name in names:
+                file = os.path.join(below, name)
+                if name.endswith(".json"):
+                    with open(file) as f:
+                        _strict_json(f.read(), file)
+                    parsed += 1
+                elif name.endswith(".npz"):
+                    try:
+                        with np.load(file) as f:
+                            settings = str(f["settings"]) if "settings" in f.files else None
+                    except (OSError, ValueError, EOFError):
+                        continue  # a test's stand-in file
+                    if settings is not None:
+                        _strict_json(settings, f"{file}[settings]")
+                        parsed += 1
+    return parsed
+
+
+@pytest.fixture(autouse=True)
+def outputs_are_strict_json(request):
+    """After each test, every JSON output tfwd wrote into its tmp_path (and into the tiny runs it used) parses
+    with a strict parser: NaN and Infinity are not JSON (a missing number is null)."""
+    folders = []  # taken before the test: the folders stay on disk after their fixtures end
+    if "tmp_path" in request.fixturenames:
+        folders.append(request.getfixturevalue("tmp_path"))
+    if "tiny_runs" in request.fixturenames:
+        folders += request.getfixturevalue("tiny_runs")
+    yield
+    for folder in folders:
+        check_outputs_are_strict_json(folder)

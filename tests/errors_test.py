@@ -448,8 +448,24 @@ def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
             marks=SLOW,
         ),
         (None, "Cannot read report spec {spec}: No such file or directory."),
+        (
+            {"dominant": {"top": 500, "examples": 500}},
+            "analyses.dominant: `top` must be in [1, examples - 1] = [1, 499]. Received: top=500, examples=500",
+        ),
+        pytest.param(
+            {"cka": {"batch_size": 2}},
+            "analyses.cka: `batch_size` must be >= 4. Received: batch_size=2",
+            marks=SLOW,
+        ),
     ],
-    ids=["unknown-setting", "mistyped-setting", "setting-the-report-sets", "missing-spec-file"],
+    ids=[
+        "unknown-setting",
+        "mistyped-setting",
+        "setting-the-report-sets",
+        "missing-spec-file",
+        "top-against-examples",
+        "cka-batch-under-4",
+    ],
 )
 def test_report_refuses_a_bad_spec_before_training(root, bin_env, tmp_path, analyses, message):
     spec = tmp_path / "spec.json"
@@ -525,3 +541,58 @@ def test_a_lost_ctrl_c_is_raised_again_until_the_app_stops(root, tmp_path, where
         "error: Interrupted (Ctrl-C); nothing half-written is left. Rerun the same command to resume or start again."
     ]
     assert "Exception ignored" not in result.stderr
+
+
+@pytest.mark.parametrize("app", ["pc", pytest.param("probes", marks=SLOW), pytest.param("prune_blocks", marks=SLOW)])
+def test_config_of_wrong_types_is_refused_naming_the_key(root, bin_env, tmp_path, tiny_runs, app):
+    """A config.json edited by hand is checked against the settings' kinds before any model is built."""
+    run = _copy(tiny_runs[0], tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["model"].update(width=[0.5], depth="eight")
+    (run / "config.json").write_text(json.dumps(config))
+    before = _listing(tmp_path)
+    code, last = _run(root, bin_env, app, f"--run={run}" if app != "prune_blocks" else f"--ckpt={run}")
+    assert code == 1
+    assert last == (
+        f"error: {run}/config.json: `model.depth` must be an integer. It holds 'eight'; correct it, or retrain the run "
+        "with --overwrite."
+    )
+    assert _listing(tmp_path) == before
+
+
+def test_report_names_an_out_dir_that_is_a_file(root, bin_env, tmp_path):
+    spec = tmp_path / "spec.json"
+    flags = {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32}
+    spec.write_text(json.dumps({"name": "r", "runs": {"flags": flags, "grid": [{"seed": [0]}]}}))
+    out = tmp_path / "notes.txt"
+    out.write_text("a user's notes")
+    before = _listing(tmp_path)
+    code, last = _run(root, bin_env, "report", f"--spec={spec}", f"--out_dir={out}", "--notrain")
+    assert code == 1
+    assert last == f"error: --out_dir {out} is a file, not a folder; choose another --out_dir."
+    assert _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("where", ["inside-a-symlink-loop", pytest.param("a-file-above", marks=SLOW)])
+def test_an_analysis_names_why_its_out_dir_cannot_be_made(root, bin_env, tmp_path, tiny_runs, where):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "notes.txt").write_text("a user's notes")
+    parent, reason = {
+        "inside-a-symlink-loop": (tmp_path / "a", f"lies inside a symlink loop ({tmp_path / 'a'})"),
+        "a-file-above": (tmp_path / "notes.txt", f"cannot be made: {tmp_path / 'notes.txt'} is a file, not a folder"),
+    }[where]
+    out = parent / "x" / "pc"
+    code, last = _run(root, bin_env, "pc", f"--run={tiny_runs[0]}", f"--out_dir={out}", "--examples=16")
+    assert code == 1
+    if where == "inside-a-symlink-loop":
+        assert last == f"error: --out_dir {out} {reason}; choose a path that resolves to a folder."
+    else:
+        assert last == f"error: --out_dir {out} {reason}."
+
+
+def test_a_legal_250_character_out_dir_is_written(root, bin_env, tmp_path, tiny_runs):
+    out = tmp_path / ("pc-" + "x" * 247)  # 250 bytes: a legal name whose temporary sibling must be shortened
+    code, last = _run(root, bin_env, "pc", f"--run={tiny_runs[0]}", f"--out_dir={out}", "--examples=16")
+    assert code == 0, last
+    assert (out / "pc.npz").is_file() and sorted(os.listdir(tmp_path)) == [out.name]

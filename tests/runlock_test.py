@@ -92,3 +92,127 @@ def test_only_a_killed_trainings_temporaries_are_removed(tmp_path):
     assert sorted(removed) == sorted(map(str, orphans + [run / "checkpoints" / "ckpt-2_temp"]))
     assert all(p.exists() for p in kept) and not any(p.exists() for p in orphans)
     assert not (run / "checkpoints" / "ckpt-2_temp").exists()
+
+
+# --- analyses that read a run while it could be retrained (two real processes) ---------------------------------
+
+
+def _stopped_at_its_write(process: subprocess.Popen, timeout: float = 900.0) -> None:
+    """Waits until `process` halts itself (TFWD_FAULT=analysis_write:0:stop): its output is computed, not yet in."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        with open(f"/proc/{process.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.2)
+    raise AssertionError("the analysis never reached its write")
+
+
+def _start_cka(root, bin_env, run_dir, out_dir):
+    return subprocess.Popen(
+        [sys.executable, str(root / "bin" / "cka"), f"--runs={run_dir}", f"--out_dir={out_dir}", "--examples=64"]
+        + ["--batch_size=32", "--passes=1"],
+        env=dict(bin_env, TFWD_FAULT="analysis_write:0:stop"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_overwrite_of_a_run_an_analysis_reads_is_refused_naming_it(root, bin_env, tmp_path, tiny_runs):
+    import shutil
+
+    run_dir = shutil.copytree(tiny_runs[0], tmp_path / os.path.basename(tiny_runs[0]))
+    before = runs.fingerprint(run_dir)
+    analysis = _start_cka(root, bin_env, run_dir, tmp_path / "cka")
+    try:
+        _stopped_at_its_write(analysis)
+        train = subprocess.run(
+            [sys.executable, str(root / "bin" / "train"), "--depth=8", "--width=0.25", "--train_examples=256"]
+            + ["--batch_size=32", "--epochs=2", f"--out_dir={tmp_path}", "--overwrite"],
+            env=bin_env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        analysis.send_signal(signal.SIGCONT)
+    assert train.returncode == 1
+    assert train.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir} is being read by an analysis (pid {analysis.pid}); wait for it to finish or stop it, "
+        "then rerun."
+    )
+    _, err = analysis.communicate(timeout=900)
+    assert analysis.returncode == 0, err[-2000:]
+    assert runs.fingerprint(run_dir) == before  # the run was left alone
+    from tfwd import cka
+
+    assert cka.load(str(tmp_path / "cka" / "cka.npz"))["settings"]["measured"] == [before]
+    assert before["files"]["model.keras"] is not None
+
+
+def test_an_analysis_whose_run_changed_under_it_discards_its_output(root, bin_env, tmp_path, tiny_runs):
+    """A run replaced behind the lock's back (another machine, another version) before the output is swapped in."""
+    import shutil
+
+    run_dir = shutil.copytree(tiny_runs[0], tmp_path / os.path.basename(tiny_runs[0]))
+    analysis = _start_cka(root, bin_env, run_dir, tmp_path / "cka")
+    try:
+        _stopped_at_its_write(analysis)
+        for name in (runs.MODEL, runs.RESULTS):  # the "retrained" run: another seed's model
+            shutil.copy(os.path.join(tiny_runs[1], name), os.path.join(run_dir, name))
+    finally:
+        analysis.send_signal(signal.SIGCONT)
+    _, err = analysis.communicate(timeout=900)
+    assert analysis.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        f"error: Run {run_dir} changed while this analysis read it (model.keras, results.json; retrained?): its "
+        "output was discarded. Rerun the analysis on the run as it is now."
+    )
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(run_dir)]  # no output, no temporary folder
+
+
+def test_a_reader_refuses_an_output_of_a_retrained_run(tmp_path, tiny_runs):
+    import shutil
+
+    from tfwd import pc
+
+    run_dir = shutil.copytree(tiny_runs[0], tmp_path / os.path.basename(tiny_runs[0]))
+    out = pc.analyze_run(str(run_dir), examples=16, batch_size=16)
+    assert pc.load(os.path.join(out, "pc.npz"))["settings"]["measured"] == [runs.fingerprint(run_dir)]
+    shutil.copy(os.path.join(tiny_runs[1], runs.MODEL), run_dir / runs.MODEL)  # retrained since
+    with pytest.raises(runs.RunError) as info:
+        pc.load(os.path.join(out, "pc.npz"))
+    assert str(info.value) == (
+        f"{out} measured an earlier model of {run_dir}: the run was retrained since. Rerun the analysis (or delete "
+        "that output)."
+    )
+
+
+def test_a_finished_run_an_analysis_reads_is_still_finished_for_training(tmp_path, tiny_runs):
+    """bin/train without --overwrite of a finished run that an analysis reads reports it finished, as before."""
+    import shutil
+
+    from tfwd import training
+
+    run_dir = shutil.copytree(tiny_runs[0], tmp_path / os.path.basename(tiny_runs[0]))
+    config = runs.read_config(str(run_dir))
+    with runs.reading_runs():
+        runs.Run(str(run_dir))
+        assert training.train(config, str(tmp_path), verbose=0, tensorboard=False) == str(run_dir)
+        with pytest.raises(runlock.RunBusyError, match=f"being read by an analysis \\(pid {os.getpid()}\\)"):
+            training.train(config, str(tmp_path), verbose=0, tensorboard=False, overwrite=True)
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["the-loop", "inside-the-loop"])
+def test_training_into_a_symlink_loop_names_the_loop(tmp_path, inside):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    out = tmp_path / "a" / "runs" if inside else tmp_path / "a"
+    where = f"lies inside a symlink loop ({tmp_path / 'a'})" if inside else "is a symlink loop"
+    with pytest.raises(runs.RunError) as info:
+        runlock.RunLock(str(out / "cifar10-resnet8-w1-s0")).__enter__()
+    assert str(info.value) == f"--out_dir {out} {where}; choose a path that resolves to a folder."

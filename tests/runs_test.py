@@ -285,3 +285,42 @@ def test_two_analyses_finishing_together_swap_in_one_after_the_other(tmp_path, m
     assert (target / "cka.npz").read_text() == "second"
     assert (target / runs.OUTPUT_MARKER).read_text().splitlines() == ["cka", "cka.npz"]
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary folder left
+
+
+def test_an_analysis_removes_leftovers_of_its_kind_only(tmp_path):
+    """Killed outputs of the same kind under another name (probes_residual vs probes_blocks) go; others stay."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftovers = {}
+    for name, marker in [("probes_residual", "probes"), ("cka_all_test", "cka"), ("notes", None)]:
+        folder = tmp_path / f".{name}.p{dead.pid}.abc123.tmp"
+        folder.mkdir()
+        (folder / "part.csv").write_text("")
+        if marker:
+            (folder / runs.OUTPUT_MARKER).write_text(marker + "\n")
+        leftovers[name] = folder
+    with runs.atomic_dir(str(tmp_path / "probes_blocks"), "probes") as tmp:
+        assert (tmp_path / os.path.basename(tmp) / runs.OUTPUT_MARKER).read_text() == "probes\n"
+    assert not leftovers["probes_residual"].exists()
+    assert leftovers["cka_all_test"].is_dir() and leftovers["notes"].is_dir()
+
+
+def test_a_legal_long_output_name_gets_a_short_temporary_sibling(tmp_path):
+    target = tmp_path / ("p" * 250)  # 250 bytes: legal, but ".<name>.p<pid>.<random>.tmp" would not be
+    with runs.atomic_dir(str(target), "pc") as tmp:
+        assert len(os.path.basename(tmp).encode()) <= 255
+        runs.write_json(os.path.join(tmp, "x" * 240 + ".json"), {"missing": float("nan")})
+    assert json.loads((target / ("x" * 240 + ".json")).read_text()) == {"missing": None}
+    assert sorted(os.listdir(tmp_path)) == [target.name]
+
+
+def test_json_outputs_are_strict(tmp_path):
+    path = tmp_path / "out.json"
+    runs.write_json(str(path), {"contrast": float("nan"), "top": np.float32("inf"), "x": np.array([1.0, -np.inf])})
+
+    def refuse(constant):
+        raise AssertionError(constant)
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"contrast": None, "top": None, "x": [1.0, None]}

@@ -544,3 +544,30 @@ def test_a_run_an_older_version_wrote_can_still_be_overwritten(tmp_path, tfds_di
         training.train(config, str(tmp_path), verbose=0, tensorboard=False)
     training.train(config, str(tmp_path), verbose=0, tensorboard=False, overwrite=True)
     assert runs.Run(str(run_dir)).finished and runs.read_config(str(run_dir)) == config
+
+
+def test_overwrite_removes_what_killed_analyses_left(root, bin_env, tmp_path, tiny_runs):
+    """kill -9 of an analysis writing into its run leaves a temporary output; --overwrite of the run removes it
+    (tfwd's temporary names only: a user's folder named alike stays)."""
+    import shutil
+
+    run_dir = shutil.copytree(tiny_runs[0], tmp_path / os.path.basename(tiny_runs[0]))
+    killed = subprocess.run(
+        [sys.executable, str(root / "bin" / "dominant_datapoints"), f"--run={run_dir}", "--examples=60", "--top=5"],
+        env=dict(bin_env, TFWD_FAULT="analysis_write:0"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    leftovers = [name for name in os.listdir(run_dir) if name.startswith(".dominant_datapoints.p")]
+    assert len(leftovers) == 1 and os.listdir(run_dir / leftovers[0])  # a partial output of the old model
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    users = run_dir / f".notes.p{dead.pid}.abcd.tmp"  # named like a temporary, but tfwd did not write it
+    users.mkdir()
+    (users / "mine.txt").write_text("a user's notes")
+    result = _train(root, bin_env, tmp_path, "--epochs=1", "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not [name for name in os.listdir(run_dir) if name.startswith(".dominant_datapoints.")]
+    assert (users / "mine.txt").read_text() == "a user's notes"

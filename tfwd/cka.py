@@ -197,13 +197,18 @@ def save(path: str, result: dict[str, Any], model_names: Sequence[str], settings
     arrays.update({f"layers_{i}": np.array(n) for i, n in enumerate(result["names"])})
     arrays["models"] = np.array(list(model_names))
     arrays["settings"] = np.array(
-        json.dumps({**settings, "examples": result["examples"], "batches": result["batches"]})
+        runs.json_text({**settings, "examples": result["examples"], "batches": result["batches"]})
     )
     runs.write_npz(path, **arrays)
 
 
 def load(path: str) -> dict[str, Any]:
-    """Reads an .npz written by `save`: {"models", "names", "blocks", "settings"}."""
+    """Reads an .npz written by `save`: {"models", "names", "blocks", "settings"}.
+
+    Raises:
+        tfwd.runs.RunError: if the output folder holding it measured a run that was retrained since.
+    """
+    runs.check_measured(os.path.dirname(os.path.abspath(path)))
     with np.load(path) as f:
         model_names = [str(m) for m in f["models"]]
         k = len(model_names)
@@ -277,6 +282,7 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"`batch_size` must be >= 4 for the unbiased CKA estimator. Received: batch_size={batch_size}")
 
 
+@runs.reading_runs()  # the runs stay locked for reading until the output is written
 def analyze_runs(
     run_dirs: Sequence[str],
     out_dir: str | None = None,
@@ -344,6 +350,7 @@ def analyze_runs(
     settings = dict(
         runs=[r.path for r in opened], taps=taps, split=split, batch_size=batch_size, passes=passes, seed=seed
     )
+    settings["measured"] = runs.measured()  # the digest of each run's model, results and settings
     _write(out_dir, result, names, labels, settings, f"CKA of {len(opened)} run(s)")
     return out_dir
 
@@ -546,6 +553,7 @@ def analyze_models(
         passes=passes,
         seed=seed,
         input_shapes=[list(models.image_input(m)) for m in loaded],
+        measured=[{"model": os.path.abspath(p), "sha256": runs.file_sha256(p)} for p in model_paths],
     )
     _write(out_dir, result, labels, labels, settings, f"CKA of {len(loaded)} model(s)")
     return out_dir

@@ -536,6 +536,7 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
     return out_dir
 
 
+@runs.reading_runs()  # the runs stay locked for reading until the output is written
 def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutations: int = 1000, top_k: int = 5) -> str:
     """Compares the finished runs matching two glob patterns and writes the results (see `write_comparison`).
 
@@ -548,5 +549,6 @@ def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutation
     result = compare_groups(find_runs(group_a), find_runs(group_b), seed, permutations, top_k)
     result["summary"]["groups"]["a"]["pattern"] = group_a
     result["summary"]["groups"]["b"]["pattern"] = group_b
+    result["summary"]["measured"] = runs.measured()  # the digest of each run's model, results and settings
     logging.info("%s", result["summary"]["headline"])
     return write_comparison(result, out_dir)

@@ -196,15 +196,31 @@ def summary(result: dict[str, Any], labels: np.ndarray, class_names: Sequence[st
 
 
 def load(out_dir: str) -> dict[str, Any]:
-    """Reads dominant_datapoints.json of an output folder."""
+    """Reads dominant_datapoints.json of an output folder.
+
+    Raises:
+        tfwd.runs.RunError: if the folder measured a run that was retrained since.
+    """
+    runs.check_measured(out_dir)
     with open(os.path.join(out_dir, JSON)) as f:
         return json.load(f)
+
+
+def check_top(top: int, examples: int) -> None:
+    """Raises ValueError unless `top` leaves at least 4 of `examples` (the CKA without them needs 4)."""
+    if not 1 <= top < examples:
+        raise ValueError(
+            f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}"
+        )
+    if top + 4 > examples:
+        raise ValueError(f"`examples` must be >= top + 4 = {top + 4}. Received: examples={examples}")
 
 
 # RUN_DIR/dominant_datapoints.
 default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
 
 
+@runs.reading_runs()  # the run stays locked for reading until the output is written
 def analyze_run(
     run_dir: str,
     out_dir: str | None = None,
@@ -229,10 +245,7 @@ def analyze_run(
     # matplotlib only when figures are drawn
     from tfwd.plots import common, dominant_datapoints as plots
 
-    if not 1 <= top < examples:
-        raise ValueError(
-            f"`top` must be in [1, examples - 1] = [1, {examples - 1}]. Received: top={top}, examples={examples}"
-        )
+    check_top(top, examples)
     run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir)
     model = run.model()
     if layer is not None:
@@ -247,6 +260,7 @@ def analyze_run(
     labels = data.labels("test")[:examples]
     result = analyze_model(model, images, layer, top, batch_size)
     settings = {"run": run.path, "split": "test", "examples": examples, "top": top, "batch_size": batch_size}
+    settings["measured"] = runs.measured()  # the digest of the run's model, results and settings
     info = summary(result, labels, data.class_names, settings)
     label = runs.run_label(run.name)
     with runs.atomic_dir(out_dir, OUTPUT_KIND) as tmp:

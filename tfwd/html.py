@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import platform
 import time
@@ -179,7 +180,7 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
             if kind in dirs and os.path.exists(path):
                 per_run.append(f"<h3>{html.escape(name)}: {caption}</h3>{_img(path, caption)}")
     with open(os.path.join(folder, "findings.json"), "w") as f:
-        json.dump(_clean(findings_json(spec, analyses, judged, timings, seconds)), f, indent=2)
+        json.dump(_clean(findings_json(spec, analyses, judged, timings, seconds)), f, indent=2, allow_nan=False)
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(timings.items()))
     rules = " ".join(findings_lib.__doc__.split())
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>tfwd report: {html.escape(spec["name"])}</title>
@@ -205,7 +206,7 @@ Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(s
 
 
 def _clean(obj):
-    """JSON-ready: numpy scalars and arrays to Python, NaN to null (strict JSON has no NaN)."""
+    """JSON-ready: numpy scalars and arrays to Python, NaN and infinities to null (strict JSON has neither)."""
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -214,6 +215,6 @@ def _clean(obj):
         return _clean(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
-    if isinstance(obj, float) and obj != obj:
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

@@ -401,13 +401,18 @@ def save(path: str, result: dict[str, Any], settings: dict[str, Any]) -> None:
         names=np.array(result["names"]),
         last_stages=np.array(result["last_stages"], dtype=np.int64),
         last_stages_fraction=np.float64(result["last_stages_fraction"]),
-        settings=np.array(json.dumps(settings)),
+        settings=np.array(runs.json_text(settings)),
         **{key: result[key] for key in _ARRAYS},
     )
 
 
 def load(path: str) -> dict[str, Any]:
-    """Reads an .npz written by `save`: the `analyze_grams` keys plus "settings"."""
+    """Reads an .npz written by `save`: the `analyze_grams` keys plus "settings".
+
+    Raises:
+        tfwd.runs.RunError: if the output folder holding it measured a run that was retrained since.
+    """
+    runs.check_measured(os.path.dirname(os.path.abspath(path)))
     with np.load(path) as f:
         result = {key: f[key] for key in _ARRAYS}
         result["names"] = [str(n) for n in f["names"]]
@@ -421,6 +426,7 @@ def load(path: str) -> dict[str, Any]:
 default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
 
 
+@runs.reading_runs()  # the run stays locked for reading until the output is written
 def analyze_run(
     run_dir: str,
     out_dir: str | None = None,
@@ -478,6 +484,7 @@ def analyze_run(
         batch_size=batch_size,
         dtype=dtype,
         estimator="full-batch unbiased HSIC_1 over the analysis set",
+        measured=runs.measured(),  # the digest of the run's model, results and settings
     )
     title = f"{runs.run_label(run.name)} ({split}, n={n})"
     pooled = dict(last_stages_fraction=result["last_stages_fraction"], last_stages=result["last_stages"])

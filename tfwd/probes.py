@@ -408,7 +408,12 @@ _COLUMN_TYPES = {
 
 
 def load(out_dir: str) -> list[dict[str, Any]]:
-    """The rows of probes.csv in an `analyze_run` output folder (`probe_table`'s keys, typed)."""
+    """The rows of probes.csv in an `analyze_run` output folder (`probe_table`'s keys, typed).
+
+    Raises:
+        tfwd.runs.RunError: if the folder measured a run that was retrained since.
+    """
+    runs.check_measured(out_dir)
     with open(os.path.join(out_dir, "probes.csv")) as f:
         return [
             {k: (_COLUMN_TYPES[k](v) if v != "" else None) if k in _COLUMN_TYPES else v for k, v in row.items()}
@@ -455,6 +460,7 @@ def _probe_data(run, data_dir, train_examples, validation_examples, test_example
     return Data(probe)
 
 
+@runs.reading_runs()  # the run stays locked for reading until the output is written
 def analyze_run(
     run_dir: str,
     out_dir: str | None = None,
@@ -556,6 +562,7 @@ def analyze_run(
         test_examples=test_examples or data.num_examples("test"),
         selection="per tap: the grid setting with the best validation accuracy (first on ties); test only scores it",
         seconds_per_epoch=result["seconds_per_epoch"],
+        measured=runs.measured(),  # the digest of the run's model, results and settings
     )
     within = None
     if cka_examples is not None:

@@ -403,13 +403,16 @@ def stagewise_deletion(
 def load(out_dir: str) -> dict[str, Any]:
     """prune_blocks.json of an `analyze_run` output folder: "full_accuracy", "steps" (each with
     "stage", "blocks_deleted", "deleted" (a list, last block first) and "accuracy"), "rows" (the
-    same steps), "skipped", "settings"."""
+    same steps), "skipped", "settings". Raises tfwd.runs.RunError if the folder measured a run
+    that was retrained since."""
+    runs.check_measured(out_dir)
     with open(os.path.join(out_dir, "prune_blocks.json")) as f:
         result = json.load(f)
     result["rows"] = result["steps"]
     return result
 
 
+@runs.reading_runs()  # the run stays locked for reading until the output is written
 def analyze_run(
     run_dir: str,
     out_dir: str | None = None,
@@ -474,6 +477,7 @@ def analyze_run(
             f"`examples` must be in [1, {data.num_examples('test')}] (the test split). Received: examples={examples!r}"
         )
     settings = {"run": run.path, "split": "test", "batch_size": batch_size, "recalibrate_bn": recalibrate_bn}
+    settings["measured"] = runs.measured()  # the digest of the run's model, results and settings
     recalibration = None
     if recalibrate_bn:
         available = data.num_examples("train")

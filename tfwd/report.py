@@ -71,8 +71,53 @@ def validate(spec: Any, where: str = "report spec") -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}. Allowed: {list(SPEC_KEYS)}, analyses {list(ANALYSES)}.")
     check_analysis_settings(spec.get("analyses", {}), where)
+    for kind, settings in spec.get("analyses", {}).items():
+        if settings is not False:
+            check_analysis_values(kind, settings, where)
     sweeps.expand(sweep_spec(spec))  # raises for invalid runs
     return spec
+
+
+# What each analysis of a report measures by default; a spec's settings override them.
+DEFAULTS = {
+    "cka": {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256},
+    "pc": {"taps": "all", "examples": 1000, "batch_size": 250},
+    "probes": {"epochs": 5, "test_examples": 2000, "cka_examples": 1024},
+    "prune_blocks": {"examples": 2000},
+    "cross_seed": {"taps": "all", "examples": 2048, "passes": 1, "batch_size": 256},
+    "dominant_datapoints": {"examples": 1000, "top": 10},
+}
+
+
+def check_analysis_values(kind: str, settings: dict[str, Any], where: str = "report spec") -> None:
+    """Checks the values of one analysis' settings (with the report's defaults) that need no run or data, as the
+    analysis itself would, so that a spec is refused before anything is trained or analysed.
+
+    Raises:
+        ValueError: naming the spec, the analysis and the setting.
+    """
+    function = _analysis_functions()[kind]
+    defaults = {p.name: p.default for p in inspect.signature(function).parameters.values()}
+    s = {**defaults, **DEFAULTS[kind], **settings}
+
+    def at_least(key: str, low: int) -> None:
+        if s.get(key) is not None and s[key] < low:
+            raise ValueError(f"`{key}` must be >= {low}. Received: {key}={s[key]!r}")
+
+    try:
+        for key in ("batch_size", "epochs", "passes", "examples", "test_examples", "recalibration_examples"):
+            at_least(key, 1)
+        if kind in ("cka", "cross_seed"):
+            at_least("batch_size", 4)  # the unbiased CKA estimator
+        if kind in ("cka", "cross_seed", "pc"):
+            at_least("examples", 4)
+        if kind == "probes":
+            at_least("cka_examples", 4)
+            probes._grid(s["optimizer"], s["learning_rates"], s["l2"])
+        if kind == "dominant_datapoints":
+            dominant_datapoints.check_top(s["top"], s["examples"])
+    except ValueError as e:
+        raise ValueError(f"{where}: analyses.{kind}: {e}") from None
 
 
 def _analysis_functions() -> dict[str, Callable]:
@@ -177,8 +222,12 @@ def _cached(
     """
     out = _analysis_dir(run_dir, kind, settings, inputs)
     if os.path.isdir(out):
-        timings.setdefault(kind, 0.0)
-        return out
+        try:
+            runs.check_measured(out)
+            timings.setdefault(kind, 0.0)
+            return out
+        except runs.RunError as e:  # a run retrained since, with the same results and model size and time
+            logging.info("Report: %s Computing it again.", e)
     start = time.time()
     logging.info("Report: %s of %s.", kind, os.path.basename(run_dir))
     compute(out)
@@ -208,6 +257,7 @@ class Analyses:
 
 
 @runs.sharing_models()  # the analyses of a run open it one after another: load its model once
+@runs.reading_runs()  # every run stays locked for reading until the report is written
 def analyze(
     run_dirs: list[str], spec: dict[str, Any], data_dir: str | None = None, timings: dict | None = None
 ) -> Analyses:
@@ -235,9 +285,7 @@ def analyze(
             dirs[kind] = _cached(kind, run_dir, kind_settings, compute, timings)
             return dirs[kind]
 
-        cka_dir = analysis(
-            "cka", cka.analyze_runs, {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256}, [run_dir]
-        )
+        cka_dir = analysis("cka", cka.analyze_runs, DEFAULTS["cka"], [run_dir])
         loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
         analysed = findings.JudgedRun(
             run.name,
@@ -247,19 +295,18 @@ def analyze(
             train_accuracy=run.results().get("accuracy"),
         )
         if "pc" not in skipped:
-            pc_dir = analysis("pc", pc.analyze_run, {"taps": "all", "examples": 1000, "batch_size": 250})
+            pc_dir = analysis("pc", pc.analyze_run, DEFAULTS["pc"])
             analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
         if run.config.model.residual:  # probes and deletion need residual adds
             if "probes" not in skipped:
-                defaults = {"epochs": 5, "test_examples": 2000, "cka_examples": 1024}
-                analysed.probes = probes.load(analysis("probes", probes.analyze_run, defaults))
+                analysed.probes = probes.load(analysis("probes", probes.analyze_run, DEFAULTS["probes"]))
             if "prune_blocks" not in skipped:
-                prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, {"examples": 2000})
+                prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, DEFAULTS["prune_blocks"])
                 analysed.prune_blocks = prune_blocks.load(prune_dir)
         block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
         if block.found and "dominant_datapoints" in settings and "dominant_datapoints" not in skipped:
             dominant_dir = analysis(
-                "dominant_datapoints", dominant_datapoints.analyze_run, {"examples": 1000, "top": 10}
+                "dominant_datapoints", dominant_datapoints.analyze_run, DEFAULTS["dominant_datapoints"]
             )
             out.dominant[run.name] = dominant_datapoints.load(dominant_dir)
         out.runs.append(analysed)
@@ -281,7 +328,7 @@ def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
     for run_dir in run_dirs:
         config = runs.read_config(run_dir)
         by_config.setdefault(cell_label(config), {})[config.train.seed] = run_dir
-    cross_settings = {"taps": "all", "examples": 2048, "passes": 1, "batch_size": 256, **settings}
+    cross_settings = {**DEFAULTS["cross_seed"], **settings}
     for key, seeds in by_config.items():
         if 0 in seeds and 1 in seeds:
             pair = [seeds[0], seeds[1]]
@@ -299,6 +346,7 @@ def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
             out.dirs.setdefault(key, {})["cross_seed"] = folder
 
 
+@runs.reading_runs()  # the runs analysed stay locked for reading until the report is written
 def build(
     spec: dict[str, Any],
     out_dir: str,
@@ -329,6 +377,7 @@ def build(
 
     started = time.time()
     validate(spec)  # every setting, before hours of training
+    runs.check_folder_path(out_dir)  # a file or a symlink loop is named as such, before any training
     report_dir = os.path.join(out_dir, f"report_{spec['name']}")
     runs.check_output_dir(report_dir, "report")  # before hours of training, not after
     sweep = sweep_spec(spec)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tfwd.data import DATASETS
+from tfwd.data import DATASETS, DOWNLOADS
 from tfwd.distribute import STRATEGIES
 
 ARCHS = ("cifar_resnet", "imagenet_resnet")
@@ -196,3 +196,64 @@ def names(section: str, arch: str | None = None) -> tuple[str, ...]:
 def run_names() -> tuple[str, ...]:
     """Settings that shape the run (every section but "launch"): a user's value overrides a default."""
     return tuple(s.name for s in SETTINGS if s.section != "launch")
+
+
+# config.json fields that may be null (their default is "derived"), and values a field takes besides its kind's.
+_NULLABLE = ("blocks", "widths", "data_dir", "train_examples", "image_size")
+_ALSO = {"download": DOWNLOADS}
+_KIND_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "ints": "a list of integers",
+    "floats": "a list of numbers",
+}
+
+
+def _fits(value: Any, kind: str | tuple) -> bool:
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if isinstance(kind, tuple):
+        return isinstance(value, str) and value in kind
+    if kind in ("ints", "floats"):
+        return isinstance(value, list) and all((is_int if kind == "ints" else is_number)(v) for v in value)
+    if kind == "int":
+        return is_int(value)
+    if kind == "float":
+        return is_number(value)
+    return isinstance(value, bool if kind == "bool" else str)
+
+
+def config_problem(config: Any) -> str | None:
+    """The first field of a run's config.json (a dict of sections) whose value has the wrong type, as one sentence.
+
+    Each field is checked against its setting's kind in SETTINGS (the flags' types), so a
+    config edited by hand is refused with its key before any model is built. Sections or
+    fields this version does not know are left to the caller (an incompatible config).
+
+    Example:
+        >>> print(config_problem({"model": {"depth": "eight", "width": 1.0}}))
+        `model.depth` must be an integer. It holds 'eight'
+        >>> config_problem({"model": {"depth": 8}, "train": {"decay_every": "step"}}) is None
+        True
+    """
+    if not isinstance(config, dict):
+        return None
+    for section in ("model", "data", "train"):
+        fields = config.get(section)
+        if not isinstance(fields, dict):
+            continue
+        for setting in SETTINGS:
+            if setting.section != section or setting.name not in fields:
+                continue
+            value = fields[setting.name]
+            if (value is None and setting.name in _NULLABLE) or value in _ALSO.get(setting.name, ()):
+                continue
+            if not _fits(value, setting.kind):
+                kind = setting.kind
+                should = f"one of {list(kind)}" if isinstance(kind, tuple) else _KIND_NAMES[kind]
+                if setting.name in _NULLABLE:
+                    should += " or null"
+                return f"`{section}.{setting.name}` must be {should}. It holds {value!r}"
+    return None

@@ -8,6 +8,7 @@ refused with one line naming the holder's process id.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import fnmatch
@@ -16,6 +17,7 @@ import os
 import shutil
 import time
 
+from tfwd import atomic
 from tfwd.runs import CHECKPOINTS, LOCK, RUN_FILES, RunError
 
 
@@ -49,6 +51,10 @@ class RunLock:
             os.makedirs(self.run_dir, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
         except OSError as e:
+            parent = os.path.dirname(os.path.abspath(self.run_dir))
+            problem = atomic.path_problem(parent) if e.errno in (errno.EEXIST, errno.ELOOP) else None
+            if problem:  # the real reason, not "File exists"
+                raise RunError(problem) from e
             raise RunError(
                 f"Cannot write the run directory {self.run_dir}: {e.strerror or e}. Choose a writable --out_dir."
             ) from e
@@ -58,8 +64,15 @@ class RunLock:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            raise RunError(
-                f"{self.run_dir} is being trained by another process (pid {self._holder()}); wait for it to "
+            trainer, readers = _holders(self.path)
+            if readers:
+                raise RunBusyError(
+                    f"{self.run_dir} is being read by an analysis (pid {', '.join(readers)}); wait for it to finish "
+                    "or stop it, then rerun.",
+                    readers=readers,
+                ) from None
+            raise RunBusyError(
+                f"{self.run_dir} is being trained by another process (pid {trainer}); wait for it to "
                 "finish or stop it, then rerun."
             ) from None
         os.ftruncate(fd, 0)
@@ -72,18 +85,102 @@ class RunLock:
             os.close(self._fd)  # releases the lock
             self._fd = None
 
-    def _holder(self) -> str:
-        # The holder writes its pid just after it locks: give it a moment.
-        for _ in range(20):
+
+class RunBusyError(RunError):
+    """Another process holds a run's lock. `readers`: the process ids of the analyses reading it, if they hold it."""
+
+    def __init__(self, message: str, readers: list[str] | None = None):
+        super().__init__(message)
+        self.readers = readers or []
+
+
+_READER = " reading"
+
+
+def _holders(path: str) -> tuple[str, list[str]]:
+    """Who holds the lock file `path`: (the training's pid or "unknown", the pids of live readers).
+
+    The trainer truncates the file and writes its pid when it locks; each reader appends
+    "<pid> reading" when it locks. Lines of readers that have exited are ignored.
+    """
+    for _ in range(20):  # a holder writes its pid just after it locks: give it a moment
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            lines = []
+        readers = [line[: -len(_READER)] for line in lines if line.endswith(_READER)]
+        readers = [pid for pid in dict.fromkeys(readers) if pid.isdigit() and _alive(int(pid))]
+        trainers = [line for line in lines if line.isdigit() and _alive(int(line))]
+        if readers or trainers:
+            return (trainers[0] if trainers else "unknown"), readers
+        time.sleep(0.05)
+    return "unknown", []
+
+
+# How long an analysis waits for a training to release a finished run (bin/train of a finished run holds the
+# lock a moment to find it finished) before it refuses.
+READ_WAIT_SECONDS = 3.0
+
+
+class ReadLock:
+    """A shared lock on a run directory, held by an analysis while it reads the run and writes its output.
+
+    Any number of analyses hold it at once; training holds the exclusive `RunLock`, so a
+    run is never retrained (`--overwrite`) under an analysis of it, and an analysis never
+    starts on a run being trained: either is refused with one line naming the other's pid.
+    Where the lock file cannot be opened (a read-only run), no lock is taken.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir, self.path = run_dir, os.path.join(run_dir, LOCK)
+        self._fd: int | None = None
+
+    def __enter__(self) -> ReadLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError:
             try:
-                with open(self.path) as f:
-                    pid = f.read().strip()
+                fd = os.open(self.path, os.O_RDONLY)
             except OSError:
-                pid = ""
-            if pid:
-                return pid
-            time.sleep(0.05)
-        return "unknown"
+                return self
+        deadline = time.monotonic() + READ_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    return self  # a file system without flock
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+            os.close(fd)
+            trainer, _ = _holders(self.path)
+            raise RunBusyError(
+                f"{self.run_dir} is being trained by another process (pid {trainer}); wait for it to finish, then "
+                "rerun the analysis."
+            ) from None
+        with contextlib.suppress(OSError):
+            os.write(fd, f"{os.getpid()}{_READER}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # Names of the temporary copies `atomic_path` makes of the run files, beside them, and of

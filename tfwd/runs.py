@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import zipfile
@@ -32,14 +33,15 @@ import keras
 import numpy as np
 from absl import logging
 
-from tfwd import layer_names, models
+from tfwd import atomic, layer_names, models, run_settings
 from tfwd.atomic import (  # noqa: F401 - re-exported: tfwd.runs has always offered them
     OUTPUT_MARKER,
     RUN_CONFIG,
-    atomic_dir,
     atomic_path,
     atomic_write,
+    check_folder_path,
     check_output_dir,
+    json_text,
     write_csv,
     write_json,
     write_npz,
@@ -223,20 +225,173 @@ def sharing_models() -> Iterator[None]:
         _SHARED.pop()
 
 
+# --- what an analysis measured ------------------------------------------------------------------
+
+# The files whose content is what an analysis of a run measures: its settings, model and results.
+MEASURED_FILES = (CONFIG, MODEL, RESULTS, PREDICTIONS)
+# (path, inode, size, mtime) -> sha256 of a file: a run's model is hashed once per process, not per analysis.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path: str) -> str | None:
+    """The sha256 (hex) of a file, None if it is missing; computed once per process for each version of it."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    path = os.path.abspath(path)
+    key = (path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def fingerprint(run_dir: str) -> dict[str, Any]:
+    """What identifies the trained run in `run_dir`: sha256 of its config, model, results and predictions.
+
+    Returns:
+        {"run": absolute path, "files": {file name: sha256 hex or None if missing}, "digest": sha256 hex of
+        them all}. A run retrained (or resumed to more epochs) gets another digest.
+    """
+    path = os.path.abspath(run_dir)
+    files = {name: file_sha256(os.path.join(path, name)) for name in MEASURED_FILES}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"run": path, "files": files, "digest": digest}
+
+
+# Active `reading_runs` scopes, innermost last: run path -> (its ReadLock or None, its fingerprint when opened).
+_READING: list[dict[str, tuple[Any, dict[str, Any]]]] = []
+
+
+@contextlib.contextmanager
+def reading_runs() -> Iterator[None]:
+    """Within this block (an analysis), every Run opened is locked for reading and fingerprinted.
+
+    A finished run opened inside holds `tfwd.runlock.ReadLock` until the outermost such block
+    ends, so `bin/train --overwrite` of it is refused (naming this process) while the analysis
+    reads it, and the fingerprint taken when it was opened is recorded in the outputs
+    (`measured`). Outputs written through `atomic_dir` inside the block are discarded, with one
+    line, if a run changed meanwhile (`check_unchanged`). Usable as a decorator.
+    """
+    scope: dict[str, tuple[Any, dict[str, Any]]] = {}
+    _READING.append(scope)
+    try:
+        yield
+    finally:
+        _READING.pop()
+        for lock, _ in scope.values():
+            if lock is not None:
+                lock.__exit__(None, None, None)
+
+
+def _opened(path: str) -> None:
+    """Locks (in the outermost `reading_runs` block) and fingerprints (in every one) the finished run `path`."""
+    if not _READING or path in _READING[-1] or not os.path.exists(os.path.join(path, RESULTS)):
+        return  # an unfinished run is not locked: the analysis refuses it anyway, or skips it
+    from tfwd import runlock
+
+    lock = None
+    if not any(path in scope for scope in _READING):
+        lock = runlock.ReadLock(path).__enter__()
+    entry = fingerprint(path)
+    for i, scope in enumerate(_READING):
+        if path not in scope:
+            scope[path] = (lock if i == 0 else None, entry)
+
+
+def measured() -> list[dict[str, Any]]:
+    """The fingerprints (`fingerprint`) of the runs opened in the innermost `reading_runs` block, as opened."""
+    return [entry[1] for entry in _READING[-1].values()] if _READING else []
+
+
+def check_unchanged() -> None:
+    """Raises RunError if a run opened in the innermost `reading_runs` block changed since it was opened."""
+    for recorded in measured():
+        now = fingerprint(recorded["run"])
+        if now["digest"] != recorded["digest"]:
+            changed = [name for name in MEASURED_FILES if now["files"][name] != recorded["files"][name]]
+            raise RunError(
+                f"Run {recorded['run']} changed while this analysis read it ({', '.join(changed)}; retrained?): "
+                "its output was discarded. Rerun the analysis on the run as it is now."
+            )
+
+
+def recorded_measurements(output_dir: str) -> list[dict[str, Any]]:
+    """The run fingerprints an analysis output folder recorded (`measured`): the "measured" entry of its JSON
+    files (at the top or in "settings") and of the settings of its .npz files. [] for outputs without one."""
+    found: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(output_dir))
+    except OSError:
+        return found
+    for name in names:
+        path = os.path.join(output_dir, name)
+        try:
+            if name.endswith(".json"):
+                with open(path) as f:
+                    recorded = json.load(f)
+            elif name.endswith(".npz"):
+                with np.load(path) as f:
+                    recorded = json.loads(str(f["settings"])) if "settings" in f.files else {}
+            else:
+                continue
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            continue
+        if isinstance(recorded, dict):
+            settings = recorded.get("settings")
+            entries = recorded.get("measured", settings.get("measured") if isinstance(settings, dict) else None)
+            found += [e for e in entries or [] if isinstance(e, dict) and e not in found]
+    return found
+
+
+def check_measured(output_dir: str) -> None:
+    """Raises RunError if an analysis output folder measured a run that has changed since (retrained).
+
+    Outputs that recorded nothing (other versions, files saved by hand) and runs that are no
+    longer where they were (an output moved elsewhere) are not checked.
+    """
+    for entry in recorded_measurements(output_dir):
+        run = entry.get("run")
+        if not isinstance(run, str) or not os.path.exists(os.path.join(run, CONFIG)):
+            continue
+        if fingerprint(run)["digest"] != entry.get("digest"):
+            raise RunError(
+                f"{output_dir} measured an earlier model of {run}: the run was retrained since. Rerun the analysis "
+                "(or delete that output)."
+            )
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, kind: str) -> Iterator[str]:
+    """`tfwd.atomic.atomic_dir` that discards the output, with one line, if a run the enclosing `reading_runs`
+    block opened changed before the output is swapped in (`check_unchanged`)."""
+    with atomic.atomic_dir(path, kind, before_swap=check_unchanged) as tmp:
+        yield tmp
+
+
 class Run:
     """A finished run directory, opened for analysis.
+
+    Inside a `reading_runs` block (every analysis), opening a run locks it for reading and
+    records its fingerprint.
 
     Args:
         path: the run directory.
 
     Raises:
-        RunError: if the directory, its config or its model is missing or unreadable.
+        RunError: if the directory, its config or its model is missing or unreadable, or the run is
+            being trained.
     """
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
         if not os.path.isdir(self.path):
             raise RunError(f"Run directory {path} does not exist.")
+        _opened(self.path)
         self.config = read_config(self.path)
         self._model: keras.Model | None = None
 
@@ -313,7 +468,66 @@ class Run:
         missing = sorted({"probs", "labels"} - set(loaded))
         if missing:
             raise RunError(f"{path} has no {' or '.join(missing)} array; retrain the run with --overwrite.")
+        problem = predictions_problem(loaded["probs"], loaded["labels"])
+        if problem:
+            raise RunError(f"Run {self.path}: {PREDICTIONS} {problem}; retrain the run with --overwrite.")
+        if loaded["labels"].ndim == 1 and len(loaded["labels"]):
+            loaded["labels"] = loaded["labels"].astype(np.int32)  # whole numbers, checked above
         return loaded
+
+
+# How far a row of predicted probabilities may sum from 1 (float32 softmax rows are within 1e-6).
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def predictions_problem(probs: np.ndarray, labels: np.ndarray) -> str | None:
+    """What is wrong with test predictions (None if nothing), as the end of a sentence naming the file.
+
+    Probabilities (N, C) must be finite, non-negative and sum to 1 per row (within
+    PROBABILITY_SUM_TOLERANCE); labels (N,) whole numbers in [0, C). Arrays of other shapes are
+    left to the caller's shape check.
+
+    Example:
+        >>> predictions_problem(np.array([[0.5, 0.5], [np.nan, 1.0]]), np.array([0, 1]))
+        'holds 1 non-finite probability (first in row 1); probabilities must be finite'
+    """
+    if probs.ndim != 2 or labels.shape != probs.shape[:1]:
+        return None
+    if not (np.issubdtype(probs.dtype, np.floating) or np.issubdtype(probs.dtype, np.integer)):
+        return f"holds probabilities of type {probs.dtype}; they must be numbers"
+    rows = lambda mask: np.flatnonzero(mask.any(axis=1))  # noqa: E731
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        return (
+            f"holds {int(bad.sum())} non-finite probabilit{'y' if bad.sum() == 1 else 'ies'} (first in row "
+            f"{rows(bad)[0]}); probabilities must be finite"
+        )
+    bad = probs < 0
+    if bad.any():
+        first = rows(bad)[0]
+        return (
+            f"holds {int(bad.sum())} negative probabilit{'y' if bad.sum() == 1 else 'ies'} (first in row {first}: "
+            f"{float(probs[first].min()):.4g}); probabilities must be >= 0"
+        )
+    sums = probs.astype(np.float64).sum(axis=1)
+    bad = np.abs(sums - 1) > PROBABILITY_SUM_TOLERANCE
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        return (
+            f"has {int(bad.sum())} rows of probabilities that do not sum to 1 within {PROBABILITY_SUM_TOLERANCE} "
+            f"(first: row {first} sums to {sums[first]:.6g})"
+        )
+    classes = probs.shape[1]
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        return f"holds labels of type {labels.dtype}; they must be integers in [0, {classes})"
+    bad = ~np.isfinite(labels) | (labels != np.round(labels)) | (labels < 0) | (labels >= classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        return (
+            f"holds {int(bad.sum())} label{'' if bad.sum() == 1 else 's'} outside the integers in [0, {classes}) "
+            f"(first: row {first} holds {labels[first].item()!r})"
+        )
+    return None
 
 
 def read_config(path: str) -> RunConfig:
@@ -321,7 +535,11 @@ def read_config(path: str) -> RunConfig:
     file = os.path.join(path, CONFIG)
     try:
         with open(file) as f:
-            return RunConfig.from_dict(json.load(f))
+            d = json.load(f)
+        problem = run_settings.config_problem(d)
+        if problem:
+            raise RunError(f"{file}: {problem}; correct it, or retrain the run with --overwrite.")
+        return RunConfig.from_dict(d)
     except FileNotFoundError:
         raise RunError(f"{path} is not a tfwd run directory: it has no {CONFIG}.") from None
     except (ValueError, KeyError, TypeError) as e:

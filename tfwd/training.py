@@ -262,11 +262,15 @@ def _clear_run_dir(run_dir: str) -> None:
 
     The run's files, checkpoints and TensorBoard logs go (inside checkpoints/ and tensorboard/,
     only the files training writes there), and so do the outputs of analyses of the old model
-    (folders holding tfwd.runs.OUTPUT_MARKER and nothing it does not list); the lock this
+    (folders holding tfwd.runs.OUTPUT_MARKER and nothing it does not list) and the temporary
+    folders of analyses killed while writing (tfwd.atomic.stale_temporaries); the lock this
     process holds and anything else (a user's notes) stay. results.json goes first and
     config.json last, so a process killed halfway leaves a directory that is neither
     "finished" nor without settings: rerunning resumes it (or --overwrite clears it again).
     """
+    for path in atomic.stale_temporaries(run_dir):  # outputs a killed analysis was writing
+        _remove(path)
+        logging.info("Removed %s, left by a killed analysis.", path)
     order = {runs.RESULTS: 0, runs.CONFIG: 2}
     names = [name for name in os.listdir(run_dir) if name != runs.LOCK]
     ours = [name for name in names if _written_by_tfwd(run_dir, name)]
@@ -364,7 +368,14 @@ def train(
         locked = is_chief and os.path.isdir(run_dir)
         if locked:  # an existing run: a second writer is refused before it loads any data
             _check_made_by_tfwd(run_dir)  # before the lock: not even a .lock goes into a user's folder
-            held.enter_context(runlock.RunLock(run_dir))
+            try:
+                held.enter_context(runlock.RunLock(run_dir))
+            except runlock.RunBusyError as e:
+                # Analyses read it: they change nothing, so a finished run of these settings is still finished.
+                if e.readers and run_state(run_dir, config, overwrite) == "finished":
+                    logging.info("Run %s is already finished; pass --overwrite to train it again.", run_dir)
+                    return run_dir
+                raise
         if is_chief and _finished(run_dir, config, overwrite):
             return run_dir
         data = Data(config.data)  # fails on a missing dataset before a new run directory is made
