@@ -81,3 +81,36 @@ def test_images_the_model_does_not_take_and_unknown_layers():
         callbacks.CKAMonitor(np.zeros((8, 28, 28, 3))).set_model(model)
     with pytest.raises(ValueError, match="'stem_reluu' \\(nearest: 'stem_relu'\\)"):
         callbacks.CKAMonitor(IMAGES, taps=["stem_reluu", "logits"]).set_model(model)
+
+
+# --- bin/train --cka_every (tfwd.training.train) ------------------------------------------------
+
+
+def test_training_with_cka_every_reaches_the_same_weights(tiny_runs, tmp_path, tfds_dir):
+    from tfwd import runs, training
+    from tfwd.data import DataConfig
+
+    config = runs.Run(tiny_runs[0]).config  # seed 0, 1 epoch; trained without the monitor
+    assert config.data == DataConfig(data_dir=tfds_dir, train_examples=256)
+    run_dir = training.train(config, str(tmp_path), verbose=0, cka_every=1)
+    for a, b in zip(runs.Run(tiny_runs[0]).model().weights, runs.Run(run_dir).model().weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with np.load(os.path.join(run_dir, callbacks.HISTORY)) as history:
+        assert history["epochs"].tolist() == [1]
+        assert history["names"].tolist() == models.tap_names(runs.Run(run_dir).model(), "all")
+        assert history["matrices"].shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("cka_every", [-1, 2, True], ids=["negative", "beyond-epochs", "bool"])
+def test_bad_cka_every_is_refused_before_anything_is_written(tmp_path, cka_every):
+    from tfwd import runs, training
+    from tfwd.data import DataConfig
+
+    config = runs.RunConfig(runs.ModelConfig(8, 0.25), DataConfig(), runs.TrainConfig(epochs=1))
+    message = (
+        r"`cka_every` must be 0 \(off\) or an epoch count up to --epochs=1. "
+        f"Received: cka_every={cka_every!r}"
+    )
+    with pytest.raises(ValueError, match=message):
+        training.train(config, str(tmp_path / "out"), cka_every=cka_every)
+    assert not (tmp_path / "out").exists()
