@@ -16,6 +16,7 @@ minibatch CKA metric, and the block-structure analyses.
   module, its binary and its output folder: tfwd.pc, bin/pc, RUN/pc_<taps>_<split>/.
 - tfwd.report, tfwd.runs, tfwd.sweeps, tfwd.training: run directories, training, sweeps, reports.
 - tfwd.plots: matplotlib figures of the analyses' results.
+- tfwd.callbacks: `CKAMonitor`, the CKA heatmap and its block structure in TensorBoard as a model trains.
 
 Lazy imports, one rule for the whole package: a module imports what it needs at its top,
 except two kinds of import, which sit inside the one function that needs them, with a
@@ -62,6 +63,7 @@ PUBLIC_MODULES = (
     "sweeps",
     "training",
     "plots",
+    "callbacks",
 )
 __all__ = list(PUBLIC_MODULES)
 

@@ -172,6 +172,15 @@ SETTINGS: tuple[Setting, ...] = (
         lower_bound=1,
     ),
     Setting(
+        "cka_every",
+        "int",
+        "launch",
+        "Every this many epochs, measure the within-model CKA heatmap on the first 512 test images "
+        "(tfwd.callbacks.CKAMonitor) into TensorBoard and the run's cka_history.npz; 0: never.",
+        default=0,
+        lower_bound=0,
+    ),
+    Setting(
         "checkpoint_seconds",
         "float",
         "launch",

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfwd import atomic, distribute, faults, models, run_settings, runlock, runs
+from tfwd import atomic, callbacks, distribute, faults, models, run_settings, runlock, runs
 from tfwd.checkpoints import LATEST, Checkpoints
 from tfwd.data import Data, DataConfig
 from tfwd.errors import TrainingDivergedError, first_few
@@ -25,6 +25,7 @@ from tfwd.errors import TrainingDivergedError, first_few
 # The paper's recipe of each architecture (tfwd.models.ARCHITECTURES has their sources).
 RECIPES = {arch: runs.TrainConfig(**a.recipe) for arch, a in models.ARCHITECTURES.items()}
 LR_RECIPES = run_settings.LR_RECIPES  # re-exported: the `recipe` setting's values
+CKA_IMAGES = 512  # test images of the CKA heatmaps measured during training (`cka_every`)
 
 
 def _describe(names, as_flags: bool = True) -> str:
@@ -215,7 +216,7 @@ def run_state(run_dir: str, config: runs.RunConfig, overwrite: bool) -> str:
 
 # What training writes into a run directory, besides its lock and temporaries (and the
 # analyses' output folders, which hold tfwd.runs.OUTPUT_MARKER).
-_RUN_ENTRIES = (*runs.RUN_FILES, runs.CHECKPOINTS, runs.TENSORBOARD)
+_RUN_ENTRIES = (*runs.RUN_FILES, runs.CHECKPOINTS, runs.TENSORBOARD, callbacks.HISTORY)
 # Inside the run's own folders, what training (and TensorFlow for it) writes.
 _FOLDER_ENTRIES = {
     runs.CHECKPOINTS: ("ckpt-*", LATEST, runlock.LATEST_TEMPORARIES),
@@ -324,6 +325,7 @@ def train(
     tensorboard: bool = True,
     validation_every: int = 1,
     checkpoint_seconds: float = 60.0,
+    cka_every: int = 0,
 ) -> str:
     """Trains a model as `config` says into `out_dir/config.name`, resuming if it can.
 
@@ -349,6 +351,9 @@ def train(
             of a one-step epoch. A kill loses at most this much training plus the
             epoch under way. Multi-worker training saves after every epoch (the
             workers must save together).
+        cka_every: every this many epochs (0: never), the within-model CKA heatmap of
+            the first CKA_IMAGES test images goes to TensorBoard and to the run's
+            cka_history.npz (`tfwd.callbacks.CKAMonitor`); it does not change training.
 
     Returns:
         The run directory. A finished run is left as it is.
@@ -361,6 +366,11 @@ def train(
     """
     config.model.validate()
     config.train.validate()
+    if isinstance(cka_every, bool) or not isinstance(cka_every, int) or not 0 <= cka_every <= config.train.epochs:
+        raise ValueError(
+            f"`cka_every` must be 0 (off) or an epoch count up to --epochs={config.train.epochs}. "
+            f"Received: cka_every={cka_every!r}"
+        )
     strategy = strategy or tf.distribute.get_strategy()
     is_chief = distribute.is_chief(strategy)
     run_dir = os.path.join(out_dir, config.name)
@@ -386,13 +396,15 @@ def train(
             )
         data.steps_per_epoch(config.train.batch_size)  # raises for a batch larger than the data
         if not is_chief:
-            return _train(config, data, run_dir, strategy, False, verbose, tensorboard, validation_every, 0.0)
+            return _train(config, data, run_dir, strategy, False, verbose, tensorboard, validation_every, 0.0, 0)
         if not locked:
             held.enter_context(runlock.RunLock(run_dir))  # makes the directory
             if _finished(run_dir, config, overwrite):  # another process made the run meanwhile
                 return run_dir
         _create_run_dir(run_dir, config, overwrite)
-        return _train(config, data, run_dir, strategy, True, verbose, tensorboard, validation_every, checkpoint_seconds)
+        return _train(
+            config, data, run_dir, strategy, True, verbose, tensorboard, validation_every, checkpoint_seconds, cka_every
+        )
 
 
 def _finished(run_dir: str, config: runs.RunConfig, overwrite: bool) -> bool:
@@ -402,7 +414,9 @@ def _finished(run_dir: str, config: runs.RunConfig, overwrite: bool) -> bool:
     return True
 
 
-def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, validation_every, checkpoint_seconds):
+def _train(
+    config, data, run_dir, strategy, is_chief, verbose, tensorboard, validation_every, checkpoint_seconds, cka_every
+):
     """The training loop of `train`, on a prepared (and, for the chief, locked) run directory."""
     train_config = config.train
     steps = data.steps_per_epoch(train_config.batch_size)
@@ -461,6 +475,7 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
         verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             checkpoint_seconds = 0.0  # every worker saves in the same epochs
+        monitor = _cka_monitor(model, data, run_dir, start, cka_every, tensorboard) if cka_every and is_chief else None
         saved = time.time()
         for epoch in range(start, train_config.epochs):
             began = time.time()
@@ -473,6 +488,8 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
             save = epoch + 1 == train_config.epochs or time.time() - saved >= checkpoint_seconds
             _end_epoch(row, history, epoch_var, history_var, checkpoints if save else None, run_dir, is_chief)
             saved = time.time() if save else saved
+            if monitor is not None:
+                monitor.on_epoch_end(epoch)
             if verbose:
                 logging.info("Epoch %d/%d: %s", epoch + 1, train_config.epochs, _format(row))
             if writer is not None:
@@ -486,6 +503,21 @@ def _train(config, data, run_dir, strategy, is_chief, verbose, tensorboard, vali
     else:
         distribute.remove_worker_dir(ckpt_dir)
     return run_dir
+
+
+def _cka_monitor(model, data, run_dir, start, cka_every, tensorboard) -> callbacks.CKAMonitor:
+    """The CKAMonitor of a run, holding the measurements of its epochs up to `start` (a resumed run)."""
+    images = np.concatenate([x.numpy() for x, _ in data.eval_dataset("test", 256, examples=CKA_IMAGES)])
+    log_dir = os.path.join(run_dir, runs.TENSORBOARD) if tensorboard else None
+    path = os.path.join(run_dir, callbacks.HISTORY)
+    monitor = callbacks.CKAMonitor(images, every=cka_every, log_dir=log_dir, history_path=path)
+    monitor.set_model(model)
+    if os.path.exists(path):
+        with np.load(path) as old:
+            kept = old["epochs"] <= start
+            monitor.epochs = old["epochs"][kept].tolist()
+            monitor.matrices = list(old["matrices"][kept])
+    return monitor
 
 
 def _end_epoch(row, history, epoch_var, history_var, checkpoints, run_dir, is_chief) -> None:
