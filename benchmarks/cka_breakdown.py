@@ -7,7 +7,7 @@ For a CIFAR ResNet (1x, taps="all", n=256), times in turn, once per round:
 - tfwd Grams: forward + the Gram matrices tfwd computes (per-channel Grams where a BN tap is
   derived from its conv, row halves wherever a layer has 2,048 features or more), with no shift,
   scaling, centring or pair products;
-- tfwd step: tfwd's CKA step as bin/cka runs it (tfwd.cka.joint_channel_affine);
+- tfwd step: tfwd's CKA step as the README shows it and bin/cka runs it (BN taps' Grams derived);
 - reference: the reference code's algorithm (benchmarks/cka_throughput.py).
 
 Then prints the share of the reference's Gram FLOPs that tfwd computes (g) and the bound it puts on
@@ -30,14 +30,14 @@ import tensorflow as tf  # noqa: E402
 from cka_throughput import N, ReferenceMinibatchCKA, step_fn  # noqa: E402
 from common import interleaved, machine  # noqa: E402
 
-from tfwd import _grams, cka, metrics, models  # noqa: E402
+from tfwd import _grams, metrics, models  # noqa: E402
 
 
 def gram_plan(model, tapped, names):
     """({layer: kind} for the Grams tfwd computes, derived layers left out;
     the features of every layer), from tfwd._grams.gram_plan."""
-    acts = [tf.zeros([4, *o.shape[1:]]) for o in tapped.outputs]
-    kinds = _grams.gram_plan(acts, cka.joint_channel_affine([model], [names]))
+    acts = tapped(tf.zeros([4, *tapped.inputs[0].shape[1:]]), training=False)  # BN taps name their inputs
+    kinds = _grams.gram_plan(acts)
     features = [int(np.prod(a.shape[1:])) for a in acts]
     return {i: kind for i, kind in enumerate(kinds) if kind != "derived"}, features
 
@@ -77,7 +77,7 @@ def main():
             out.append(tf.reduce_sum(k))
         return out
 
-    step = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L), reuse_bn=True)
+    step = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L))
     reference = step_fn([model], "all", ReferenceMinibatchCKA)
     x = tf.random.uniform([N, 32, 32, 3])
     labels = ["forward", "tfwd Grams", "tfwd step", "reference"]

@@ -8,10 +8,12 @@ too, since on a shared machine a ratio within a round is steadier than one of tw
 - inference: the model's forward pass alone;
 - reference algorithm: the paper's reference code's MinibatchCKA as written
   (matmul(x, x^T), float32 U-centring and accumulation), re-implemented here;
-- tfwd, every Gram: inference + tfwd.metrics.CKA with one Gram matrix per layer;
-- tfwd CKA: tfwd.cka.cka_matrices' step, where each BN tap's Gram comes from its
-  input conv's per-channel Grams (tfwd.cka.joint_channel_affine), and the largest
-  change that makes to any CKA value ("change");
+- tfwd, every Gram: inference + tfwd.metrics.CKA with one Gram matrix per layer
+  (update_state(acts, channel_affine={}));
+- tfwd CKA: the README's call, CKA().update_state(acts(x, training=False)) with
+  acts = tfwd.models.activation_model(model, "all"), as bin/cka runs it: each BN tap's
+  Gram comes from its input conv's per-channel Grams (the activation model's outputs
+  carry the pairs), and the largest change that makes to any CKA value ("change");
 - floor: (forward FLOPs + Gram FLOPs of every layer + pair-product FLOPs) / the FLOP
   rate of a large float32 matmul measured in the same run (an algorithm that skips
   Grams, as the BN reuse does, can beat it: floor / tfwd below 1);
@@ -50,7 +52,7 @@ from common import (  # noqa: E402
     rate,
 )
 
-from tfwd import _grams, cka, metrics, models  # noqa: E402
+from tfwd import _grams, metrics, models  # noqa: E402
 
 N = 256
 
@@ -75,8 +77,8 @@ class ReferenceMinibatchCKA:
         self.acc.assign_add(tf.matmul(g, g, transpose_b=True))
 
 
-def step_fn(model_list, taps, metric_cls, reuse_bn=False):
-    """One minibatch's forward pass and metric update; reuse_bn: BN taps' Grams as bin/cka builds them."""
+def step_fn(model_list, taps, metric_cls, every_gram=False):
+    """One minibatch's forward pass and metric update, as the README shows it; every_gram: no Gram derived."""
     tapped = [models.activation_model(m, taps) for m in model_list]
     names = [models.tap_names(m, taps) for m in model_list]
     metric = metric_cls(sum(map(len, names)))
@@ -86,8 +88,8 @@ def step_fn(model_list, taps, metric_cls, reuse_bn=False):
         acts = []
         for t in tapped:
             acts += t(x, training=False)
-        if reuse_bn:
-            metric.update_state(acts, channel_affine=cka.joint_channel_affine(model_list, names))
+        if every_gram:
+            metric.update_state(acts, channel_affine={})
         else:
             metric.update_state(acts)
 
@@ -115,12 +117,13 @@ def throughput_table(configs, peak, repeats):
         names = models.tap_names(model, "all")
         infer = tf.function(lambda x, model=model: model(x, training=False))
         reference = step_fn([model], "all", ReferenceMinibatchCKA)
-        every_gram = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L))
-        exact = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L), reuse_bn=True)
-        fast = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L, gram_dtype="bfloat16"), reuse_bn=True)
+        every_gram = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L), every_gram=True)
+        exact = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L))
+        fast = step_fn([model], "all", lambda L: metrics.CKA(num_layers=L, gram_dtype="bfloat16"))
         times = interleaved([infer, reference, every_gram, exact, fast], x, rounds=repeats)
         r_inf, r_ref, r_every, r_cka, r_bf16 = (N / min(t) for t in times)
         ratios = np.asarray(times[1]) / np.asarray(times[3])  # reference / tfwd, round by round
+        every_ratios = np.asarray(times[1]) / np.asarray(times[2])
         delta = float(np.abs(exact.metric.result().numpy() - fast.metric.result().numpy()).max())
         reuse = float(np.abs(exact.metric.result().numpy() - every_gram.metric.result().numpy()).max())
         flops = forward_flops(model) + gram_flops(feature_sizes(model, names), N) + 2.0 * len(names) ** 2 * N
@@ -128,7 +131,7 @@ def throughput_table(configs, peak, repeats):
         rows.append(
             (f"ResNet-{depth} ({width:g}x)", len(names), r_inf, r_ref, r_every, r_cka, reuse, floor, r_bf16, delta)
         )
-        rounds.append((rows[-1][0], ratios, floor * np.asarray(times[3]) / N))  # and floor / tfwd
+        rounds.append((rows[-1][0], ratios, every_ratios, floor * np.asarray(times[3]) / N))  # and floor / tfwd
         print(f"  measured {rows[-1][0]}", flush=True)
     print("\nCKA throughput, taps='all', n=256 (images/s)")
     print(
@@ -142,8 +145,12 @@ def throughput_table(configs, peak, repeats):
             f"{floor:.0f} | {floor / r_cka:.2f} | {r_cka / r_ref:.2f} | {r_bf16:.0f} | {delta:.1e} |"
         )
     print(f"\nRatios in each of {repeats} rounds (every column timed once per round, in turn)")
-    for name, ratios, floors in rounds:
+    for name, ratios, every_ratios, floors in rounds:
         print(f"  {name}, tfwd / reference: {' '.join(f'{r:.2f}' for r in ratios)}; median {np.median(ratios):.2f}")
+        print(
+            f"  {name}, tfwd every Gram / reference: {' '.join(f'{r:.2f}' for r in every_ratios)}; "
+            f"median {np.median(every_ratios):.2f}"
+        )
         print(f"  {name}, floor / tfwd: {' '.join(f'{r:.2f}' for r in floors)}; median {np.median(floors):.2f}")
 
 
@@ -155,7 +162,7 @@ def many_models_table(ks, depth, repeats):
     for k in ks:
         keras.utils.set_random_seed(k)
         model_list = [models.cifar_resnet(depth) for _ in range(k)]
-        joint_step = step_fn(model_list, "all", lambda L: metrics.CKA(num_layers=L), reuse_bn=True)
+        joint_step = step_fn(model_list, "all", lambda L: metrics.CKA(num_layers=L))
         joint = 1.0 / rate(joint_step, x, items=1, repeats=repeats)
         pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
         steps = [pair_step_fn(model_list[i], model_list[j], "all") for i, j in pairs]

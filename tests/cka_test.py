@@ -45,31 +45,87 @@ def test_joint_pass_equals_models_computed_separately():
     np.testing.assert_allclose(result["blocks"][(0, 1)], cross.result().numpy(), atol=1e-6)
 
 
-def test_bn_taps_share_their_convs_grams_and_match_float64():
+def _trained_like_resnet():
+    """A ResNet-8 (0.5x) with trained-like BN statistics, so that each BN rescales its channels unevenly."""
     import keras
 
     keras.utils.set_random_seed(1)
     model = models.cifar_resnet(8, 0.5)
     rng = np.random.default_rng(0)
-    for layer in model.layers:  # trained-like BN statistics, so that each BN rescales its channels unevenly
+    for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
             layer.gamma.assign(rng.uniform(-2, 2, c))
             layer.beta.assign(rng.normal(size=c))
             layer.moving_mean.assign(rng.normal(size=c))
             layer.moving_variance.assign(rng.uniform(0.1, 4, c))
+    return model
+
+
+def _float64_cka(acts, batch_size):
+    """Pairs-weighted minibatch CKA of (N, ...) activations in float64, from the NumPy references."""
+    acts = [np.asarray(a, np.float64) for a in acts]
+    sums = np.zeros((len(acts), len(acts)))
+    for lo in range(0, len(acts[0]), batch_size):
+        u = [metrics.u_center(metrics.gram(a[lo : lo + batch_size])) for a in acts]
+        sums += np.array([[np.sum(k * l) for l in u] for k in u])
+    return sums / np.sqrt(np.outer(np.diag(sums), np.diag(sums)))
+
+
+def test_bn_taps_share_their_convs_grams_and_match_float64():
+    model = _trained_like_resnet()
     names = models.tap_names(model)
     hinted = cka.joint_channel_affine([model], [names])
     assert [names[j] for j in sorted(hinted)] == [n for n in names if "bn" in n]
     assert all(names[i] == names[j].replace("_bn", "_conv") for j, (i, _) in hinted.items())
     result = cka.cka_matrices([model], _dataset, passes=1)["blocks"][(0, 0)]
     x = np.concatenate([b.numpy() for b, _ in _dataset(0)])
-    acts = [a.numpy().astype(np.float64) for a in models.activation_model(model)(x, training=False)]
-    sums = np.zeros((len(acts), len(acts)))
-    for lo in range(0, len(x), 32):
-        u = [metrics.u_center(metrics.gram(a[lo : lo + 32])) for a in acts]
-        sums += np.array([[np.sum(k * l) for l in u] for k in u])
-    np.testing.assert_allclose(result, sums / np.sqrt(np.outer(np.diag(sums), np.diag(sums))), atol=1e-6)
+    acts = [a.numpy() for a in models.activation_model(model)(x, training=False)]
+    np.testing.assert_allclose(result, _float64_cka(acts, 32), atol=1e-6)
+
+
+def test_the_readme_call_equals_explicit_hints_and_float64():
+    # CKA().update_state(activation_model(model)(x, training=False)) as the README shows it.
+    model = _trained_like_resnet()
+    acts, names = models.activation_model(model, "all"), models.tap_names(model, "all")
+    x = np.random.default_rng(1).random((64, 32, 32, 3), dtype="float32")
+    batches = [acts(x[lo : lo + 32], training=False) for lo in (0, 32)]
+    plain, explicit = metrics.CKA(), metrics.CKA()
+    for batch in batches:
+        plain.update_state(batch)
+        explicit.update_state(batch, channel_affine=cka.joint_channel_affine([model], [names]))
+    np.testing.assert_allclose(plain.result().numpy(), explicit.result().numpy(), atol=1e-12)
+    whole = [np.concatenate([batch[i].numpy() for batch in batches]) for i in range(len(names))]
+    np.testing.assert_allclose(plain.result().numpy(), _float64_cka(whole, 32), atol=1e-6)
+
+
+def test_the_readme_call_computes_no_gram_product_for_bn_taps(monkeypatch):
+    from tfwd import _grams
+
+    model = _trained_like_resnet()
+    acts, names = models.activation_model(model, "all"), models.tap_names(model, "all")
+    x = np.random.default_rng(2).random((8, 32, 32, 3), dtype="float32")
+    out = acts(x, training=False)
+    plan = _grams.gram_plan(out)
+    wide = [j for j, a in enumerate(out) if len(a.shape) == 4 and a.shape[1] * a.shape[2] >= 256]
+    assert [j for j, kind in enumerate(plan) if kind == "derived"] == [j for j in wide if "_bn" in names[j]]
+    assert "derived" not in _grams.gram_plan(acts(x, training=True))  # BN then uses the batch's statistics
+    calls = {"gram": 0, "channel_grams": 0}
+
+    def counting(name, fn):
+        def counted(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(_grams, name, counting(name, getattr(_grams, name)))
+    metrics.CKA().update_state(out)
+    products = sum(kind in ("full", "halves") for kind in plan)
+    assert calls == {"gram": products, "channel_grams": plan.count("derived")} and products < len(out) - 8
+    metrics.CKA().update_state(out, channel_affine={})
+    assert calls["gram"] == products + len(out)
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -160,3 +160,26 @@ def test_channel_affine_taps_pair_each_tapped_bn_with_its_tapped_input(resnet14)
     bn.moving_variance.assign(np.full(4, 3.0))
     bn.gamma.assign(np.arange(4.0))
     np.testing.assert_allclose(models.channel_scale(bn), np.arange(4.0) / np.sqrt(3.0 + bn.epsilon), rtol=1e-6)
+
+
+def test_activation_model_outputs_name_their_bn_taps_inputs_in_inference_mode(resnet14):
+    from tfwd import _grams
+
+    names = models.tap_names(resnet14, "all")
+    pairs = models.channel_affine_taps(resnet14, names)
+    acts = models.activation_model(resnet14, "all")
+    assert list(acts.channel_affine) == [(j, i, bn.name) for j, (i, bn) in sorted(pairs.items())]
+    x = _image()
+    for training in (False, None):
+        hints = _grams.tagged_channel_affine(acts(x, training=training))
+        assert {j: i for j, (i, _) in hints.items()} == {j: i for j, (i, _) in pairs.items()}
+        for j, (_, scale) in hints.items():
+            np.testing.assert_array_equal(scale, models.channel_scale(pairs[j][1]))
+    assert _grams.tagged_channel_affine(acts(x, training=True)) == {}  # BN uses the batch's statistics
+    # Concatenated with another model's taps, each pair keeps its place; a list in another order keeps none.
+    other = models.activation_model(models.cifar_resnet(8), "all")(x, training=False)
+    joint = _grams.tagged_channel_affine(other + acts(x, training=False))
+    assert {j - len(other): i - len(other) for j, (i, _) in joint.items() if j >= len(other)} == {
+        j: i for j, (i, _) in pairs.items()
+    }
+    assert _grams.tagged_channel_affine(acts(x, training=False)[::-1]) == {}

@@ -5,7 +5,8 @@ The metric's mathematics is in `tfwd.metrics`; this module only makes its Gram m
   (`gram_formulation`), and from row halves for wide layers (3/4 of the FLOPs);
 - `channel_grams`: a layer that another layer rescales per channel (a BatchNormalization in
   inference mode of its input) gets its Gram from that layer's per-channel Grams, at no
-  product of its own; the hints say which (`channel_affine`, see `tfwd.metrics.CKA.update_state`);
+  product of its own; the hints say which (`channel_affine`, see `tfwd.metrics.CKA.update_state`),
+  given by hand or carried by the activations of `tfwd.models.activation_model` (`tag_channel_affine`);
 - `gram_plan`: which of these each layer gets;
 - `native_bfloat16`: whether this CPU multiplies bfloat16 natively.
 """
@@ -157,10 +158,47 @@ def channel_grams(x, weights):
     return _from_halves(channel_first(x[:half]), channel_first(x[half:]), product)
 
 
+# The attribute by which a tensor of `tfwd.models.activation_model` names the tensor it is a
+# per-channel rescaling of, and the scale (`tag_channel_affine`).
+_CHANNEL_AFFINE_TAG = "_tfwd_channel_affine"
+
+
+def tag_channel_affine(derived, source, scale) -> None:
+    """Notes on the tensor `derived` that it is `source` times `scale` per channel (last axis) plus a constant.
+
+    A hint for `CKA.update_state`, read back by `tagged_channel_affine` when both tensors are in
+    one list of activations. Tensors that take no attributes (JAX arrays) are left as they are:
+    their Grams are then all computed.
+    """
+    try:
+        setattr(derived, _CHANNEL_AFFINE_TAG, (source, scale))
+    except AttributeError:
+        pass
+
+
+def tagged_channel_affine(acts) -> dict[int, tuple[int, object]]:
+    """`channel_affine` ({j: (i, scale)}) from the tags of `tag_channel_affine` on a list of activations.
+
+    A tag counts where its source is in the list before the tagged tensor and is not itself
+    derived: any list of taps, of one model or several concatenated, keeps the hints that apply.
+    """
+    index = {id(a): i for i, a in enumerate(acts)}
+    hints = {}
+    for j, a in enumerate(acts):
+        source, scale = getattr(a, _CHANNEL_AFFINE_TAG, (None, None))
+        i = index.get(id(source)) if source is not None else None
+        if i is not None and i < j and i not in hints:
+            hints[j] = (i, scale)
+    return hints
+
+
 def channel_derived(acts, channel_affine=None) -> dict[int, tuple[int, object]]:
-    """The hints of `channel_affine` ({j: (i, scale)}) that pay off, after checking them all."""
+    """The hints of `channel_affine` ({j: (i, scale)}; None: `tagged_channel_affine(acts)`) that pay off,
+    after checking them all."""
+    if channel_affine is None:
+        channel_affine = tagged_channel_affine(acts)
     derived = {}
-    for j, (i, scale) in (channel_affine or {}).items():
+    for j, (i, scale) in channel_affine.items():
         if not 0 <= i < j < len(acts) or i in channel_affine:
             raise ValueError(
                 f"`channel_affine` derives layer {j} from layer {i}: both must index the {len(acts)} layers, "
@@ -201,7 +239,8 @@ def gram_plan(acts, channel_affine=None) -> list[str]:
 def layer_grams(acts, gram_dtype=None, check_finite=True, channel_affine=None):
     """Gram matrices of a list of layers, each shifted by its first example: (L, n, n), float32 for 16-bit Grams.
 
-    `channel_affine` ({j: (i, s)}, see `CKA.update_state`) says that layer j is layer i times s per channel (the
+    `channel_affine` ({j: (i, s)}, see `CKA.update_state`; None: the hints the activations
+    carry, `tagged_channel_affine`) says that layer j is layer i times s per channel (the
     last axis) plus a constant, as a BatchNormalization in inference mode is of its input.
     U-centring removes the constant, so K_j = sum_c s_c^2 G_c and K_i = sum_c G_c with
     G_c = X_c X_c^T the Grams of layer i's channels: one batched product of the FLOPs of

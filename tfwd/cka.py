@@ -94,7 +94,7 @@ def cka_matrices(
         acts = []
         for model, size in zip(tapped, sizes):
             acts += model(_resized(images, size), training=False)
-        cka.update_state(acts, channel_affine=joint_channel_affine(model_list, names))
+        cka.update_state(acts)  # the activation models' outputs name their BN taps' inputs: those Grams are shared
         return tf.constant(True)
 
     def replica_step(images):
@@ -140,11 +140,13 @@ def cka_matrices(
 
 
 def joint_channel_affine(model_list: Sequence[keras.Model], names: Sequence[Sequence[str]]) -> dict:
-    """`CKA.update_state`'s channel_affine for the joint tap list of several models.
+    """`CKA.update_state`'s channel_affine for the joint tap list of several models, written out.
 
     Each tapped BatchNormalization fed by a tapped layer of the same model
     (`tfwd.models.channel_affine_taps`), with its current inference-mode scale:
     BN taps (2 of the 7 taps of a ResNet block) then cost no Gram matrix of their own.
+    The outputs of `tfwd.models.activation_model` carry the same pairs, which the metric
+    reads by default; this is for activations that lost them (computed elsewhere, copied).
     """
     offsets = np.cumsum([0] + [len(n) for n in names])
     return {

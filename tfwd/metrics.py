@@ -207,6 +207,11 @@ class CKA(keras.metrics.Metric):
     their tap lists in one update_state(acts) and slice the joint matrix
     (`split_blocks`).
 
+    Fed the outputs of `tfwd.models.activation_model(model, taps)(x, training=False)`,
+    as they are or concatenated, the metric takes each tapped BatchNormalization whose
+    input is tapped too from that input's per-channel Grams, at no product of its own
+    (see update_state's `channel_affine`).
+
     The math is written in keras.ops, so the metric runs under TensorFlow, JAX
     and PyTorch. Under JAX, `stateless_update_state` and `stateless_result` work
     inside `jax.jit`; give `num_layers` up front there (the state cannot be created
@@ -296,21 +301,31 @@ class CKA(keras.metrics.Metric):
             acts_a: list of L tensors (n, ...), one per layer, all on the same n examples.
             acts_b: optional list of Lb tensors (n, ...) of a second model on the same examples.
             sample_weight: not supported (must be None).
-            channel_affine: optional {j: (i, scale)} over acts_a, i < j: layer j is layer i
-                times `scale` (shape (C,), per channel of the last axis) plus a per-channel
-                constant, as a BatchNormalization's output in inference mode is of its input
-                (scale = gamma / sqrt(moving_variance + epsilon); `tfwd.models.channel_affine_taps`
-                finds such pairs). Both Gram matrices then come from one batched product of
-                layer i's per-channel Grams, and acts_a[j] is not read (on layers with at least
-                `tfwd._grams.CHANNEL_GRAM_MIN_POSITIONS` = 256 positions). The result is the same up to rounding.
+            channel_affine: {j: (i, scale)} over acts_a, i < j: layer j is layer i times
+                `scale` (shape (C,), per channel of the last axis) plus a per-channel constant,
+                as a BatchNormalization's output in inference mode is of its input (scale =
+                gamma / sqrt(moving_variance + epsilon); `tfwd.models.channel_affine_taps` finds
+                such pairs). Both Gram matrices then come from one batched product of layer i's
+                per-channel Grams, and acts_a[j] is not read (on layers with at least
+                `tfwd._grams.CHANNEL_GRAM_MIN_POSITIONS` = 256 positions). The result is the
+                same up to rounding. None (the default) takes the pairs from the activations
+                themselves: the outputs of `tfwd.models.activation_model(...)(x, training=False)`
+                name their BN taps' inputs, in this list or concatenated with other models'.
+                {} computes every Gram matrix.
             channel_affine_b: the same over acts_b.
         """
         if sample_weight is not None:
             raise ValueError("CKA does not support sample_weight.")
-        acts_a = [ops.convert_to_tensor(a) for a in _as_list(acts_a, "acts_a")]
+        acts_a = _as_list(acts_a, "acts_a")
+        if channel_affine is None:  # read before conversion, which need not keep the tensors' attributes
+            channel_affine = _grams.tagged_channel_affine(acts_a)
+        acts_a = [ops.convert_to_tensor(a) for a in acts_a]
         _check_batch(acts_a, "acts_a")
         if acts_b is not None:
-            acts_b = [ops.convert_to_tensor(b) for b in _as_list(acts_b, "acts_b")]
+            acts_b = _as_list(acts_b, "acts_b")
+            if channel_affine_b is None:
+                channel_affine_b = _grams.tagged_channel_affine(acts_b)
+            acts_b = [ops.convert_to_tensor(b) for b in acts_b]
             _check_batch(acts_b, "acts_b")
             _check_batch([acts_a[0], acts_b[0]], "acts_a and acts_b")
         expected = (len(acts_a), len(acts_b)) if acts_b is not None else len(acts_a)

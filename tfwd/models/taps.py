@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import keras
 
+from tfwd import _grams
 from tfwd.layer_names import PATTERN_PREFIX, STAGE_PATTERN as _STAGE, TAP_KINDS
 
 
@@ -164,9 +165,11 @@ def activation_model(model: keras.Model, taps: str | Sequence[str] = "all") -> k
         taps: see `tap_names`.
 
     Returns:
-        A keras.Model sharing `model`'s weights whose output is a list of L
-        tensors, each (batch, ...), ordered as `tap_names(model, taps)`. Call it
-        with training=False to keep BN in inference mode.
+        An `ActivationModel` (a functional keras.Model) sharing `model`'s weights
+        whose output is a list of L tensors, each (batch, ...), ordered as
+        `tap_names(model, taps)`. Call it with training=False to keep BN in
+        inference mode; its outputs then tell `tfwd.metrics.CKA` which BN taps are
+        rescalings of other taps, whose Gram matrices it shares.
 
     Raises:
         ValueError: for bad taps (see `tap_names`), a subclassed or unbuilt model,
@@ -182,7 +185,30 @@ def activation_model(model: keras.Model, taps: str | Sequence[str] = "all") -> k
     graph = _graph(model)
     outputs = [node.output_tensors[0] for node in _tap_nodes(graph, model.name, names)]
     inputs = graph.inputs[0] if len(graph.inputs) == 1 else graph.inputs
-    return keras.Model(inputs, outputs, name=f"{model.name}_taps")
+    acts = ActivationModel(inputs, outputs, name=f"{model.name}_taps")
+    acts.channel_affine = tuple((j, i, bn.name) for j, (i, bn) in sorted(channel_affine_taps(model, names).items()))
+    return acts
+
+
+@keras.saving.register_keras_serializable(package="tfwd")
+class ActivationModel(keras.Model):
+    """The functional model of `activation_model`: in inference mode its outputs carry its BN taps' plan.
+
+    `channel_affine` lists (j, i, BN layer name) for each tapped BatchNormalization j fed by tap i
+    (`channel_affine_taps`). Called with training False or None, output j is tagged as output i
+    times the BN's current `channel_scale` per channel, which `tfwd.metrics.CKA.update_state` reads:
+    the BN's Gram matrix then comes from its input's per-channel Grams at no product of its own.
+    """
+
+    channel_affine: tuple[tuple[int, int, str], ...] = ()
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        outputs = super().call(inputs, training=training, mask=mask, **kwargs)
+        # Only in inference mode is a BN's output its input times a fixed scale plus a constant.
+        if (training is None or training is False) and isinstance(outputs, list):
+            for j, i, name in self.channel_affine:
+                _grams.tag_channel_affine(outputs[j], outputs[i], channel_scale(self.get_layer(name)))
+        return outputs
 
 
 def _graph(model: keras.Model) -> keras.Model:
