@@ -22,14 +22,6 @@ sys.path.insert(0, ROOT)
 from tfwd import blocks  # noqa: E402
 
 
-def load(ref):
-    path, _, key = ref.partition(":")
-    data = np.load(os.path.join(ROOT, path))
-    if key:
-        return data[key], [str(n) for n in data[key + "_names"]]
-    return data["cka"], [str(n) for n in data["names"]]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figure", default=None, help="Write the labelled heatmaps with both outlines here (PNG).")
@@ -39,9 +31,7 @@ def main():
     labels = json.load(open(os.path.join(ROOT, "data", "labels", "block_labels.json")))["heatmaps"]
     rows, panels = {}, []
     for label in (lab for lab in labels if lab["matrix"]):
-        c, names = load(label["matrix"])
-        index = {n: i for i, n in enumerate(names)}
-        spans = [[(index[a], index[b]) for a, b in label[key]] for key in ("blocks", "optional")]
+        c, names, *spans = blocks.labelled_heatmap(label, ROOT)
         found = blocks.find_block_structure(
             c, names, min_contrast=args.min_contrast, min_squareness=args.min_squareness
         )

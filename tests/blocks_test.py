@@ -195,19 +195,9 @@ LABELS = json.load(open(os.path.join(ROOT, "data", "labels", "block_labels.json"
 AGREEMENT = 0.9  # the bar: block-or-none and IoU >= 0.7 on at least 90% of each part
 
 
-def load_matrix(ref):
-    path, _, key = ref.partition(":")
-    data = np.load(os.path.join(ROOT, path))
-    if key:
-        return data[key], [str(n) for n in data[key + "_names"]]
-    return data["cka"], [str(n) for n in data["names"]]
-
-
 def label_agrees(label):
-    c, names = load_matrix(label["matrix"])
-    index = {n: i for i, n in enumerate(names)}
-    spans = [[(index[a], index[b]) for a, b in label[key]] for key in ("blocks", "optional")]
-    return blocks.agrees(blocks.find_block_structure(c, names), *spans)
+    c, names, labelled, optional = blocks.labelled_heatmap(label, ROOT)
+    return blocks.agrees(blocks.find_block_structure(c, names), labelled, optional)
 
 
 HELDOUT_BELOW_BAR = pytest.mark.xfail(

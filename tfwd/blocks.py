@@ -40,6 +40,7 @@ part of the labelled heatmaps and the synthetic shapes only; the held-out part j
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -367,3 +368,19 @@ def agrees(
     hits = all(any(iou(lab, d) >= min_iou for d in detected) for lab in labelled)
     known = list(labelled) + list(optional)
     return hits and all(any(iou(d, k) >= min_iou for k in known) for d in detected)
+
+
+def labelled_heatmap(label: dict, root: str = ".") -> tuple[np.ndarray, list[str], list[tuple[int, int]], list]:
+    """One entry of data/labels/block_labels.json with a matrix: (cka, names, blocks, optional).
+
+    `label["matrix"]` is "file.npz:key" (the matrix under key, its names under key + "_names") or
+    a file holding "cka" and "names", relative to `root`; the labelled ranges come back as layer
+    indices (start, end), inclusive.
+    """
+    path, _, key = label["matrix"].partition(":")
+    data = np.load(os.path.join(root, path))
+    cka, names = (data[key], data[key + "_names"]) if key else (data["cka"], data["names"])
+    names = [str(n) for n in names]
+    index = {n: i for i, n in enumerate(names)}
+    blocks_, optional = ([(index[a], index[b]) for a, b in label[k]] for k in ("blocks", "optional"))
+    return cka, names, blocks_, optional
