@@ -325,10 +325,11 @@ def test_killed_cka_leaves_no_partial_output(root, bin_env, tmp_path, tiny_runs)
 
 
 def _tree(path):
+    """Every file under `path` with its size; a run's .lock without one (each reader appends its pid to it)."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sorted(
-        (os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)))
+        (os.path.relpath(os.path.join(d, f), path), None if f == ".lock" else os.path.getsize(os.path.join(d, f)))
         for d, _, fs in os.walk(path)
         for f in fs
     )
@@ -449,8 +450,8 @@ def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
         ),
         (None, "Cannot read report spec {spec}: No such file or directory."),
         (
-            {"dominant": {"top": 500, "examples": 500}},
-            "analyses.dominant: `top` must be in [1, examples - 1] = [1, 499]. Received: top=500, examples=500",
+            {"dominant_datapoints": {"top": 500, "examples": 500}},
+            "analyses.dominant_datapoints: `top` must be in [1, examples - 1] = [1, 499]. Received: top=500, examples=500",
         ),
         pytest.param(
             {"cka": {"batch_size": 2}},

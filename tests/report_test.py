@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tfwd import html, report, runs
+from tfwd import findings, html, report, runs
 
 
 def test_spec_validation(tmp_path):
@@ -62,7 +62,8 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     assert "find_block_structure with its defaults" in page and "(d) post-residual (`_add`) probes" in page
     saved = json.load(open(os.path.join(folder, "findings.json")))
     assert [f["id"] for f in saved["claims"]] == list("abcdef")
-    assert all(set(f["measured"]["verdict_at_contrast"]) == {"0.30", "0.40"} for f in saved["claims"])
+    at = {f"{c:.2f}" for c in findings.SENSITIVITY}
+    assert all(set(f["measured"]["verdict_at_contrast"]) == at for f in saved["claims"])
     assert saved["spec"] == "tiny" and {os.path.basename(r) for r in tiny_runs} == set(saved["runs"])
     assert all("peak_contrast" in r["block"] for r in saved["runs"].values())
     assert {"cka", "pc", "probes", "prune_blocks", "cross_seed", "training"} <= set(saved["timings_seconds"])

@@ -110,7 +110,12 @@ def _holders(path: str) -> tuple[str, list[str]]:
         except OSError:
             lines = []
         readers = [line[: -len(_READER)] for line in lines if line.endswith(_READER)]
-        readers = [pid for pid in dict.fromkeys(readers) if pid.isdigit() and _alive(int(pid))]
+        holding = _flock_holders(path)  # a live process that has since closed its lock is no reader
+        readers = [
+            pid
+            for pid in dict.fromkeys(readers)
+            if pid.isdigit() and _alive(int(pid)) and (holding is None or int(pid) in holding)
+        ]
         trainers = [line for line in lines if line.isdigit() and _alive(int(line))]
         if readers or trainers:
             return (trainers[0] if trainers else "unknown"), readers
@@ -171,6 +176,29 @@ class ReadLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
+
+
+def _flock_holders(path: str) -> set[int] | None:
+    """The pids holding a flock on `path`, from Linux's /proc/locks; None where that cannot be read."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks") as f:
+            text = f.read()
+    except OSError:
+        return None
+    holders = set()
+    for line in text.splitlines():  # "1: FLOCK  ADVISORY  READ 1904 fd:01:123456 0 EOF"
+        parts = line.split()
+        if "FLOCK" not in parts or "->" in parts:
+            continue
+        i = parts.index("FLOCK")
+        try:
+            pid, where = int(parts[i + 3]), parts[i + 4]
+            if int(where.rsplit(":", 1)[1]) == inode:
+                holders.add(pid)
+        except (IndexError, ValueError):
+            continue
+    return holders
 
 
 def _alive(pid: int) -> bool:
