@@ -199,7 +199,8 @@ def check_output_dir(path: str, kind: str) -> None:
     )
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -237,7 +238,7 @@ def stale_temporaries(parent: str, base: str | None = None, kind: str | None = N
     found = []
     for stale in glob.glob(os.path.join(glob.escape(parent), ".*.tmp")):
         match = _TEMPORARY_DIR.match(os.path.basename(stale))
-        if not match or not os.path.isdir(stale) or os.path.islink(stale) or _alive(int(match.group(2))):
+        if not match or not os.path.isdir(stale) or os.path.islink(stale) or process_alive(int(match.group(2))):
             continue
         written_for = _temporary_kind(stale)
         if base is not None and match.group(1) == temporary_stem(base):

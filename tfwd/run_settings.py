@@ -210,7 +210,7 @@ def run_names() -> tuple[str, ...]:
 # config.json fields that may be null (their default is "derived"), and values a field takes besides its kind's.
 _NULLABLE = ("blocks", "widths", "data_dir", "train_examples", "image_size")
 _ALSO = {"download": DOWNLOADS}
-_KIND_NAMES = {
+KIND_NAMES = {
     "int": "an integer",
     "float": "a number",
     "bool": "true or false",
@@ -261,7 +261,7 @@ def config_problem(config: Any) -> str | None:
                 continue
             if not _fits(value, setting.kind):
                 kind = setting.kind
-                should = f"one of {list(kind)}" if isinstance(kind, tuple) else _KIND_NAMES[kind]
+                should = f"one of {list(kind)}" if isinstance(kind, tuple) else KIND_NAMES[kind]
                 if setting.name in _NULLABLE:
                     should += " or null"
                 return f"`{section}.{setting.name}` must be {should}. It holds {value!r}"

@@ -114,9 +114,9 @@ def _holders(path: str) -> tuple[str, list[str]]:
         readers = [
             pid
             for pid in dict.fromkeys(readers)
-            if pid.isdigit() and _alive(int(pid)) and (holding is None or int(pid) in holding)
+            if pid.isdigit() and atomic.process_alive(int(pid)) and (holding is None or int(pid) in holding)
         ]
-        trainers = [line for line in lines if line.isdigit() and _alive(int(line))]
+        trainers = [line for line in lines if line.isdigit() and atomic.process_alive(int(line))]
         if readers or trainers:
             return (trainers[0] if trainers else "unknown"), readers
         time.sleep(0.05)
@@ -199,16 +199,6 @@ def _flock_holders(path: str) -> set[int] | None:
         except (IndexError, ValueError):
             continue
     return holders
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Names of the temporary copies `atomic_path` makes of the run files, beside them, and of

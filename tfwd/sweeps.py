@@ -72,14 +72,6 @@ CHECK_ON_LOAD = 10_000
 # Once `run` has its `limit` runs to launch, it looks this many runs further to list those
 # left unstarted, and counts the rest without making them.
 LOOKAHEAD = 10_000
-_KIND_NAMES = {
-    "int": "an integer",
-    "float": "a number",
-    "bool": "true or false",
-    "str": "a string",
-    "ints": "a list of integers",
-    "floats": "a list of numbers",
-}
 Runner = Callable[[Sequence[str], str], int]
 
 
@@ -149,7 +141,7 @@ def _check_value(name: str, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: `{name}` must be one of {list(kind)}. Received: {value!r}")
     elif not ok[kind](value):
         raise ValueError(
-            f"{where}: `{name}` must be {_KIND_NAMES[kind]} (or null for the default). Received: {value!r}"
+            f"{where}: `{name}` must be {run_settings.KIND_NAMES[kind]} (or null for the default). Received: {value!r}"
         )
     return float(value) if kind == "float" else value
 
