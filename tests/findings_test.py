@@ -37,15 +37,15 @@ def _stagewise(names):
 BLOCK38 = ("stage2_block2_conv1", "stage3_block6_out")  # stages 2-3 of ResNet-38
 
 
-def _run(depth=38, n=782, seed=0, block=None, cka=None, pc=None, probes=None, prune=None):
+def _run(depth=38, n=782, seed=0, block=None, cka=None, pc=None, probes=None, prune=None, width=1.0):
     names = list(_names(depth))
-    config = runs.RunConfig(runs.ModelConfig(depth, 1.0), DataConfig(train_examples=n), runs.TrainConfig(seed=seed))
+    config = runs.RunConfig(runs.ModelConfig(depth, width), DataConfig(train_examples=n), runs.TrainConfig(seed=seed))
     matrix = cka if cka is not None else _heatmap(names, block)
     return findings.JudgedRun(config.name, config, names, matrix, pc=pc, probes=probes, prune_blocks=prune)
 
 
-def _verdicts(runs_, cross=None, **detector):
-    return {f["id"]: f["verdict"] for f in findings.judge(runs_, cross, detector)}
+def _verdicts(runs_, cross=None, cross_models=(), **detector):
+    return {f["id"]: f["verdict"] for f in findings.judge(runs_, cross, detector, cross_models=cross_models)}
 
 
 # --- the detector on calibration data ------------------------------------------------------
@@ -254,6 +254,113 @@ def test_block_layers_unique_across_seeds_against_a_block_free_pair():
     assert _verdicts([a, b, c0, c1], cross)["f"] == "not reproduced"
 
 
+# --- (g) wide against deep ---------------------------------------------------------------
+
+
+def test_nearest_relative_depth_matches_a_hand_computed_example():
+    # 4 layers at depths 0, 1/3, 2/3, 1 against 6 at 0, .2, .4, .6, .8, 1: 1/3 is nearest .4, 2/3 nearest .6.
+    assert findings.nearest_relative_depth(4, 6).tolist() == [0, 2, 3, 5]
+    assert findings.nearest_relative_depth(6, 4).tolist() == [0, 1, 1, 2, 2, 3]  # .2 -> 1/3, .4 -> 1/3, .6 -> 2/3
+    # Exact ties (depth .25 between 0 and .5; .75 between .5 and 1) go to the shallower layer.
+    assert findings.nearest_relative_depth(5, 3).tolist() == [0, 0, 1, 1, 2]
+    assert findings.nearest_relative_depth(1, 3).tolist() == [0]  # one layer: relative depth 0
+    assert findings.nearest_relative_depth(3, 1).tolist() == [0] * 3
+    m = np.arange(24.0).reshape(4, 6) / 24
+    rows, cols = findings.matching_cka(m)
+    np.testing.assert_array_equal(rows, [m[0, 0], m[1, 2], m[2, 3], m[3, 5]])
+    np.testing.assert_array_equal(cols, [m[0, 0], m[1, 1], m[1, 2], m[2, 3], m[2, 4], m[3, 5]])
+
+
+BLOCK14 = ("stage2_block1_conv1", "stage3_block2_out")  # stages 2-3 of ResNet-14
+
+
+def _wide_deep(wide_block=None, deep_block=BLOCK38, wide_width=4.0):
+    """ResNet-14 (wide) and ResNet-38 (1x) on the same 782 images, seed 0, with their planted blocks."""
+    return _run(14, block=wide_block, width=wide_width), _run(38, block=deep_block)
+
+
+def _cross(wide, deep, inside=0.3, outside=0.8, wide_inside=None):
+    """Cross-model CKA: `outside` everywhere, `inside` on the deep model's block columns, and `wide_inside` (if
+    given) on each wide block row's entry at the nearest relative depth, its matching CKA."""
+    m = np.full((len(wide.names), len(deep.names)), outside)
+    b = blocks.find_block_structure(deep.cka, deep.names)
+    m[:, b.start : b.end + 1] = inside
+    if wide_inside is not None:
+        w = blocks.find_block_structure(wide.cka, wide.names)
+        rows = np.arange(w.start, w.end + 1)
+        m[rows, findings.nearest_relative_depth(len(wide.names), len(deep.names))[rows]] = wide_inside
+    return [findings.CrossModel((wide.name, deep.name), (wide.names, deep.names), m)]
+
+
+def test_wide_against_deep_shows_when_block_layers_match_less():
+    wide, deep = _wide_deep()
+    found = findings.judge([wide, deep], cross_models=_cross(wide, deep))[6]
+    assert found["id"] == "g" and found["verdict"] == "reproduced"
+    rows = {r["role"]: r for r in found["seeds"]}
+    assert rows["wide"]["shows"] is None and rows["wide"]["note"] == "no block"  # the wide model does not count
+    deep_row = rows["deep"]
+    assert deep_row["run"] == deep.name and deep_row["other"] == wide.name and deep_row["shows"] is True
+    assert deep_row["inside_mean"] == pytest.approx(0.3) and deep_row["outside_mean"] == pytest.approx(0.8)
+    assert deep_row["layers_inside"] == deep.names.index(BLOCK38[1]) - deep.names.index(BLOCK38[0]) + 1
+    assert "0.30 inside its block vs 0.80 outside: shows it" in found["measured"]
+
+
+def test_wide_against_deep_needs_a_margin_of_0_1_on_every_model_with_a_block():
+    wide, deep = _wide_deep()
+    # Inside 0.05 below outside: under the margin.
+    assert _verdicts([wide, deep], cross_models=_cross(wide, deep, inside=0.75))["g"] == "not reproduced"
+    # Both models with a block: the deep one's block matches less, the wide one's as well as its other layers.
+    wide, deep = _wide_deep(wide_block=BLOCK14)
+    assert blocks.find_block_structure(wide.cka, wide.names).found
+    found = findings.judge([wide, deep], cross_models=_cross(wide, deep, wide_inside=0.8))[6]
+    wide_row, deep_row = found["seeds"]
+    assert wide_row["inside_mean"] == pytest.approx(0.8) and wide_row["shows"] is False
+    assert deep_row["inside_mean"] < 0.7 and deep_row["shows"] is True
+    assert found["verdict"] == "partly reproduced"
+    assert _verdicts([wide, deep], cross_models=_cross(wide, deep))["g"] == "reproduced"
+
+
+def test_wide_against_deep_not_measured_without_a_block_or_a_pair():
+    wide, deep = _wide_deep(deep_block=None)
+    found = findings.judge([wide, deep], cross_models=_cross(wide, deep, inside=0.8))[6]
+    assert found["verdict"] == "not measured" and [r["note"] for r in found["seeds"]] == ["no block"] * 2
+    # Every cell 1x: no widest cell to set against the deepest.
+    one_x = [_run(14), _run(38, block=BLOCK38)]
+    found = findings.judge(one_x)[6]
+    assert found["verdict"] == "not measured" and found["seeds"] == []
+    assert found["measured"] == "no widest and deepest fitted cells (seed 0) on the same data"
+    # Different data: no pair either.
+    assert _verdicts([_run(14, n=3125, width=4.0), _run(38, block=BLOCK38)])["g"] == "not measured"
+    # The pair exists but its cross-model CKA was not computed.
+    wide, deep = _wide_deep()
+    found = findings.judge([wide, deep])[6]
+    assert found["verdict"] == "not measured" and "cross-model CKA not computed" in found["measured"]
+
+
+def test_wide_against_deep_takes_seed_0_of_fitted_cells_only():
+    wide4, deep = _wide_deep()
+    wide2 = _run(14, width=2.0)
+    others = [_run(14, seed=1, width=8.0), _run(56, seed=1, block=BLOCK38)]  # seed 1 only: never a candidate
+    assert [(w.name, d.name) for w, d in findings.wide_deep_pairs([wide2, wide4, deep, *others])] == [
+        (wide4.name, deep.name)
+    ]
+    wide4.train_accuracy = 0.5  # not fitted: the 2x cell is the widest
+    cross = _cross(wide2, deep)
+    found = findings.judge([wide2, wide4, deep, *others], cross_models=cross)[6]
+    assert found["verdict"] == "reproduced" and {r["run"] for r in found["seeds"]} == {wide2.name, deep.name}
+    assert found["not_fitted"] == [wide4.name]
+    deep.train_accuracy = 0.5  # the deepest fitted cell is then ResNet-14 itself: no pair
+    assert findings.wide_deep_pairs([wide2, wide4, deep]) == []
+    assert _verdicts([wide2, wide4, deep], cross_models=cross)["g"] == "not measured"
+
+
+def test_wide_against_deep_refuses_a_matrix_of_the_wrong_shape():
+    wide, deep = _wide_deep()
+    b = blocks.find_block_structure(deep.cka, deep.names)
+    with pytest.raises(ValueError, match=r"`matrix` must be \(len\(row_names\), len\(col_names\)\) = \(3, 4\)"):
+        findings.wide_against_deep(np.zeros((4, 3)), list("abc"), list("abcd"), b, b)
+
+
 # --- sensitivity --------------------------------------------------------------------------
 
 
@@ -274,5 +381,5 @@ def test_verdicts_are_recomputed_at_the_neighbouring_contrast_thresholds():
 
 def test_nothing_to_judge():
     judged = findings.judge([_run(14)])
-    assert [f["id"] for f in judged] == list("abcdef")
-    assert [f["verdict"] for f in judged] == ["not measured"] * 6
+    assert [f["id"] for f in judged] == list("abcdefg")
+    assert [f["verdict"] for f in judged] == ["not measured"] * 7

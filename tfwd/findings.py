@@ -1,4 +1,4 @@
-"""The paper's claims (a)-(f), judged on analysed runs by rules fixed before the runs.
+"""The paper's claims (a)-(g), judged on analysed runs by rules fixed before the runs.
 
 The rules are those of docs/science/rules.md, committed before the science spec's
 runs were trained; docs/science/README.md repeats them. In short:
@@ -25,6 +25,10 @@ runs were trained; docs/science/README.md repeats them. In short:
   inside the block <= half the control's loss for the same fraction of that stage.
 - (f) same-layer cross-seed CKA: the block's mean is >= 0.1 below the model's other
   layers and >= 0.1 below the control pair's same-stage, same-kind mean.
+- (g) wide against deep: seed 0 of the widest and of the deepest fitted cell on the same
+  data; each layer's CKA with the other model's layer at the nearest relative depth
+  (index / (layers - 1)); a model with a block shows it when its block's mean is >= 0.1
+  below that of its layers in no block (no control).
 
 Verdicts over the runs (or series and seeds) that count: "reproduced" (all show
 it), "partly reproduced" (some), "not reproduced" (none), "not measured" (none count).
@@ -48,6 +52,8 @@ PAPER = {
     "d": "Figure 4: post-residual probe accuracy plateaus through the block (ResNet-26 10x).",
     "e": "Figure 5: deleting blocks inside the block structure barely changes test accuracy.",
     "f": "Figure 6: without blocks, same-depth layers match across seeds; block layers do not.",
+    "g": "Figure 6: across wide and deep models, layers outside blocks match at the same relative depth; block "
+    "layers do not.",
 }
 CLAIMS = {
     "a": "Block structure grows with depth and width",
@@ -56,6 +62,7 @@ CLAIMS = {
     "d": "Probe accuracy is flat inside blocks",
     "e": "Deleting blocks inside the block structure costs little",
     "f": "Block layers are unique to each model",
+    "g": "Block layers are unique across wide and deep models",
 }
 # Detector contrast thresholds the verdicts are recomputed at: the rule's threshold -0.05 and +0.05.
 SENSITIVITY = (round(blocks.MIN_CONTRAST - 0.05, 2), round(blocks.MIN_CONTRAST + 0.05, 2))
@@ -115,6 +122,116 @@ class CrossSeed:
     runs: tuple[str, str]
     names: list[str]
     matrix: np.ndarray
+
+
+@dataclasses.dataclass
+class CrossModel:
+    """CKA between two models' layers: rows the layers of runs[0] (names[0]), columns those of runs[1] (names[1])."""
+
+    runs: tuple[str, str]
+    names: tuple[list[str], list[str]]
+    matrix: np.ndarray
+
+
+def nearest_relative_depth(n_from: int, n_to: int) -> np.ndarray:
+    """For each of `n_from` layers, the index of the layer among `n_to` at the nearest relative depth.
+
+    The relative depth of layer i of L is i / (L - 1) (0 for a single layer). Depths are compared in
+    integers (|j (n_from - 1) - i (n_to - 1)|), so a tie is exact and goes to the shallower layer.
+
+    Example:
+        >>> nearest_relative_depth(3, 5).tolist(), nearest_relative_depth(5, 3).tolist()
+        ([0, 2, 4], [0, 0, 1, 1, 2])
+
+    Returns:
+        (n_from,) int array of indices in [0, n_to).
+    """
+    if n_from < 1 or n_to < 1:
+        raise ValueError(f"Both models need at least one layer. Received: n_from={n_from}, n_to={n_to}")
+    i, j = np.arange(n_from)[:, None], np.arange(n_to)[None, :]
+    return np.argmin(np.abs(j * max(n_from - 1, 1) - i * max(n_to - 1, 1)), axis=1)
+
+
+def matching_cka(matrix) -> tuple[np.ndarray, np.ndarray]:
+    """The matching CKA of each layer of both models of a cross-model CKA matrix.
+
+    Args:
+        matrix: (R, C) CKA between the R layers of one model (rows) and the C layers of another (columns).
+
+    Returns:
+        ((R,) each row's CKA with the column at the nearest relative depth, (C,) each column's with the row at
+        the nearest relative depth); see `nearest_relative_depth`.
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2:
+        raise ValueError(f"`matrix` must be a 2-D cross-model CKA matrix. Received: shape {m.shape}")
+    r, c = m.shape
+    return m[np.arange(r), nearest_relative_depth(r, c)], m[nearest_relative_depth(c, r), np.arange(c)]
+
+
+def wide_against_deep(
+    matrix,
+    row_names: Sequence[str],
+    col_names: Sequence[str],
+    row_block: blocks.BlockStructure,
+    col_block: blocks.BlockStructure,
+) -> list[dict[str, Any]]:
+    """Claim (g) on one pair of models: does each model's block match the other model less than its other layers?
+
+    Args:
+        matrix: (R, C) cross-model CKA, rows the first model's layers, columns the second's.
+        row_names, col_names: the R and C layer names, in depth order (those the blocks were found on).
+        row_block, col_block: each model's block structure (tfwd.blocks.find_block_structure) over those layers.
+
+    Returns:
+        One dict per model (rows first): "inside_mean" (mean matching CKA of the largest block's layers),
+        "outside_mean" (of the layers in no block), "layers_inside", "layers_outside", and "shows" (True when
+        inside_mean <= outside_mean - 0.1; None, with a "note", for a model without a block or without a layer
+        outside its blocks: such a model does not count).
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.shape != (len(row_names), len(col_names)):
+        raise ValueError(
+            f"`matrix` must be (len(row_names), len(col_names)) = ({len(row_names)}, {len(col_names)}). "
+            f"Received: shape {m.shape}"
+        )
+    out = []
+    for matching, block in zip(matching_cka(m), (row_block, col_block)):
+        inside = [i for i in range(len(matching)) if block.contains(i)]
+        outside = [i for i in range(len(matching)) if not any(b.contains(i) for b in block.blocks)]
+        m_in, m_out = _mean(matching[inside]), _mean(matching[outside])
+        row = {"inside_mean": m_in, "outside_mean": m_out, "layers_inside": len(inside), "layers_outside": len(outside)}
+        if not inside:
+            row.update(shows=None, note="no block")
+        elif not outside:
+            row.update(shows=None, note="no layer outside its blocks")
+        else:
+            row["shows"] = bool(m_out - m_in >= CROSS_MARGIN)
+        out.append(row)
+    return out
+
+
+def wide_deep_pairs(runs_: Sequence[JudgedRun], fit_min: float = FIT_MIN) -> list[tuple[JudgedRun, JudgedRun]]:
+    """Claim (g)'s pairs: per data (dataset, train examples), seed 0 of the widest and of the deepest fitted cell.
+
+    Only fitted seed-0 runs are candidates. Among equally wide cells the shallowest is the widest, among equally
+    deep ones the narrowest is the deepest; a pair exists when the widest is wider than the deepest and the
+    deepest deeper than the widest (on data where every cell is 1x there is none).
+
+    Returns:
+        [(wide run, deep run)], one per data subset that has such a pair.
+    """
+    by_data = defaultdict(list)
+    for r in runs_:
+        if r.seed == 0 and (r.train_accuracy is None or r.train_accuracy >= fit_min):
+            by_data[r.cell[:2]].append(r)
+    pairs = []
+    for members in by_data.values():
+        wide = max(members, key=lambda r: (r.config.model.width, -r.config.model.depth, r.config.model.residual))
+        deep = max(members, key=lambda r: (r.config.model.depth, -r.config.model.width, r.config.model.residual))
+        if wide.config.model.width > deep.config.model.width and deep.config.model.depth > wide.config.model.depth:
+            pairs.append((wide, deep))
+    return pairs
 
 
 def _verdict(ok: Sequence[bool]) -> str:
@@ -368,6 +485,40 @@ class _Judge:
             row, m_out - m_in >= CROSS_MARGIN, ctrl == ctrl and ctrl - m_in >= CROSS_MARGIN, ctrl_pair is not None
         )
 
+    def wide_deep(self, cross_models: Sequence[CrossModel], fit_min: float) -> tuple[list[dict], list[bool], str]:
+        """(g): rows per model of each wide/deep pair, the shows of the models that count, and the text."""
+        pairs = wide_deep_pairs(self.runs, fit_min)
+        if not pairs:
+            return [], [], "no widest and deepest fitted cells (seed 0) on the same data"
+        rows, ok, texts = [], [], []
+        for wide, deep in pairs:
+            pair = next((p for p in cross_models if tuple(p.runs) == (wide.name, deep.name)), None)
+            label = f"{_short(wide)} against {_short(deep)}"
+            if pair is None:
+                texts.append(f"{label}: cross-model CKA not computed")
+                continue
+            if [list(n) for n in pair.names] != [wide.names, deep.names]:
+                texts.append(f"{label}: cross-model CKA not on the layers of the within-model CKA")
+                continue
+            measured = wide_against_deep(pair.matrix, wide.names, deep.names, self.block(wide), self.block(deep))
+            parts = []
+            for role, run, other, row in zip(("wide", "deep"), (wide, deep), (deep, wide), measured):
+                b = self.block(run)
+                row = {"run": run.name, "seed": run.seed, "role": role, "other": other.name, **row}
+                row.update(block_fraction=b.fraction, contrast=b.contrast)
+                rows.append(row)
+                if row["shows"] is None:
+                    parts.append(f"{role}: {row['note']}")
+                    continue
+                ok.append(row["shows"])
+                mark = "shows it" if row["shows"] else "does not"
+                parts.append(
+                    f"{role}: matching CKA {row['inside_mean']:.2f} inside its block vs {row['outside_mean']:.2f} "
+                    f"outside: {mark}"
+                )
+            texts.append(f"{label}: " + "; ".join(parts))
+        return rows, ok, "; ".join(texts)
+
 
 def _short(run: JudgedRun) -> str:
     m = run.config.model
@@ -476,14 +627,16 @@ def judge(
     cross: dict[str, CrossSeed] | None = None,
     detector: dict | None = None,
     fit_min: float = FIT_MIN,
+    cross_models: Sequence[CrossModel] = (),
 ) -> list[dict]:
-    """The six claims at one detector setting, in the paper's order.
+    """The seven claims at one detector setting, in the paper's order.
 
     Args:
         runs_: the analysed runs.
         cross: cross-seed CKA per cell (seeds 0 and 1).
         detector: keyword arguments of find_block_structure (default: its defaults).
         fit_min: training accuracy below which a run counts nowhere (rules v2: 0.9).
+        cross_models: cross-model CKA of the pairs of `wide_deep_pairs` (rows the wide run), for (g).
 
     Returns:
         [{"id", "claim", "paper", "verdict", "measured" (text), "seeds" (per-run or
@@ -507,6 +660,8 @@ def judge(
     for key, method in _MEASURES.items():
         measured = _per_run(j, key, getattr(j, method))
         out.append(_finding(key, _verdict(measured["ok"]), _describe(key, measured["seeds"]), measured["seeds"]))
+    wide_rows, wide_ok, text = j.wide_deep(cross_models, fit_min)
+    out.append(_finding("g", _verdict(wide_ok), text, wide_rows))
     for finding in out:
         finding["not_fitted"] = list(j.not_fitted)
     return out
@@ -528,12 +683,13 @@ def judge_with_sensitivity(
     cross: dict[str, CrossSeed] | None = None,
     detector: dict | None = None,
     fit_min: float = FIT_MIN,
+    cross_models: Sequence[CrossModel] = (),
 ) -> list[dict]:
     """`judge` at the detector's setting, each finding with "sensitivity": {contrast: verdict} at SENSITIVITY."""
     detector = dict(detector or {})
-    main = judge(runs_, cross, detector, fit_min)
+    main = judge(runs_, cross, detector, fit_min, cross_models)
     for contrast in SENSITIVITY:
-        again = judge(runs_, cross, {**detector, "min_contrast": contrast}, fit_min)
+        again = judge(runs_, cross, {**detector, "min_contrast": contrast}, fit_min, cross_models)
         for finding, other in zip(main, again):
             finding.setdefault("sensitivity", {})[f"{contrast:.2f}"] = other["verdict"]
     return main
