@@ -82,3 +82,29 @@ def test_dominant_image_grid_titles_stay_clear_of_the_row_above():
         title_top = below.title.get_window_extent(renderer).y1
         assert title_top < image_bottom, (title_top, image_bottom)
     assert [a.get_title() for a in axes[:2]] == ["#0 airplane\nscore 636", "#1 airplane\nscore 611"]
+
+
+def test_wide_deep_heatmap_marks_both_models_blocks(tmp_path):
+    wide = NAMES  # 6 layers, block over 3..4 (stages 2-3)
+    deep = ["stem_relu"] + [f"stage{s}_block{b}_out" for s in (1, 2, 3) for b in (1, 2, 3)] + ["logits"]  # 11
+    matrix = np.random.default_rng(0).random((6, 11))
+    ax = plots.wide_deep_heatmap(
+        matrix, wide, deep, row_blocks=[(3, 4)], col_blocks=[(4, 9), (1, 2)], row_label="wide", col_label="deep"
+    )
+    np.testing.assert_array_equal(ax.images[0].get_array(), matrix)
+    marks = {}
+    for p in ax.patches:
+        marks.setdefault(p.get_gid(), []).append(p)
+    assert [(p.get_y(), p.get_height()) for p in marks["block_y"]] == [(2.5, 2)]
+    assert [(p.get_x(), p.get_width()) for p in marks["block_x"]] == [(3.5, 6), (0.5, 2)]
+    assert [tuple(p.get_facecolor()[:3]) for p in marks["block_x"]] == [(0.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
+    (meet,) = marks["blocks_meet"]  # the largest blocks' square: deep's 4..9 against wide's 3..4
+    assert (meet.get_x(), meet.get_y(), meet.get_width(), meet.get_height()) == (3.5, 2.5, 6, 2)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["stem", "s1", "s2", "s3", "head"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["stem", "s1", "s2", "s3", "head"]
+    np.testing.assert_allclose(ax.get_xticks(), [0, 2, 5, 8, 10])
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("deep", "wide")
+    path = plots.save_figure(ax.figure, str(tmp_path / "wide_deep.png"))
+    assert open(path, "rb").read(4) == b"\x89PNG"
+    # Without blocks: nothing marked.
+    assert not plots.wide_deep_heatmap(matrix, wide, deep).patches

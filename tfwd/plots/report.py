@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from tfwd.plots import common
-from tfwd.plots.heatmaps import heatmap
+from tfwd.plots.heatmaps import heatmap, wide_deep_heatmap
 
 
 def outline_block(ax: Axes, start: int, end: int, color: str = "cyan", linestyle: str = "-") -> None:
@@ -63,4 +63,32 @@ def block_heatmaps(panels: Sequence[dict], columns: int = 4, size: float = 2.9, 
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     fig.colorbar(axes.flat[0].images[0], ax=list(axes.flat), fraction=0.02, pad=0.01, label="CKA")
+    return fig
+
+
+def wide_deep_figure(panels: Sequence[dict], size: float = 4.2) -> Figure:
+    """Claim (g)'s cross-model heatmaps side by side, each model's blocks marked (`heatmaps.wide_deep_heatmap`).
+
+    Args:
+        panels: dicts with "matrix" (R, C), "names" (the R and the C layer names), "labels" (the two model names),
+            "blocks" (each model's tfwd.blocks.BlockStructure, or None) and "title".
+        size: inches per panel.
+
+    Returns:
+        The figure.
+    """
+    fig, axes = common.subplots(1, max(1, len(panels)), figsize=(size * max(1, len(panels)) + 0.4, size), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        ranges = [[(b.start, b.end) for b in s.blocks] if s is not None else [] for s in panel["blocks"]]
+        wide_deep_heatmap(
+            panel["matrix"],
+            *panel["names"],
+            row_blocks=ranges[0],
+            col_blocks=ranges[1],
+            row_label=f"Layer of {panel['labels'][0]}",
+            col_label=f"Layer of {panel['labels'][1]}",
+            ax=ax,
+            title=panel["title"],
+        )
+    fig.tight_layout()
     return fig
