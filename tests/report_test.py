@@ -61,7 +61,7 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
         assert name in page
     assert "find_block_structure with its defaults" in page and "(d) post-residual (`_add`) probes" in page
     saved = json.load(open(os.path.join(folder, "findings.json")))
-    assert [f["id"] for f in saved["claims"]] == list("abcdef")
+    assert [f["id"] for f in saved["claims"]] == list("abcdefg")
     at = {f"{c:.2f}" for c in findings.SENSITIVITY}
     assert all(set(f["measured"]["verdict_at_contrast"]) == at for f in saved["claims"])
     assert saved["spec"] == "tiny" and {os.path.basename(r) for r in tiny_runs} == set(saved["runs"])
@@ -228,7 +228,7 @@ def test_demo_report_end_to_end(tmp_path, root, bin_env):
     path = tmp_path / "report_demo" / "report.html"
     assert result.stdout.strip().endswith(f"report: {path}")
     saved = json.load(open(tmp_path / "report_demo" / "findings.json"))
-    assert [f["id"] for f in saved["claims"]] == list("abcdef")
+    assert [f["id"] for f in saved["claims"]] == list("abcdefg")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cifar10-")) == [
         "cifar10-resnet38-w1-n128-s0"
     ]
@@ -274,13 +274,94 @@ def test_science_spec_in_miniature(tmp_path, root, bin_env):
     saved = json.load(open(tmp_path / "report_science_mini" / "findings.json"))
     assert len(saved["runs"]) == 6 and all("peak_contrast" in r["block"] for r in saved["runs"].values())
     claims = {c["id"]: c for c in saved["claims"]}
-    assert set(claims) == set("abcdef")
+    assert set(claims) == set("abcdefg")
     assert {row["seed"] for row in claims["a"]["seeds"]} == {0, 1}  # the depth series on every seed
     assert {row["seed"] for row in claims["b"]["seeds"]} == {0, 1}  # ResNet-8 on 256 and 512 images
     for key in "cdef":
         seeds = {row["run"] for row in claims[key]["seeds"]}
         assert seeds, key  # every block run is measured
     assert saved["dominant_datapoints"] and all(len(d["examples"]) == 5 for d in saved["dominant_datapoints"].values())
+
+
+def test_wide_against_deep_in_the_report(tiny_runs, tfds_dir, tmp_path):
+    """Claim (g) end to end: the widest (ResNet-8 at 0.5x) and the deepest (ResNet-14 at 0.25x) cell on the same
+    256 images, seed 0 of each, beside the two seeds of ResNet-8 at 0.25x: their cross-model CKA, cached, judged and
+    drawn."""
+    from tfwd import cka, training
+    from tfwd.data import DataConfig
+
+    out_dir = tmp_path / "runs"
+    shutil.copytree(tiny_runs[0], out_dir / os.path.basename(tiny_runs[0]))
+    for depth, width in ((8, 0.5), (14, 0.25)):
+        training.train(
+            runs.RunConfig(
+                runs.ModelConfig(depth, width),
+                DataConfig(data_dir=tfds_dir, train_examples=256),
+                runs.TrainConfig(epochs=1, batch_size=32, seed=0),
+            ),
+            str(out_dir),
+            verbose=0,
+            tensorboard=False,
+        )
+    spec = {
+        "name": "wide_deep",
+        "runs": {
+            "flags": {"train_examples": 256, "epochs": 1, "batch_size": 32, "seed": 0},
+            "grid": [
+                {"cases": [{"depth": 8, "width": 0.25}, {"depth": 8, "width": 0.5}, {"depth": 14, "width": 0.25}]}
+            ],
+        },
+        "analyses": {
+            "cka": {"examples": 128, "passes": 1, "batch_size": 64},
+            "cross_seed": {"examples": 96, "batch_size": 48},
+            **{k: False for k in ("pc", "probes", "prune_blocks", "dominant_datapoints")},
+        },
+        "block_structure": {"min_contrast": 0.0, "min_squareness": 0.0},  # force blocks, to judge both models
+        "min_train_accuracy": 0.0,  # one epoch fits nothing: count every run
+    }
+    path = report.build(spec, str(out_dir), data_dir=tfds_dir, train=False)
+    folder = os.path.dirname(path)
+    assert "wide_deep.png" in os.listdir(folder)
+    wide, deep = "cifar10-resnet8-w0.5-n256-s0", "cifar10-resnet14-w0.25-n256-s0"
+    made = [d for d in os.listdir(out_dir / wide) if d.startswith("report_wide_deep_")]
+    assert len(made) == 1 and not any(d.startswith("report_wide_deep_") for d in os.listdir(out_dir / deep))
+    loaded = cka.load(str(out_dir / wide / made[0] / "cka.npz"))
+    assert [os.path.basename(m) for m in loaded["models"]] == [wide, deep]
+    assert loaded["settings"]["examples"] == 96  # the cross-seed CKA's settings
+    saved = json.load(open(os.path.join(folder, "findings.json")))
+    g = next(c for c in saved["claims"] if c["id"] == "g")
+    assert [(r["role"], r["run"], r["other"]) for r in g["seeds"]] == [("wide", wide, deep), ("deep", deep, wide)]
+    # The numbers are the rule's on the saved matrix and the blocks the report found.
+    names = loaded["names"]
+    expected = findings.wide_against_deep(
+        loaded["blocks"][(0, 1)],
+        *names,
+        *(blocks_of(saved["runs"][r]["block"]) for r in (wide, deep)),
+    )
+    for row, want in zip(g["seeds"], expected):
+        for key in ("inside_mean", "outside_mean"):  # a mean over no layer is NaN, null in findings.json
+            assert row[key] == (pytest.approx(want[key]) if want[key] == want[key] else None), key
+        assert row["shows"] == want["shows"]
+    assert g["verdict"] == findings._verdict([w["shows"] for w in expected if w["shows"] is not None])
+    assert g["verdict"] != "not measured"
+    # Again: the cross-model CKA is reused, not computed.
+    path = report.build(spec, str(out_dir), data_dir=tfds_dir, train=False)
+    again = json.load(open(os.path.join(os.path.dirname(path), "findings.json")))
+    assert again["timings_seconds"]["wide_deep"] == 0
+    # Without the cross-model CKA (cross_seed off), (g) is not measured.
+    spec["analyses"]["cross_seed"] = False
+    spec["name"] = "wide_deep_off"
+    path = report.build(spec, str(out_dir), data_dir=tfds_dir, train=False)
+    off = json.load(open(os.path.join(os.path.dirname(path), "findings.json")))
+    g = next(c for c in off["claims"] if c["id"] == "g")
+    assert g["verdict"] == "not measured" and "cross-model CKA not computed" in g["measured"]["summary"]
+
+
+def blocks_of(saved: dict):
+    """A tfwd.blocks.BlockStructure back from its findings.json dict."""
+    from tfwd import blocks
+
+    return blocks.BlockStructure(**{**saved, "blocks": tuple(blocks.Block(**b) for b in saved["blocks"])})
 
 
 def test_findings_json_names_runs_instead_of_locating_them(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfwd import findings as findings_lib, plots, runs
-from tfwd.plots.report import block_heatmaps
+from tfwd.plots.report import block_heatmaps, wide_deep_figure
 
 STYLE = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -167,6 +167,21 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
             os.path.join(folder, "cross_seed.png"),
         )
         figures.append(("CKA between seeds 0 and 1 of the same configuration", "cross_seed.png"))
+    if analyses.wide_deep:
+        panels = [
+            {
+                "matrix": p.matrix,
+                "names": p.names,
+                "labels": [runs.run_label(r) for r in p.runs],
+                "blocks": [analyses.blocks[r] for r in p.runs],
+                "title": "seed 0 of each; band: each model's block",
+            }
+            for p in analyses.wide_deep
+        ]
+        plots.save_figure(wide_deep_figure(panels), os.path.join(folder, "wide_deep.png"))
+        figures.append(
+            ("Wide against deep (Figure 6, claim (g)): CKA across architectures, blocks marked", "wide_deep.png")
+        )
     per_run = []
     for name, dirs in analyses.dirs.items():
         for kind, file, caption in (

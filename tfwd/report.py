@@ -11,7 +11,8 @@ A report spec (data/reports/*.json) is a JSON object:
         "pc": {"examples": 1000},                    tfwd.pc.analyze_run, every run
         "probes": {"epochs": 5},                     tfwd.probes.analyze_run, every residual run
         "prune_blocks": {"examples": 2000},          tfwd.prune_blocks.analyze_run, every residual run
-        "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell
+        "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell, and of
+                                                     seed 0 of the widest and the deepest cell (claim (g))
         "dominant_datapoints": {"examples": 1000, "top": 10}  tfwd.dominant_datapoints.analyze_run, runs with a block
       },                                             (only when given); false skips an analysis (not cka)
       "block_structure": {"min_contrast": 0.3, ...} tfwd.blocks.find_block_structure
@@ -246,6 +247,8 @@ class Analyses:
         cross_seed: findings.CrossSeed per cell trained with seeds 0 and 1, by cell label.
         dominant: tfwd.dominant_datapoints summaries of the runs with a block, by name.
         dirs: the folder of each analysis of each run, by name and kind ("cross_seed" by cell).
+        wide_deep: findings.CrossModel of seed 0 of the widest and the deepest fitted cell on each data subset
+            that has both (claim (g)), rows the wide model's layers.
     """
 
     runs: list[findings.JudgedRun]
@@ -254,6 +257,7 @@ class Analyses:
     cross_seed: dict[str, findings.CrossSeed]
     dominant: dict[str, dict[str, Any]]
     dirs: dict[str, dict[str, str]]
+    wide_deep: list[findings.CrossModel] = dataclasses.field(default_factory=list)
 
 
 @runs.sharing_models()  # the analyses of a run open it one after another: load its model once
@@ -314,6 +318,7 @@ def analyze(
         out.blocks[run.name] = block
     if "cross_seed" not in skipped:
         _cross_seed(run_dirs, settings.get("cross_seed", {}), data_dir, timings, out)
+    _wide_deep(spec, data_dir, timings, out)
     return out
 
 
@@ -344,6 +349,33 @@ def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
             names = tuple(os.path.basename(p) for p in pair)
             out.cross_seed[key] = findings.CrossSeed(names, list(loaded["names"][0]), loaded["blocks"][(0, 1)])
             out.dirs.setdefault(key, {})["cross_seed"] = folder
+
+
+def _wide_deep(spec: dict[str, Any], data_dir: str | None, timings: dict, out: Analyses) -> None:
+    """Cross-model CKA of claim (g)'s pairs (findings.wide_deep_pairs), into out.wide_deep.
+
+    Measured with the cross-seed CKA's settings, and skipped with it; cached in the wide run's folder under
+    "wide_deep", keyed on both runs.
+    """
+    settings = spec.get("analyses", {}).get("cross_seed", {})
+    if settings is False:
+        return
+    cross_settings = {**DEFAULTS["cross_seed"], **settings}
+    for wide, deep in findings.wide_deep_pairs(out.runs, spec.get("min_train_accuracy", findings.FIT_MIN)):
+        pair = [out.opened[wide.name].path, out.opened[deep.name].path]
+        folder = _cached(
+            "wide_deep",
+            pair[0],
+            {**cross_settings, "other": deep.name},
+            functools.partial(cka.analyze_runs, pair, data_dir=data_dir, **cross_settings),
+            timings,
+            [pair[1]],
+        )
+        loaded = cka.load(os.path.join(folder, "cka.npz"))
+        out.wide_deep.append(
+            findings.CrossModel((wide.name, deep.name), tuple(loaded["names"]), loaded["blocks"][(0, 1)])
+        )
+        out.dirs.setdefault(wide.name, {})["wide_deep"] = folder
 
 
 @runs.reading_runs()  # the runs analysed stay locked for reading until the report is written
@@ -400,6 +432,7 @@ def build(
         analyses.cross_seed,
         spec.get("block_structure"),
         spec.get("min_train_accuracy", findings.FIT_MIN),
+        analyses.wide_deep,
     )
     timings["training"] = sum(float(r.results().get("train_seconds", 0.0)) for r in analyses.opened.values())
     with runs.atomic_dir(report_dir, "report") as tmp:
