@@ -81,6 +81,86 @@ def test_constant_layer_is_defined_not_nan():
     np.testing.assert_array_equal(out["pc_cosine"], np.eye(2))
 
 
+# --- the reference code's TruncatedSVD estimator --------------------------------------------
+
+
+def sklearn_svd_fraction(x):
+    """The reference code's estimator itself: TruncatedSVD(1) fitted to the centred features, transposed.
+
+    algorithm="arpack" solves for the top singular vector to machine precision (the reference
+    code's default randomized solver approximates it), so the two agree to rounding.
+    """
+    from sklearn.decomposition import TruncatedSVD
+
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return TruncatedSVD(1, algorithm="arpack", random_state=0).fit((x - x.mean(0)).T).explained_variance_ratio_[0]
+
+
+def defined_svd_fraction(x):
+    """The same ratio from its definition in NumPy: variances over the features (ddof 0) of Xc^T u_1 and of Xc^T."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    u, _, _ = svd_reference(x)
+    xc = x - x.mean(0)
+    return np.var(xc.T @ u[:, 0]) / np.var(xc, axis=1).sum()
+
+
+def features_with_offsets(rng, n, p, offset):
+    """Unequal feature scales, a common shift, and a per-example offset shared by every feature."""
+    x = rng.normal(size=(n, p)) * rng.uniform(0.5, 3.0, size=p) + rng.normal(size=p) + 4.0
+    return x + offset * rng.normal(size=(n, 1))
+
+
+@pytest.mark.parametrize(
+    "n,p,offset",
+    [(40, 12, 0.0), (40, 12, 5.0), (20, 300, 1.0), (60, 60, 2.0), (300, 24, 3.0), (9, 3, 1.0)],
+    ids=["p_lt_n", "p_lt_n_offsets", "p_gt_n", "p_eq_n", "lanczos_n_300", "tiny"],
+)
+def test_svd_fraction_equals_scikit_learn_truncated_svd(n, p, offset):
+    x = features_with_offsets(np.random.default_rng(n + p), n, p, offset)
+    first = pc.first_pc(x @ x.T)
+    expected = sklearn_svd_fraction(x)
+    assert pc.svd_fraction(first, x.sum(1), p) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert defined_svd_fraction(x) == pytest.approx(expected, rel=1e-9, abs=1e-12)  # the other tests' reference
+
+
+def test_per_example_offsets_raise_the_exact_fraction_but_not_the_svd_estimator():
+    """The two estimators differ exactly by each example's mean over the features."""
+    x = features_with_offsets(np.random.default_rng(9), 80, 20, 10.0)
+    first = pc.first_pc(x @ x.T)
+    assert first.fraction > 0.9  # the offsets are the first PC of the centred features
+    assert pc.svd_fraction(first, x.sum(1), 20) == pytest.approx(sklearn_svd_fraction(x), rel=1e-9)
+    assert pc.svd_fraction(first, x.sum(1), 20) < 0.3
+    centred = x - x.mean(1, keepdims=True)  # no offsets left: both estimators agree
+    first = pc.first_pc(centred @ centred.T)
+    assert pc.svd_fraction(first, centred.sum(1), 20) == pytest.approx(first.fraction, abs=1e-12)
+
+
+def test_svd_fraction_degenerate_and_errors():
+    x = np.random.default_rng(10).normal(size=(12, 1)) * np.ones((1, 5))  # every example constant across features
+    first = pc.first_pc(x @ x.T)
+    assert first.fraction == pytest.approx(1.0) and pc.svd_fraction(first, x.sum(1), 5) == 0.0
+    constant = pc.first_pc(np.ones((12, 12)))
+    assert pc.svd_fraction(constant, np.full(12, 3.0), 5) == 0.0
+    with pytest.raises(ValueError, match="`sums` must have one value per example"):
+        pc.svd_fraction(first, x.sum(1)[:5], 5)
+    with pytest.raises(ValueError, match="`width` must be >= 1"):
+        pc.svd_fraction(first, x.sum(1), 0)
+
+
+def test_analyze_grams_reports_both_estimators():
+    rng = np.random.default_rng(11)
+    feats = [features_with_offsets(rng, 30, p, 2.0) for p in (7, 40)]
+    grams = np.stack([metrics.gram(f) for f in feats])
+    out = pc.analyze_grams(grams, NAMES[3:5], sums=np.stack([f.sum(1) for f in feats]), widths=[7, 40])
+    np.testing.assert_allclose(out["fraction_svd"], [defined_svd_fraction(f) for f in feats], rtol=1e-10)
+    assert np.all(out["fraction_svd"] < out["fraction"])  # the per-example offsets count only in the exact one
+    assert pc.analyze_grams(grams, NAMES[3:5])["fraction_svd"] is None
+    with pytest.raises(ValueError, match="give both or neither"):
+        pc.analyze_grams(grams, NAMES[3:5], sums=np.zeros((2, 30)))
+    with pytest.raises(ValueError, match="`sums` must be \\(L, n\\)"):
+        pc.analyze_grams(grams, NAMES[3:5], sums=np.zeros((2, 29)), widths=[7, 40])
+
+
 # --- Gram matrices, streamed -----------------------------------------------------------------
 
 
@@ -113,6 +193,32 @@ def test_streamed_grams_equal_one_shot_float64(dtype, sizes, memory_limit, rtol)
         reference = pc.double_center(x @ x.T)  # the store holds shifted features: compare centred
         scale = np.abs(reference).max()
         np.testing.assert_allclose(pc.double_center(grams[layer]), reference, rtol=0, atol=rtol * scale + 1e-30)
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_streamed_sums_give_the_svd_estimator_of_the_same_activations(dtype, rtol):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = models.cifar_resnet(8, 0.25)
+    images = np.random.default_rng(12).random((40, 32, 32, 3)).astype("float32")
+    batches = np.split(images, [16, 32])
+    grams, sums, widths = pc.layer_grams(model, batches, taps="blocks", dtype=dtype, with_sums=True)
+    np.testing.assert_array_equal(grams, pc.layer_grams(model, batches, taps="blocks", dtype=dtype))
+    out = pc.analyze_model(model, batches, taps="blocks", dtype=dtype)
+    tapped = models.activation_model(model, "blocks")
+    outputs = [tapped(b, training=False) for b in batches]
+    assert sums.shape == (5, 40) and sums.dtype == np.float64
+    for layer in range(5):
+        x = np.concatenate([np.asarray(o[layer], np.float64).reshape(len(o[layer]), -1) for o in outputs])
+        assert widths[layer] == x.shape[1]
+        # The store's features are shifted by a common vector: their sums differ from X 1 by a constant.
+        centred = x.sum(1) - x.sum(1).mean()
+        np.testing.assert_allclose(
+            sums[layer] - sums[layer].mean(), centred, rtol=0, atol=rtol * np.abs(x).sum(1).max()
+        )
+        assert out["fraction_svd"][layer] == pytest.approx(defined_svd_fraction(x), abs=rtol)
+        assert out["fraction"][layer] == pytest.approx(pc.first_pc(x @ x.T).fraction, abs=rtol)
 
 
 # --- analyses across layers ------------------------------------------------------------------
@@ -225,6 +331,22 @@ def test_first_pc_figure_panels(tmp_path):
         pc_plots.first_pc_figure(cka, cosine[:5], fraction, removed, NAMES)
 
 
+def test_variance_explained_draws_the_svd_estimator_beside_the_exact_fraction():
+    rng = np.random.default_rng(14)
+    fraction, fraction_svd = rng.random(6), rng.random(6)
+    ax = pc_plots.variance_explained(fraction, NAMES, fraction_svd=fraction_svd)
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), fraction)
+    np.testing.assert_array_equal(ax.lines[1].get_ydata(), fraction_svd)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["per layer, exact", "per layer, TruncatedSVD (reference code)"]
+    fig = pc_plots.first_pc_figure(
+        *rng.random((2, 6, 6)), fraction, rng.random((6, 6)), NAMES, fraction_svd=fraction_svd
+    )
+    np.testing.assert_array_equal(fig.axes[2].lines[1].get_ydata(), fraction_svd)
+    with pytest.raises(ValueError, match="`fraction_svd` must have one value per layer"):
+        pc_plots.variance_explained(fraction, NAMES, fraction_svd=fraction_svd[:5])
+
+
 # --- runs and bin/pc -------------------------------------------------------------------------
 
 
@@ -257,6 +379,25 @@ def test_analyze_run_matches_in_memory_reference(tiny_runs, tmp_path):
     pooled = np.concatenate([x - x.mean(0) for x, n in zip(acts, names) if models.stage_of(n) in (2, 3)], axis=1)
     s = np.linalg.svd(pooled, compute_uv=False)
     assert result["last_stages_fraction"] == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-5)
+    # The reference code's estimator, stored beside the exact one.
+    np.testing.assert_allclose(result["fraction_svd"], [defined_svd_fraction(x) for x in acts], rtol=0, atol=1e-5)
+
+
+def test_load_reads_an_output_written_before_the_svd_estimator(tmp_path):
+    x = np.random.default_rng(13).normal(size=(3, 10, 4))
+    grams = np.stack([metrics.gram(f) for f in x])
+    result = pc.analyze_grams(grams, NAMES[2:5], sums=x.sum(2), widths=[4, 4, 4])
+    pc.save(str(tmp_path / "pc.npz"), result, {"taps": "all"})
+    with np.load(tmp_path / "pc.npz") as f:
+        old = {k: f[k] for k in f.files if k != "fraction_svd"}
+    np.savez(tmp_path / "old.npz", **old)
+    loaded = pc.load(str(tmp_path / "old.npz"))
+    assert loaded["fraction_svd"] is None
+    np.testing.assert_array_equal(loaded["fraction"], result["fraction"])
+    np.testing.assert_array_equal(pc.load(str(tmp_path / "pc.npz"))["fraction_svd"], result["fraction_svd"])
+    # A result without it is saved without it.
+    pc.save(str(tmp_path / "none.npz"), pc.analyze_grams(grams, NAMES[2:5]), {"taps": "all"})
+    assert pc.load(str(tmp_path / "none.npz"))["fraction_svd"] is None
 
 
 @pytest.mark.parametrize(

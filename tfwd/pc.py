@@ -7,8 +7,11 @@ and Xc = X - 1 mean^T = sum_i sigma_i u_i v_i^T its centred SVD:
 
 - fraction of variance of the first PC: sigma_1^2 / sum_i sigma_i^2, computed exactly
   from the centred Gram matrix Kc = Xc Xc^T (n, n): lambda_1(Kc) / trace(Kc), with
-  lambda_1 solved to float64 precision (the reference code fits a randomized
-  TruncatedSVD to Xc^T, an approximation);
+  lambda_1 solved to float64 precision;
+- beside it, the reference code's estimator of the same fraction, scikit-learn's
+  `TruncatedSVD(1).fit(Xc^T).explained_variance_ratio_[0]`, in closed form (see
+  `svd_fraction`): its variance is over the p features, so it also removes each
+  example's mean over the features;
 - the first PC's per-example scores u_1 (an n-vector of unit norm, its sign fixed
   so that its largest-magnitude entry is positive), and the cosine similarity
   |<u_1^a, u_1^b>| of every pair of layers (sign-invariant; Figure 3 top left);
@@ -135,6 +138,48 @@ def first_pc(k) -> FirstPC:
     return FirstPC(min(eigenvalue / total, 1.0), u, eigenvalue, total)
 
 
+def svd_fraction(pc: FirstPC, sums, width: int) -> float:
+    """The reference code's first-PC fraction, `TruncatedSVD(1).fit(Xc.T).explained_variance_ratio_[0]`, exactly.
+
+    scikit-learn treats the p rows of Xc^T (the features) as its samples: its
+    component is u_1 (the first PC's scores), and its variances are over the
+    features, which also removes each example's mean over the features. With
+    s = Xc 1 (each example's sum of centred features), the ratio of
+    var_j((Xc^T u_1)_j) to sum_i var_j(Xc_ij) is
+
+        (lambda_1 - (u_1 . s)^2 / p) / (trace(Kc) - |s|^2 / p).
+
+    The reference code's randomized solver approximates u_1; this is the value it approximates.
+
+    Args:
+        pc: `first_pc` of the layer's Gram matrix.
+        sums: (n,) each example's sum of its p flattened features (centred over the
+            examples or not, or shifted by a common vector: they are centred here).
+        width: p, the number of features.
+
+    Returns:
+        The ratio in [0, 1]; 0 when every example's centred features are constant
+        across the features (scikit-learn divides by zero there).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(50, 8)) + np.arange(50)[:, None]  # a per-example offset
+        >>> first = first_pc(x @ x.T)
+        >>> round(first.fraction, 2), round(svd_fraction(first, x.sum(1), 8), 2)
+        (1.0, 0.01)
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    if sums.shape != pc.scores.shape:
+        raise ValueError(f"`sums` must have one value per example {pc.scores.shape}. Received shape {sums.shape}.")
+    if width < 1:
+        raise ValueError(f"`width` must be >= 1 (the number of features). Received: width={width}")
+    sums = sums - sums.mean()
+    denominator = pc.total - sums @ sums / width
+    if not denominator > _EMPTY_RTOL * pc.total:
+        return 0.0
+    numerator = pc.eigenvalue - (pc.scores @ sums) ** 2 / width
+    return float(np.clip(numerator / denominator, 0.0, 1.0))
+
+
 def remove_first_pc(k, pc: FirstPC | None = None) -> np.ndarray:
     """Centred Gram matrix of Xc - sigma_1 u_1 v_1^T, i.e. H K H - lambda_1 u_1 u_1^T, float64 (n, n)."""
     pc = pc or first_pc(k)
@@ -183,7 +228,8 @@ def layer_grams(
     dtype: str = "float32",
     memory_limit: int = 2 * 1024**3,
     scratch_dir: str | None = None,
-) -> np.ndarray:
+    with_sums: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gram matrices of every tapped layer over all examples of `batches`, block by block.
 
     Every layer's features are flattened and shifted by one common vector (the
@@ -201,10 +247,12 @@ def layer_grams(
         memory_limit: bytes of RAM the (L, n, n) store may use; a larger store is
             a memory-mapped temporary file in `scratch_dir` (default: the system's).
         scratch_dir: folder for that file.
+        with_sums: also return each example's sum of its features (for `svd_fraction`).
 
     Returns:
         (L, n, n) `dtype` array, exactly symmetric: K_l = (X_l - 1 x_l^T)(X_l - 1 x_l^T)^T
-        with x_l the first example's flattened features.
+        with x_l the first example's flattened features. With `with_sums`, the tuple
+        (that array, (L, n) float64 row sums of X_l - 1 x_l^T, (L,) feature counts p_l).
 
     Example:
         >>> model = tfwd.models.cifar_resnet(depth=8, width=0.25)
@@ -232,6 +280,10 @@ def layer_grams(
         acts = acts if isinstance(acts, (list, tuple)) else [acts]
         return [tf.reshape(tf.cast(a, dtype), [tf.shape(a)[0], -1]) - s for a, s in zip(acts, shift)]
 
+    @tf.function(input_signature=[flat], autograph=False)
+    def row_sums(xs):
+        return tf.stack([tf.reduce_sum(tf.cast(x, tf.float64), axis=1) for x in xs])
+
     @tf.function(input_signature=[flat, flat], autograph=False)
     def tiles(xs, ys):
         # einsum: oneDNN's faster Gram kernel on AVX-512 CPUs (see tfwd._grams.gram_formulation).
@@ -242,10 +294,13 @@ def layer_grams(
 
     first = run(0, [tf.zeros([w], dtype) for w in widths])
     shift = [x[0] for x in first]
+    sums = np.zeros((len(widths), int(edges[-1])))
     passes = 0
     for i in range(len(batches)):
         xi = [x - s for x, s in zip(first, shift)] if i == 0 else run(i, shift)
         rows = slice(edges[i], edges[i + 1])
+        if with_sums:
+            sums[:, rows] = row_sums(xi).numpy()
         for j in range(i, len(batches)):
             xj = xi if j == i else run(j, shift)
             block = tiles(xi, xj).numpy()
@@ -256,7 +311,7 @@ def layer_grams(
                 store[:, edges[j] : edges[j + 1], rows] = block.transpose(0, 2, 1)
         passes += len(batches) - i
         logging.info("Gram matrices: batch %d/%d done (%d forward passes so far).", i + 1, len(batches), passes)
-    return store
+    return (store, sums, np.array(widths)) if with_sums else store
 
 
 # --- the analyses, from Gram matrices -----------------------------------------------------------
@@ -305,7 +360,12 @@ def _cka_with_and_without_pc(grams, means, pcs, tile_bytes) -> tuple[np.ndarray,
 
 
 def analyze_grams(
-    grams, names: Sequence[str], stages: Sequence[int] | None = None, tile_bytes: int = 64 * 1024**2
+    grams,
+    names: Sequence[str],
+    stages: Sequence[int] | None = None,
+    tile_bytes: int = 64 * 1024**2,
+    sums=None,
+    widths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Every first-PC analysis of L layers from their Gram matrices over the same n examples.
 
@@ -316,9 +376,14 @@ def analyze_grams(
         stages: stages whose taps are pooled for "last_stages_fraction" (default:
             `last_stages(names)`, the last two stages among the names).
         tile_bytes: float64 working memory per array in the CKA loop.
+        sums, widths: (L, n) each example's sum of its features and (L,) the feature
+            counts, as `layer_grams(..., with_sums=True)` returns them; given both,
+            the reference code's estimator is computed too ("fraction_svd").
 
     Returns:
         {"names": list of L names, "fraction": (L,) first-PC variance fractions,
+        "fraction_svd": (L,) the reference code's TruncatedSVD estimator of the
+        same fraction (`svd_fraction`; None without `sums` and `widths`),
         "scores": (L, n) first-PC scores u_1, "eigenvalue": (L,) lambda_1,
         "total": (L,) total variance trace(Kc), "pc_cosine": (L, L) |<u_a, u_b>|,
         "cka": (L, L) unbiased full-batch CKA, "cka_without_pc": (L, L) the same
@@ -342,6 +407,13 @@ def analyze_grams(
     num_layers, n = grams.shape[0], grams.shape[1]
     if n < 4:
         raise ValueError(f"The unbiased HSIC estimator needs n >= 4 examples. Received: n={n}")
+    if (sums is None) != (widths is None):
+        raise ValueError("`sums` and `widths` go together: give both or neither.")
+    if sums is not None and (np.shape(sums) != (num_layers, n) or np.shape(widths) != (num_layers,)):
+        raise ValueError(
+            f"`sums` must be (L, n) = {(num_layers, n)} and `widths` (L,). "
+            f"Received shapes {np.shape(sums)} and {np.shape(widths)}."
+        )
     stages = tuple(last_stages(names) if stages is None else stages)
     pooled, pcs, means = np.zeros((n, n)), [], np.zeros((num_layers, n))
     for l in range(num_layers):
@@ -354,9 +426,13 @@ def analyze_grams(
             pooled += double_center(k)
     cka, cka_without_pc = _cka_with_and_without_pc(grams, means, pcs, tile_bytes)
     any_pooled = any(models.stage_of(name) in stages for name in names)
+    fraction_svd = None
+    if sums is not None:
+        fraction_svd = np.array([svd_fraction(pc, s, int(p)) for pc, s, p in zip(pcs, sums, widths)])
     return {
         "names": list(names),
         "fraction": np.array([pc.fraction for pc in pcs]),
+        "fraction_svd": fraction_svd,
         "scores": np.stack([pc.scores for pc in pcs]),
         "eigenvalue": np.array([pc.eigenvalue for pc in pcs]),
         "total": np.array([pc.total for pc in pcs]),
@@ -384,9 +460,9 @@ def analyze_model(
         >>> out["fraction"].shape, out["cka_without_pc"].shape
         ((5,), (5, 5))
     """
-    grams = layer_grams(model, batches, taps, dtype, memory_limit, scratch_dir)
+    grams, sums, widths = layer_grams(model, batches, taps, dtype, memory_limit, scratch_dir, with_sums=True)
     stages = last_stages(models.tap_names(model, "all"))
-    return analyze_grams(grams, models.tap_names(model, taps), stages=stages)
+    return analyze_grams(grams, models.tap_names(model, taps), stages=stages, sums=sums, widths=widths)
 
 
 # --- files --------------------------------------------------------------------------------------
@@ -403,11 +479,15 @@ def save(path: str, result: dict[str, Any], settings: dict[str, Any]) -> None:
         last_stages_fraction=np.float64(result["last_stages_fraction"]),
         settings=np.array(runs.json_text(settings)),
         **{key: result[key] for key in _ARRAYS},
+        # absent when not computed (see `analyze_grams`)
+        **({} if result.get("fraction_svd") is None else {"fraction_svd": result["fraction_svd"]}),
     )
 
 
 def load(path: str) -> dict[str, Any]:
     """Reads an .npz written by `save`: the `analyze_grams` keys plus "settings".
+
+    "fraction_svd" is None in files written before tfwd computed it.
 
     Raises:
         tfwd.runs.RunError: if the output folder holding it measured a run that was retrained since.
@@ -419,6 +499,7 @@ def load(path: str) -> dict[str, Any]:
         result["last_stages"] = tuple(int(s) for s in f["last_stages"])
         result["last_stages_fraction"] = float(f["last_stages_fraction"])
         result["settings"] = json.loads(str(f["settings"]))
+        result["fraction_svd"] = f["fraction_svd"] if "fraction_svd" in f.files else None
     return result
 
 
@@ -441,7 +522,7 @@ def analyze_run(
 
     Writes into `out_dir` (default `RUN_DIR/pc_<taps>_<split>`), as a whole or not
     at all: pc.npz (see `save`), first_pc.png (the four panels of Figure 3) and
-    variance_explained.png (the first-PC fraction per layer).
+    variance_explained.png (the first-PC fraction per layer, by both estimators).
 
     Args:
         run_dir: a finished run directory.
@@ -487,7 +568,11 @@ def analyze_run(
         measured=runs.measured(),  # the digest of the run's model, results and settings
     )
     title = f"{runs.run_label(run.name)} ({split}, n={n})"
-    pooled = dict(last_stages_fraction=result["last_stages_fraction"], last_stages=result["last_stages"])
+    extras = dict(
+        last_stages_fraction=result["last_stages_fraction"],
+        last_stages=result["last_stages"],
+        fraction_svd=result["fraction_svd"],
+    )
     with runs.writing_output(out_dir, OUTPUT_KIND, f"First-PC analyses of {run.name}") as tmp:
         save(os.path.join(tmp, "pc.npz"), result, settings)
         figure = pc_plots.first_pc_figure(
@@ -497,9 +582,9 @@ def analyze_run(
             result["cka_without_pc"],
             result["names"],
             title=title,
-            **pooled,
+            **extras,
         )
         common.save_figure(figure, os.path.join(tmp, "first_pc.png"))
-        ax = pc_plots.variance_explained(result["fraction"], result["names"], title=title, **pooled)
+        ax = pc_plots.variance_explained(result["fraction"], result["names"], title=title, **extras)
         common.save_figure(ax.figure, os.path.join(tmp, "variance_explained.png"))
     return out_dir

@@ -28,6 +28,7 @@ def variance_explained(
     title: str | None = None,
     last_stages_fraction: float | None = None,
     last_stages: Sequence[int] = (),
+    fraction_svd=None,
 ) -> Axes:
     """The first PC's fraction of variance per layer, on 0..1, with stage boundaries.
 
@@ -40,24 +41,34 @@ def variance_explained(
             together; drawn as a dotted horizontal line and named in the legend
             (Figure D.5's label). Skipped when None or NaN.
         last_stages: the stages pooled for it, for the legend.
+        fraction_svd: (L,) the reference code's TruncatedSVD estimator of the same
+            fractions (`tfwd.pc.svd_fraction`), drawn dashed; skipped when None.
 
     Returns:
-        The Axes; the curve is its first line.
+        The Axes; the curve is its first line (the dashed one, if any, its second).
     """
     fraction = np.asarray(fraction)
     if fraction.shape != (len(names),):
         raise ValueError(f"`fraction` must have one value per layer ({len(names)}). Received shape {fraction.shape}.")
+    if fraction_svd is not None and np.shape(fraction_svd) != fraction.shape:
+        raise ValueError(
+            f"`fraction_svd` must have one value per layer ({len(names)}). Received shape {np.shape(fraction_svd)}."
+        )
     if ax is None:
         _, ax = common.subplots(figsize=(4.2, 3.2))
-    ax.plot(
-        np.arange(len(fraction)), fraction, marker=".", markersize=3, linewidth=1.0, color="tab:blue", label="per layer"
-    )
+    layers = np.arange(len(fraction))
+    label = "per layer" if fraction_svd is None else "per layer, exact"
+    ax.plot(layers, fraction, marker=".", markersize=3, linewidth=1.0, color="tab:blue", label=label)
+    if fraction_svd is not None:
+        label = "per layer, TruncatedSVD (reference code)"
+        ax.plot(layers, np.asarray(fraction_svd), linestyle="--", linewidth=1.0, color="tab:orange", label=label)
     mark_stages(ax, stage_boundaries(names), axis="x")
     if last_stages_fraction is not None and np.isfinite(last_stages_fraction):
         label = (
             f"{_stages_label(last_stages) if len(last_stages) else 'last stages'} together: {last_stages_fraction:.2f}"
         )
         ax.axhline(last_stages_fraction, color="tab:red", linestyle=":", linewidth=1.0, label=label)
+    if fraction_svd is not None or (last_stages_fraction is not None and np.isfinite(last_stages_fraction)):
         ax.legend(fontsize=7, loc="lower left")
     ax.set_ylim(0.0, 1.0)
     ax.set_xlim(-0.5, len(fraction) - 0.5)
@@ -78,6 +89,7 @@ def first_pc_figure(
     last_stages_fraction: float | None = None,
     last_stages: Sequence[int] = (),
     size: float = 3.4,
+    fraction_svd=None,
 ) -> Figure:
     """The four panels of Figure 3 for one model, laid out as in the paper.
 
@@ -93,7 +105,7 @@ def first_pc_figure(
         cka_without_pc: (L, L) CKA with every layer's first PC removed.
         names: the L layer names.
         title: the figure's title (the model, say).
-        last_stages_fraction, last_stages: see `variance_explained`.
+        last_stages_fraction, last_stages, fraction_svd: see `variance_explained`.
         size: inches per panel.
 
     Returns:
@@ -115,6 +127,7 @@ def first_pc_figure(
         title="Variance Explained",
         last_stages_fraction=last_stages_fraction,
         last_stages=last_stages,
+        fraction_svd=fraction_svd,
     )
     heatmap(cka_without_pc, ax=axes[1, 1], title="CKA w/o First PC", rows=names, cols=names)
     if title:
