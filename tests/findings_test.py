@@ -168,6 +168,23 @@ def test_first_pc_stage_effect_is_caught_by_the_control():
     assert found["verdict"] == "not reproduced"
 
 
+def test_first_pc_reports_the_svd_estimator_beside_the_exact_one_without_a_verdict():
+    r = _run(block=BLOCK38)
+    r.pc = _pc(r, 0.9, 0.2)
+    r.pc["fraction_svd"] = _pc(r, 0.3, 0.1)["fraction"]  # low enough to fail the rule: it must not matter
+    found = findings.judge(_with_control(r, lambda n: 0.2))[2]
+    row = found["seeds"][0]
+    assert found["verdict"] == "reproduced" and row["shows"] is True
+    assert row["inside_mean_svd"] == pytest.approx(0.3) and row["outside_mean_svd"] == pytest.approx(0.1)
+    assert "(TruncatedSVD estimator, no verdict: 0.30 inside vs 0.10 outside)" in found["measured"]
+    # An analysis written before the estimator existed: reported as not computed, the verdict unchanged.
+    del r.pc["fraction_svd"]
+    found = findings.judge(_with_control(r, lambda n: 0.2))[2]
+    assert found["verdict"] == "reproduced"
+    assert found["seeds"][0]["inside_mean_svd"] is None and found["seeds"][0]["outside_mean_svd"] is None
+    assert "(TruncatedSVD estimator not computed)" in found["measured"]
+
+
 def test_a_run_without_a_control_does_not_count():
     r = _run(block=BLOCK38)  # no other cell on its data, no other seed
     r.pc = _pc(r, 0.9, 0.2)

@@ -17,6 +17,8 @@ runs were trained; docs/science/README.md repeats them. In short:
   a run without a control does not count.
 - (c) residual stream (`_out`) first-PC fraction: block mean >= 0.5, >= 0.2 above
   the model's other `_out` layers and >= 0.2 above the control's same-stage mean.
+  The reference code's TruncatedSVD estimator of the fraction is reported beside
+  it (means inside and outside), without a verdict of its own.
 - (d) post-residual (`_add`) probes: gain per step inside the block <= a quarter of
   the gain per step outside (or < 0.5 points), and the gain across the block <= half
   the control's gain over the same fractions of the same stages.
@@ -82,7 +84,7 @@ class JudgedRun:
         config: its tfwd.runs.RunConfig.
         names: the layers of the within-model CKA (taps="all"), in depth order.
         cka: (L, L) within-model CKA.
-        pc: tfwd.pc result ("names", "fraction", ...) or None.
+        pc: tfwd.pc result ("names", "fraction", optionally "fraction_svd", ...) or None.
         probes: probe rows ("tap", "kind", "test_accuracy", ...) or None.
         prune_blocks: tfwd.prune_blocks.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
             "deleted" (block names, last first), "accuracy"}]}) or None.
@@ -368,6 +370,9 @@ class _Judge:
         outside = [f for n, f in outs if self.outside(run, n)]
         m_in, peak = _mean(f for _, f in inside), float(max(f for _, f in inside))
         m_out = _mean(outside)
+        # The reference code's estimator, reported only: None where the analysis predates it.
+        svd = run.pc.get("fraction_svd")
+        svd = None if svd is None else dict(zip(names, np.asarray(svd, dtype=float)))
         controls = [c for c in self.control_cell(run) if c.pc is not None]
         ctrl = self.same_position_mean([n for n, _ in inside], [(c.pc["names"], c.pc["fraction"]) for c in controls])
         row = {
@@ -377,6 +382,8 @@ class _Judge:
             "control_mean": ctrl,
             "control": [c.name for c in controls],
             "layers_inside": len(inside),
+            "inside_mean_svd": None if svd is None else _mean(svd[n] for n, _ in inside),
+            "outside_mean_svd": None if svd is None else _mean(svd[n] for n, _ in outs if self.outside(run, n)),
         }
         within = m_in >= PC_MIN and m_in - m_out >= PC_MARGIN
         return _judged(row, within, ctrl == ctrl and m_in - ctrl >= PC_MARGIN, bool(controls))
@@ -600,6 +607,13 @@ def _describe(key: str, rows: list[dict]) -> str:
                 f"first PC mean {r['inside_mean']:.2f} (peak {r['inside_peak']:.2f}) inside vs {r['outside_mean']:.2f} "
                 f"outside, control {r['control_mean']:.2f}"
             )
+            if r.get("inside_mean_svd") is None:
+                body += " (TruncatedSVD estimator not computed)"
+            else:
+                body += (
+                    f" (TruncatedSVD estimator, no verdict: {r['inside_mean_svd']:.2f} inside vs "
+                    f"{r['outside_mean_svd']:.2f} outside)"
+                )
         elif key == "d":
             body = (
                 f"{100 * r['gain_per_step_inside']:+.2f} points per step inside vs "
