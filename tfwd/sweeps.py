@@ -118,31 +118,16 @@ def _flag_number(v) -> str:
 
 
 def _check_value(name: str, value: Any, where: str) -> Any:
-    kind = TRAIN_FLAGS[name]
+    """A flag's value, checked against its setting's kind and bound (tfwd.run_settings); None stays None."""
     if value is None:
         return None
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v):
-        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-    ok = {
-        "int": is_int,
-        "float": is_num,
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str) and v != "",
-        "ints": lambda v: isinstance(v, list) and v != [] and all(map(is_int, v)),
-        "floats": lambda v: isinstance(v, list) and v != [] and all(map(is_num, v)),
-    }
-    if isinstance(kind, tuple):
-        if value not in kind:
-            raise ValueError(f"{where}: `{name}` must be one of {list(kind)}. Received: {value!r}")
-    elif not ok[kind](value):
-        raise ValueError(
-            f"{where}: `{name}` must be {run_settings.KIND_NAMES[kind]} (or null for the default). Received: {value!r}"
-        )
+    kind = TRAIN_FLAGS[name]
+    if not run_settings.fits(value, kind, flag=True):
+        should = run_settings.kind_name(kind) + ("" if isinstance(kind, tuple) else " (or null for the default)")
+        raise ValueError(f"{where}: `{name}` must be {should}. Received: {value!r}")
+    problem = run_settings.bound_problem(name, value) if kind in ("int", "float") else None
+    if problem:
+        raise ValueError(f"{where}: {problem}. Received: {value!r}")
     return float(value) if kind == "float" else value
 
 
