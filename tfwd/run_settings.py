@@ -1,9 +1,9 @@
 """The settings of a training run, named once: bin/train's flags, sweep keys, config fields and defaults.
 
-`SETTINGS` lists every setting bin/train takes (besides its own --out_dir and --overwrite),
-in the order sweep commands spell them. Each entry says its kind, its default, its bound,
-its help text and which part of the run it sets. Everything else is derived from it (and
-from the recipes beside it, ARCH_RECIPES and LR_RECIPES):
+`SETTINGS` lists every setting bin/train takes, in the order sweep commands spell them.
+Each entry says its kind, its default, its bound, its help text and which part of the run
+it sets. Everything else is derived from it (and from the recipes beside it, ARCH_RECIPES
+and LR_RECIPES):
 
 - bin/train's flags (`bin/_common.define_setting`);
 - the fields' defaults of tfwd.runs.ModelConfig and TrainConfig (`config_class`), checked
@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +55,9 @@ ARCH_RECIPES = {
 }
 _ARCH_LABELS = {"cifar_resnet": "CIFAR", "imagenet_resnet": "ImageNet"}  # in help texts
 # Sections: "model", "data", "train" (RunConfig parts, in its name and config.json), "recipe"
-# (sets several train settings at once) and "launch" (how a run trains, not what it is).
-SECTIONS = ("model", "data", "train", "recipe", "launch")
+# (sets several train settings at once), "launch" (how a run trains, not what it is) and
+# "output" (where it is written: bin/train's, never a sweep spec's key).
+SECTIONS = ("model", "data", "train", "recipe", "launch", "output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,10 +238,18 @@ SETTINGS: tuple[Setting, ...] = (
         default=60.0,
         lower_bound=0,
     ),
+    Setting("out_dir", "str", "output", "Parent folder of run directories.", default="runs"),
+    Setting(
+        "overwrite",
+        "bool",
+        "output",
+        "Delete an existing run directory of the same name and train again.",
+        default=False,
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
-# Name -> kind, in SETTINGS order (the sweep spec keys).
-KINDS: dict[str, Any] = {s.name: s.kind for s in SETTINGS}
+# Name -> kind, in SETTINGS order: the sweep spec keys (a sweep's caller chooses out_dir; it never overwrites).
+KINDS: dict[str, Any] = {s.name: s.kind for s in SETTINGS if s.section != "output"}
 
 
 def names(section: str, arch: str | None = None) -> tuple[str, ...]:
@@ -250,8 +260,8 @@ def names(section: str, arch: str | None = None) -> tuple[str, ...]:
 
 
 def run_names() -> tuple[str, ...]:
-    """Settings that shape the run (every section but "launch"): a user's value overrides a default."""
-    return tuple(s.name for s in SETTINGS if s.section != "launch")
+    """Settings that shape the run (every section but "launch" and "output"): a user's value overrides a default."""
+    return tuple(s.name for s in SETTINGS if s.section not in ("launch", "output"))
 
 
 def defaults(section: str | None = None, arch: str | None = None, recipe: str | None = None) -> dict[str, Any]:
@@ -364,8 +374,9 @@ def _check_annotations(owner: str, section: str, annotations: dict[str, Any]) ->
     if sorted(annotations) != sorted(names(section)):
         raise TypeError(f"{owner} must have the fields {sorted(names(section))}. It has {sorted(annotations)}.")
     for name, annotation in annotations.items():
-        if annotation != field_type(name):
-            raise TypeError(f"{owner}.{name} must be annotated {field_type(name)!r}. It is {annotation!r}.")
+        text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+        if text != field_type(name):
+            raise TypeError(f"{owner}.{name} must be annotated {field_type(name)!r}. It is {text!r}.")
 
 
 def config_class(section: str) -> Callable[[type], type]:
