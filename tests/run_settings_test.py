@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tfwd import distribute, run_settings, runs, sweeps, training
+from tfwd import distribute, models, run_settings, runs, sweeps, training
 from tfwd.data import DataConfig
 from tfwd.run_settings import BY_NAME, SETTINGS
 
@@ -66,6 +66,24 @@ def test_library_defaults_of_launch_settings_are_the_table_defaults():
     train = inspect.signature(training.train).parameters
     for name in set(run_settings.names("launch")) - {"strategy", "tpu"}:
         assert train[name].default == BY_NAME[name].default, name
+
+
+@pytest.mark.parametrize("builder", [models.cifar_resnet, models.imagenet_resnet], ids=["cifar", "imagenet"])
+def test_model_builder_defaults_are_the_table_defaults(builder):
+    given = {
+        name: p.default
+        for name, p in inspect.signature(builder).parameters.items()
+        if name in BY_NAME and BY_NAME[name].section == "model" and p.default is not inspect.Parameter.empty
+    }
+    assert given and given == {name: BY_NAME[name].default for name in given}
+
+
+@pytest.mark.parametrize("name", ["train_examples", "validation_examples"])
+def test_data_config_refuses_values_below_the_table_bound(name):
+    bound = BY_NAME[name].lower_bound
+    DataConfig(**{name: bound})
+    with pytest.raises(ValueError, match=f"`{name}` must be .*Received: {bound - 1}"):
+        DataConfig(**{name: bound - 1})
 
 
 def test_help_texts_quote_the_defaults_they_name():

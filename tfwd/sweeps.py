@@ -25,8 +25,9 @@ A spec (data/sweeps/*.json holds one per paper figure) is a JSON object:
   numbers (blocks, widths). null means bin/train's default (train_examples: all).
 - Errors: a key that is not a bin/train flag (out_dir comes from the caller and
   overwrite is refused: a sweep never deletes runs), a flag set twice for one
-  run, a value of the wrong type, an invalid run (a depth that is not 6n + 2,
-  ...), and two runs with the same run directory.
+  run, a value of the wrong type or below the flag's bound (tfwd.run_settings),
+  an invalid run (a depth that is not 6n + 2, ...), and two runs with the same
+  run directory.
 
 Runs are independent processes. `commands` prints one bin/train command per run,
 so any launcher can spread them over machines (`xargs -P`, a cluster array job);
