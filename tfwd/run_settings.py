@@ -342,8 +342,15 @@ def bound_problem(name: str, value: Any) -> str | None:
 
 CONFIG_SECTIONS = ("model", "data", "train")  # RunConfig's parts, as config.json names them
 _FIELD_DEFAULTS = defaults()
-_TYPES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "ints": "tuple[int, ...]"}
-_TYPES["floats"] = "tuple[float, ...]"
+# A kind's type in a config field's annotation (a tuple of choices: "str").
+_TYPES = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "str": "str",
+    "ints": "tuple[int, ...]",
+    "floats": "tuple[float, ...]",
+}
 
 
 def field_default(name: str) -> Any:
@@ -399,7 +406,7 @@ def config_class(section: str) -> Callable[[type], type]:
     """
 
     def make(cls: type) -> type:
-        annotations = cls.__dict__.get("__annotations__", {})
+        annotations = inspect.get_annotations(cls)
         _check_annotations(cls.__name__, section, annotations)
         for name in annotations:
             setattr(cls, name, field_default(name))
