@@ -26,7 +26,8 @@ def test_config_fields_are_the_settings_with_their_defaults_and_types(section):
 
 
 def test_config_defaults_are_bin_train_defaults():
-    # A run that gives no setting is the run bin/train makes without flags.
+    # A run that gives no setting is the run bin/train makes without flags; every family has a recipe.
+    assert set(run_settings.ARCH_RECIPES) == set(models.ARCHITECTURES)
     assert training.config_from_flags({}) == runs.RunConfig()
     imagenet = training.config_from_flags({"arch": "imagenet_resnet"})
     assert imagenet.model == runs.ModelConfig.imagenet()
