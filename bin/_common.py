@@ -37,7 +37,7 @@ def define_setting(name: str, **overrides) -> None:
     """Defines the flag of one training setting from its entry in tfwd.run_settings.SETTINGS.
 
     `overrides` replace fields of the entry (e.g. help=, default=) where an app uses the
-    setting differently.
+    setting differently. The flag's default is the entry's `flag_default`.
     """
     import dataclasses
 
@@ -50,9 +50,9 @@ def define_setting(name: str, **overrides) -> None:
         extra["lower_bound"] = setting.lower_bound
     kind = setting.kind
     if isinstance(kind, tuple):
-        flags.DEFINE_enum(name, setting.default, list(kind), setting.help, **extra)
+        flags.DEFINE_enum(name, setting.flag_default, list(kind), setting.help, **extra)
     elif kind in ("ints", "floats"):
-        flags.DEFINE_list(name, setting.default, setting.help, **extra)
+        flags.DEFINE_list(name, setting.flag_default, setting.help, **extra)
     else:
         define = {
             "int": flags.DEFINE_integer,
@@ -60,7 +60,7 @@ def define_setting(name: str, **overrides) -> None:
             "bool": flags.DEFINE_bool,
             "str": flags.DEFINE_string,
         }[kind]
-        define(name, setting.default, setting.help, **extra)
+        define(name, setting.flag_default, setting.help, **extra)
 
 
 def define_settings(section: str | None = None) -> None:

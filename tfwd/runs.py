@@ -48,7 +48,7 @@ from tfwd.atomic import (  # noqa: F401 - re-exported: tfwd.runs has always offe
 )
 from tfwd.data import Data, DataConfig
 from tfwd.errors import RunError
-from tfwd.run_settings import ARCHS, DECAY_EVERY
+from tfwd.run_settings import ARCHS
 
 CONFIG = RUN_CONFIG
 MODEL = "model.keras"
@@ -63,9 +63,9 @@ LOCK = ".lock"
 RUN_FILES = (CONFIG, HISTORY, MODEL, PREDICTIONS, RESULTS)
 
 
-@dataclasses.dataclass(frozen=True)
+@run_settings.config_class("model")
 class ModelConfig:
-    """Architecture of a run.
+    """Architecture of a run (defaults: tfwd.run_settings, bin/train's).
 
     Attributes:
         depth: CIFAR ResNet depth, 6n + 2 (for "imagenet_resnet": derived from blocks).
@@ -77,12 +77,12 @@ class ModelConfig:
         widths: width multiplier per stage (imagenet_resnet), e.g. (1, 1, 2.8, 1).
     """
 
-    depth: int = 56
-    width: float = 1.0
-    residual: bool = True
-    arch: str = "cifar_resnet"
-    blocks: tuple[int, ...] | None = None
-    widths: tuple[float, ...] | None = None
+    depth: int
+    width: float
+    residual: bool
+    arch: str
+    blocks: tuple[int, ...] | None
+    widths: tuple[float, ...] | None
 
     def __post_init__(self):
         # JSON gives lists; keep tuples so configs compare and hash alike.
@@ -91,7 +91,9 @@ class ModelConfig:
                 object.__setattr__(self, field, tuple(getattr(self, field)))
 
     @classmethod
-    def imagenet(cls, blocks=(3, 4, 6, 3), widths=(1, 1, 1, 1)) -> ModelConfig:
+    def imagenet(
+        cls, blocks=run_settings.BY_NAME["blocks"].default, widths=run_settings.BY_NAME["widths"].default
+    ) -> ModelConfig:
         """The ImageNet ResNet with these blocks and widths per stage (depth derived)."""
         return cls(
             depth=models.imagenet_depth(blocks), arch="imagenet_resnet", blocks=tuple(blocks), widths=tuple(widths)
@@ -122,9 +124,9 @@ class ModelConfig:
         self.architecture.validate(self)
 
 
-@dataclasses.dataclass(frozen=True)
+@run_settings.config_class("train")
 class TrainConfig:
-    """Optimization settings (defaults: the paper's CIFAR recipe, see bin/train).
+    """Optimization settings (defaults: the paper's CIFAR recipe, tfwd.run_settings, see bin/train).
 
     Attributes:
         epochs: passes over the training subset.
@@ -141,25 +143,26 @@ class TrainConfig:
             as the reference code's per-epoch LearningRateScheduler).
     """
 
-    epochs: int = 300
-    batch_size: int = 128
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    deterministic: bool = False
-    warmup_epochs: int = 2
-    decay_every: str = "step"
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    seed: int
+    deterministic: bool
+    warmup_epochs: int
+    decay_every: str
 
     def validate(self) -> None:
-        if self.decay_every not in DECAY_EVERY:
-            raise ValueError(f"`decay_every` must be one of {DECAY_EVERY}. Received: decay_every={self.decay_every!r}")
-        for field in ("epochs", "batch_size"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"`{field}` must be a positive integer. Received: {field}={getattr(self, field)!r}")
-        for field in ("learning_rate", "weight_decay", "momentum", "warmup_epochs"):
-            if not getattr(self, field) >= 0:
-                raise ValueError(f"`{field}` must be >= 0. Received: {field}={getattr(self, field)!r}")
+        """Raises ValueError for a value outside its setting's choices or below its bound (tfwd.run_settings)."""
+        for name in run_settings.names("train"):
+            kind, value = run_settings.BY_NAME[name].kind, getattr(self, name)
+            if isinstance(kind, tuple) and value not in kind:
+                raise ValueError(f"`{name}` must be one of {kind}. Received: {name}={value!r}")
+        for name in run_settings.names("train"):
+            problem = run_settings.bound_problem(name, getattr(self, name))
+            if problem:
+                raise ValueError(f"{problem}. Received: {name}={getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)

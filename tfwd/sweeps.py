@@ -25,8 +25,9 @@ A spec (data/sweeps/*.json holds one per paper figure) is a JSON object:
   numbers (blocks, widths). null means bin/train's default (train_examples: all).
 - Errors: a key that is not a bin/train flag (out_dir comes from the caller and
   overwrite is refused: a sweep never deletes runs), a flag set twice for one
-  run, a value of the wrong type, an invalid run (a depth that is not 6n + 2,
-  ...), and two runs with the same run directory.
+  run, a value of the wrong type or below the flag's bound (tfwd.run_settings),
+  an invalid run (a depth that is not 6n + 2, ...), and two runs with the same
+  run directory.
 
 Runs are independent processes. `commands` prints one bin/train command per run,
 so any launcher can spread them over machines (`xargs -P`, a cluster array job);
@@ -118,31 +119,16 @@ def _flag_number(v) -> str:
 
 
 def _check_value(name: str, value: Any, where: str) -> Any:
-    kind = TRAIN_FLAGS[name]
+    """A flag's value, checked against its setting's kind and bound (tfwd.run_settings); None stays None."""
     if value is None:
         return None
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v):
-        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-    ok = {
-        "int": is_int,
-        "float": is_num,
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str) and v != "",
-        "ints": lambda v: isinstance(v, list) and v != [] and all(map(is_int, v)),
-        "floats": lambda v: isinstance(v, list) and v != [] and all(map(is_num, v)),
-    }
-    if isinstance(kind, tuple):
-        if value not in kind:
-            raise ValueError(f"{where}: `{name}` must be one of {list(kind)}. Received: {value!r}")
-    elif not ok[kind](value):
-        raise ValueError(
-            f"{where}: `{name}` must be {run_settings.KIND_NAMES[kind]} (or null for the default). Received: {value!r}"
-        )
+    kind = TRAIN_FLAGS[name]
+    if not run_settings.fits(value, kind, flag=True):
+        should = run_settings.kind_name(kind) + ("" if isinstance(kind, tuple) else " (or null for the default)")
+        raise ValueError(f"{where}: `{name}` must be {should}. Received: {value!r}")
+    problem = run_settings.bound_problem(name, value) if kind in ("int", "float") else None
+    if problem:
+        raise ValueError(f"{where}: {problem}. Received: {value!r}")
     return float(value) if kind == "float" else value
 
 

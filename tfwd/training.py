@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import os
@@ -22,8 +21,8 @@ from tfwd.checkpoints import LATEST, Checkpoints
 from tfwd.data import Data, DataConfig
 from tfwd.errors import TrainingDivergedError, first_few
 
-# The paper's recipe of each architecture (tfwd.models.ARCHITECTURES has their sources).
-RECIPES = {arch: runs.TrainConfig(**a.recipe) for arch, a in models.ARCHITECTURES.items()}
+# The paper's recipe of each architecture (tfwd.run_settings.ARCH_RECIPES has their sources).
+RECIPES = {arch: runs.TrainConfig(**run_settings.defaults("train", arch)) for arch in run_settings.ARCHS}
 LR_RECIPES = run_settings.LR_RECIPES  # re-exported: the `recipe` setting's values
 CKA_IMAGES = 512  # test images of the CKA heatmaps measured during training (`cka_every`)
 
@@ -36,9 +35,9 @@ def _describe(names, as_flags: bool = True) -> str:
 def config_from_flags(flags: dict[str, Any], as_flags: bool = True) -> runs.RunConfig:
     """The RunConfig of bin/train given these flags (name -> value; absent flags take their defaults).
 
-    Defaults: --arch=cifar_resnet --depth=56 --width=1 --residual --seed=0, the
-    dataset defaults of tfwd.data.DataConfig, and the arch's recipe (RECIPES) for
-    epochs, batch size, learning rate and weight decay. `recipe` (a key of
+    Defaults (`tfwd.run_settings.defaults`): --arch=cifar_resnet --depth=56 --width=1
+    --residual --seed=0, the dataset defaults of tfwd.data.DataConfig, and the arch's
+    recipe (RECIPES) for epochs, batch size and weight decay. `recipe` (a key of
     LR_RECIPES) sets the learning rate, warmup and decay together; the settings
     given one by one override it. bin/train and tfwd.sweeps both build configs
     here, so a sweep names the runs bin/train makes. The names are those of
@@ -53,7 +52,7 @@ def config_from_flags(flags: dict[str, Any], as_flags: bool = True) -> runs.RunC
         ValueError: for settings of the other architecture (depth with
             imagenet_resnet, blocks with cifar_resnet) or invalid values.
     """
-    arch = flags.get("arch", "cifar_resnet")
+    arch = flags.get("arch", run_settings.BY_NAME["arch"].default)
     if arch not in models.ARCHITECTURES:
         raise ValueError(f"`arch` must be one of {tuple(models.ARCHITECTURES)}. Received: arch={arch!r}")
     wrong = [k for k in run_settings.names("model") if k in flags and run_settings.BY_NAME[k].arch not in (None, arch)]
@@ -65,19 +64,21 @@ def config_from_flags(flags: dict[str, Any], as_flags: bool = True) -> runs.RunC
             f"{_describe(wrong, as_flags=as_flags)}: only for {only}; with {arch} use "
             f"{' and '.join(_describe([k], as_flags=as_flags) for k in run_settings.names('model', arch)[:2])}."
         )
+    given = {k: flags[k] for k in run_settings.names("model", arch) if k in flags}
     try:
-        model = runs.ModelConfig(arch=arch, **models.ARCHITECTURES[arch].fields(flags))
+        fields = models.ARCHITECTURES[arch].fields({**run_settings.defaults("model", arch), **given})
+        model = runs.ModelConfig(arch=arch, **fields)
     except (TypeError, ValueError):
         blocks, widths = _describe(["blocks"], as_flags=as_flags), _describe(["widths"], as_flags=as_flags)
         raise ValueError(
             f"{blocks} must be integers and {widths} numbers. Received: {flags.get('blocks')}, {flags.get('widths')}"
         ) from None
     model.validate()
-    recipe = flags.get("recipe") or "warmup"
+    recipe = flags.get("recipe") or run_settings.BY_NAME["recipe"].default
     if recipe not in LR_RECIPES:
         raise ValueError(f"`recipe` must be one of {tuple(LR_RECIPES)}. Received: recipe={recipe!r}")
     chosen = {k: flags[k] for k in run_settings.names("train") if flags.get(k) is not None}
-    train = dataclasses.replace(RECIPES[arch], **{**LR_RECIPES[recipe], **chosen})
+    train = runs.TrainConfig(**{**run_settings.defaults("train", arch, recipe), **chosen})
     train.validate()
     data = DataConfig(**{k: flags[k] for k in run_settings.names("data") if k in flags})
     return runs.RunConfig(model, data, train)

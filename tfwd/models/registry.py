@@ -1,10 +1,10 @@
 """The model families a run can train, by the `arch` name its config records.
 
-`ARCHITECTURES` maps each name of `tfwd.run_settings.ARCHS` to what tfwd.runs and
-tfwd.training need of that family: the run's model name, the model, the checks of its
-settings, the ModelConfig fields bin/train's settings give, and the paper's recipe for
-it. They look the arch up here instead of branching on its name; a new family is one
-entry here and its settings in tfwd.run_settings.
+`ARCHITECTURES` maps each `arch` name (`tfwd.run_settings.ARCHS` is its keys) to what
+tfwd.runs and tfwd.training need of that family: the run's model name, the model, the
+checks of its settings and the ModelConfig fields bin/train's settings give. They look
+the arch up here instead of branching on its name; a new family is one entry here and
+its settings, their defaults and its training recipe in tfwd.run_settings.
 
 An entry takes a run's model settings as any object with ModelConfig's attributes
 (depth, width, residual, blocks, widths), so this module needs nothing of tfwd.runs.
@@ -13,8 +13,8 @@ Example:
     >>> from tfwd.runs import ModelConfig
     >>> ARCHITECTURES["imagenet_resnet"].name(ModelConfig.imagenet(blocks=(3, 4, 17, 3)))
     'resnet83'
-    >>> ARCHITECTURES["cifar_resnet"].recipe["batch_size"]
-    128
+    >>> ARCHITECTURES["cifar_resnet"].fields({"depth": 20, "width": 2, "residual": True})
+    {'depth': 20, 'width': 2.0, 'residual': True}
 """
 
 from __future__ import annotations
@@ -40,11 +40,10 @@ class Architecture:
             -> the untrained keras.Model, from `builder`.
         validate: model settings -> None; raises ValueError for settings the family
             cannot build.
-        fields: bin/train's settings (name -> value; absent ones take their defaults)
-            -> the ModelConfig fields of this family. Raises TypeError or ValueError
-            for values of the wrong type.
-        recipe: the paper's TrainConfig fields for the family (epochs, batch size,
-            learning rate, weight decay).
+        fields: the family's model settings (name -> value, every one given:
+            `tfwd.run_settings.defaults` fills in those a run leaves out) -> the
+            ModelConfig fields of this family. Raises TypeError or ValueError for
+            values of the wrong type.
     """
 
     builder: Callable[..., keras.Model]
@@ -52,7 +51,6 @@ class Architecture:
     build: Callable[[Any, int, tuple[int, int, int], float, bool], keras.Model]
     validate: Callable[[Any], None]
     fields: Callable[[Mapping[str, Any]], dict[str, Any]]
-    recipe: Mapping[str, Any]
 
 
 def _cifar_build(model, num_classes, input_shape, weight_decay, synchronized_bn):
@@ -73,11 +71,7 @@ def _cifar_validate(model) -> None:
 
 
 def _cifar_fields(settings) -> dict[str, Any]:
-    return {
-        "depth": settings.get("depth", 56),
-        "width": float(settings.get("width", 1.0)),
-        "residual": settings.get("residual", True),
-    }
+    return {"depth": settings["depth"], "width": float(settings["width"]), "residual": settings["residual"]}
 
 
 def _imagenet_build(model, num_classes, input_shape, weight_decay, synchronized_bn):
@@ -93,14 +87,11 @@ def _imagenet_validate(model) -> None:
 
 
 def _imagenet_fields(settings) -> dict[str, Any]:
-    blocks = tuple(int(b) for b in settings.get("blocks", (3, 4, 6, 3)))
-    widths = tuple(float(w) for w in settings.get("widths", (1, 1, 1, 1)))
+    blocks = tuple(int(b) for b in settings["blocks"])
+    widths = tuple(float(w) for w in settings["widths"])
     return {"depth": imagenet_depth(blocks), "blocks": blocks, "widths": widths}
 
 
-# The paper's recipes (reference code): CIFAR (cifar_train.py, He et al. 2016) and
-# ImageNet (large_scale_training/imagenet_train.py: batch 256, lr 0.1, 120 epochs,
-# L2 5e-5), both SGD with momentum 0.9 and cosine decay.
 ARCHITECTURES: dict[str, Architecture] = {
     "cifar_resnet": Architecture(
         builder=cifar_resnet,
@@ -108,7 +99,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         build=_cifar_build,
         validate=_cifar_validate,
         fields=_cifar_fields,
-        recipe={"epochs": 300, "batch_size": 128, "learning_rate": 0.1, "weight_decay": 1e-4},
     ),
     "imagenet_resnet": Architecture(
         builder=imagenet_resnet,
@@ -116,6 +106,5 @@ ARCHITECTURES: dict[str, Architecture] = {
         build=_imagenet_build,
         validate=_imagenet_validate,
         fields=_imagenet_fields,
-        recipe={"epochs": 120, "batch_size": 256, "learning_rate": 0.1, "weight_decay": 5e-5},
     ),
 }
