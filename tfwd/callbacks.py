@@ -9,12 +9,15 @@ training reaches the same weights with or without it.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 from collections.abc import Sequence
 
 import keras
 import numpy as np
+from absl import logging as absl_logging
 
 from tfwd import atomic, blocks, metrics, pc
 from tfwd.models import saved, taps as tap_lib
@@ -122,7 +125,8 @@ class CKAMonitor(keras.callbacks.Callback):
         """First-PC variance fractions of the residual stream inside and outside `block` (see `SCALARS`)."""
         stream = blocks.residual_stream(self.names, len(self.names))
         inside = np.array([block.contains(int(i)) for i in stream])
-        grams = pc.layer_grams(self.model, self._batches(), [self.names[i] for i in stream])
+        with _quietly():
+            grams = pc.layer_grams(self.model, self._batches(), [self.names[i] for i in stream])
 
         def pooled(members: np.ndarray) -> float:
             return pc.pooled_first_pc(grams[members]).fraction if members.any() else float("nan")
@@ -187,6 +191,23 @@ class CKAMonitor(keras.callbacks.Callback):
                     tf.summary.scalar(f"cka/{name}", values[name])
             tf.summary.image("cka/heatmap", _png(matrix, self.names, block, epoch)[None])
         writer.close()
+
+
+@contextlib.contextmanager
+def _quietly():
+    """Informational logs and TensorFlow's warnings off: `pc.layer_grams` logs its progress, and
+    traces anew at each call by design (TensorFlow would warn of retracing), at every measurement."""
+    import tensorflow as tf  # the layer_grams backend
+
+    logger, verbosity = tf.get_logger(), absl_logging.get_verbosity()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        absl_logging.set_verbosity(verbosity)
 
 
 def load_history(path: str) -> dict[str, np.ndarray | list[str]]:
