@@ -64,8 +64,20 @@ def _listing(path):
         pytest.param(
             ["--batch_size=512"], "error: `batch_size`=512 is larger than the 256 training examples.", marks=SLOW
         ),
+        (
+            ["--cka_every=2"],
+            "error: `cka_every` must be 0 (off) or an epoch count up to --epochs=1. Received: cka_every=2",
+        ),
     ],
-    ids=["depth", "width", "dataset-missing", "conflicting-arch-flags", "conflicting-tpu-flags", "batch-too-large"],
+    ids=[
+        "depth",
+        "width",
+        "dataset-missing",
+        "conflicting-arch-flags",
+        "conflicting-tpu-flags",
+        "batch-too-large",
+        "cka-every-beyond-epochs",
+    ],
 )
 def test_train_bad_inputs(root, bin_env, tmp_path, args, message):
     empty = tmp_path / "empty_tfds"

@@ -290,6 +290,20 @@ def test_last_stages_fraction_is_the_fraction_of_the_concatenated_features():
     assert np.isnan(pc.analyze_grams(grams, NAMES, stages=(7,))["last_stages_fraction"])
 
 
+def test_pooled_first_pc_is_the_first_pc_of_the_concatenated_features():
+    rng = np.random.default_rng(3)
+    feats = [rng.normal(size=(40, w)) * rng.uniform(0.5, 3.0, size=w) + 2.0 for w in (12, 30, 25)]
+    pooled = pc.pooled_first_pc(np.stack([metrics.gram(f) for f in feats]))
+    u, s, _ = svd_reference(np.concatenate(feats, axis=1))
+    assert pooled.fraction == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-12)
+    assert abs(pooled.scores @ u[:, 0]) == pytest.approx(1.0, abs=1e-8)
+    alone, one = pc.pooled_first_pc([metrics.gram(feats[1])]), pc.first_pc(metrics.gram(feats[1]))
+    assert alone.fraction == pytest.approx(one.fraction, abs=1e-12)
+    np.testing.assert_allclose(alone.scores, one.scores, atol=1e-10)
+    with pytest.raises(ValueError, match=r"\(L, n, n\) Gram matrices with L >= 1. Received shape \(0,\)"):
+        pc.pooled_first_pc([])
+
+
 @pytest.mark.parametrize(
     "grams,names,match",
     [

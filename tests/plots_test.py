@@ -108,3 +108,53 @@ def test_wide_deep_heatmap_marks_both_models_blocks(tmp_path):
     assert open(path, "rb").read(4) == b"\x89PNG"
     # Without blocks: nothing marked.
     assert not plots.wide_deep_heatmap(matrix, wide, deep).patches
+
+
+def _synthetic_history(epochs=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100)):
+    """A history whose block (layers 3..5 of 6) appears at epoch 40 and grows, as tfwd.callbacks.load_history gives."""
+    k = len(epochs)
+    matrices = np.stack([np.full((6, 6), 0.1 * (i + 1) / k) + np.eye(6) * 0.5 for i in range(k)])
+    start = np.array([-1, -1, -1, 3, 3, 2, 2, 2, 2, 2])[:k]
+    return {
+        "epochs": np.array(epochs),
+        "matrices": matrices,
+        "names": NAMES,
+        "block_start": start,
+        "block_end": np.where(start >= 0, 5, -1),
+        "block_fraction": np.where(start >= 0, (6 - start) / 6, 0.0),
+        "block_contrast": np.linspace(-0.1, 0.6, k),
+        "pc_fraction_inside": np.where(start >= 0, 0.8, np.nan),
+        "pc_fraction_outside": np.full(k, 0.3),
+    }
+
+
+def test_cka_history_figure_strip_and_block_against_epochs(tmp_path):
+    history = _synthetic_history()
+    fig = plots.cka_history_figure(history, panels=4, title="resnet38-w1-n128")
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    # Four heatmaps at evenly spaced measurements, first and last included, each the matrix of its epoch.
+    assert [ax.get_title() for ax in heatmaps] == ["epoch 10", "epoch 40", "epoch 70", "epoch 100"]
+    for ax, k in zip(heatmaps, [0, 3, 6, 9]):
+        np.testing.assert_array_equal(ax.images[0].get_array(), history["matrices"][k])
+    # The block outlined where there is one: none at epoch 10, layers 3..5 at epoch 40.
+    assert [len(ax.patches) for ax in heatmaps] == [0, 1, 1, 1]
+    assert heatmaps[1].patches[0].get_xy() == (2.5, 2.5) and heatmaps[1].patches[0].get_width() == 3
+    (lines,) = [ax for ax in fig.axes if ax.get_xlabel() == "epoch"]
+    drawn = {line.get_label(): line for line in lines.get_lines() if not line.get_label().startswith("_")}
+    fraction = drawn["block fraction of the layers"]
+    np.testing.assert_array_equal(fraction.get_xdata(), history["epochs"])
+    np.testing.assert_array_equal(fraction.get_ydata(), history["block_fraction"])
+    inside = drawn["first-PC fraction, residual stream inside the block"].get_ydata()
+    np.testing.assert_array_equal(np.isnan(inside), history["block_start"] < 0)
+    assert len(drawn) == 4 and lines.get_ylim() == (-0.1, 1.02)  # room for the negative peak contrast
+    path = plots.save_figure(fig, str(tmp_path / "history.png"))
+    assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_cka_history_figure_shows_every_measurement_when_few_and_refuses_none():
+    fig = plots.cka_history_figure(_synthetic_history(epochs=(5, 10)), panels=6)
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["epoch 5", "epoch 10"]
+    with pytest.raises(ValueError, match=r"at least one measurement. Received: a history of 0 epochs"):
+        plots.cka_history_figure({"epochs": np.zeros(0)})
+    with pytest.raises(ValueError, match=r"`panels` must be an integer >= 1. Received: panels=0"):
+        plots.cka_history_figure(_synthetic_history(), panels=0)

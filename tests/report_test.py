@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
+import numpy as np
 import pytest
 
 from tfwd import findings, html, report, runs
@@ -378,3 +380,20 @@ def test_findings_json_names_runs_instead_of_locating_them(tmp_path):
     }
     assert str(tmp_path) not in json.dumps(saved) and saved["hours"] == {"training": 1.0, "total": 2.0}
     assert section["settings"]["run"] == run  # the analysis' own record is left as it is
+
+
+def test_runs_with_a_cka_history_get_its_figure(tmp_path):
+    # A history as bin/train --cka_every writes it (here only its epochs, matrices and names); the other run has none.
+    names = ["stem_relu"] + [f"stage{s}_block{b}_out" for s in (1, 2, 3) for b in (1, 2)] + ["logits"]
+    matrices = np.stack([np.eye(8) + 0.1, np.eye(8) + 0.1])
+    matrices[1, 3:7, 3:7] = 0.95  # a block forms by epoch 20
+    with_history, without = tmp_path / "cifar10-resnet14-w1-s0", tmp_path / "cifar10-resnet14-w1-s1"
+    for run in (with_history, without):
+        run.mkdir()
+    np.savez(with_history / "cka_history.npz", epochs=np.array([10, 20]), matrices=matrices, names=np.array(names))
+    opened = {r.name: types.SimpleNamespace(path=str(r)) for r in (with_history, without)}
+    (tmp_path / "report").mkdir()
+    sections = html.cka_history_sections(str(tmp_path / "report"), opened)
+    assert len(sections) == 1 and sections[0].startswith("<h3>cifar10-resnet14-w1-s0: Block structure as it formed")
+    assert sections[0].count("data:image/png;base64,") == 1
+    assert os.listdir(tmp_path / "report") == ["cka_history_cifar10-resnet14-w1-s0.png"]

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfwd import findings as findings_lib, plots, runs
+from tfwd import callbacks, findings as findings_lib, plots, runs
+from tfwd.plots.cka_history import cka_history_figure
 from tfwd.plots.report import block_heatmaps, wide_deep_figure
 
 STYLE = """
@@ -194,6 +195,7 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
             path = os.path.join(dirs.get(kind, ""), file)
             if kind in dirs and os.path.exists(path):
                 per_run.append(f"<h3>{html.escape(name)}: {caption}</h3>{_img(path, caption)}")
+    per_run += cka_history_sections(folder, analyses.opened)
     with open(os.path.join(folder, "findings.json"), "w") as f:
         json.dump(_clean(findings_json(spec, analyses, judged, timings, seconds)), f, indent=2, allow_nan=False)
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(timings.items()))
@@ -218,6 +220,19 @@ Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(s
 </body></html>"""
     with open(os.path.join(folder, "report.html"), "w") as f:
         f.write(body)
+
+
+def cka_history_sections(folder: str, opened: dict[str, runs.Run]) -> list[str]:
+    """For each run trained with --cka_every: its history figure, drawn into `folder`, as an HTML section."""
+    sections = []
+    for name, run in opened.items():
+        history = os.path.join(run.path, callbacks.HISTORY)
+        if os.path.exists(history):
+            figure = cka_history_figure(callbacks.load_history(history), title=runs.run_label(name))
+            path = plots.save_figure(figure, os.path.join(folder, f"cka_history_{name}.png"))
+            caption = "Block structure as it formed: CKA heatmaps over training and the block against epochs"
+            sections.append(f"<h3>{html.escape(name)}: {caption}</h3>{_img(path, caption)}")
+    return sections
 
 
 def _clean(obj):

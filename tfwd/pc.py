@@ -180,6 +180,30 @@ def svd_fraction(pc: FirstPC, sums, width: int) -> float:
     return float(np.clip(numerator / denominator, 0.0, 1.0))
 
 
+def pooled_first_pc(grams) -> FirstPC:
+    """The first principal component of several layers taken together, from their Gram matrices.
+
+    The layers' flattened features over the same n examples are concatenated into one
+    representation (as the paper's Figure D.5 pools the last two stages); the centred
+    Gram matrix of a concatenation is the sum of the layers' centred Gram matrices.
+
+    Args:
+        grams: (L, n, n) Gram matrices of L >= 1 layers (centred or not), e.g. from `layer_grams`.
+
+    Returns:
+        The `FirstPC` of the concatenation (see `first_pc`).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(50, 8)) * [5, 1, 1, 1, 1, 1, 1, 1]
+        >>> round(pooled_first_pc([x @ x.T, x @ x.T]).fraction, 2)  # a layer twice: as the layer alone
+        0.69
+    """
+    grams = np.asarray(grams)
+    if grams.ndim != 3 or not len(grams):
+        raise ValueError(f"`grams` must be (L, n, n) Gram matrices with L >= 1. Received shape {grams.shape}.")
+    return first_pc(sum(double_center(np.asarray(k, dtype=np.float64)) for k in grams))
+
+
 def remove_first_pc(k, pc: FirstPC | None = None) -> np.ndarray:
     """Centred Gram matrix of Xc - sigma_1 u_1 v_1^T, i.e. H K H - lambda_1 u_1 u_1^T, float64 (n, n)."""
     pc = pc or first_pc(k)

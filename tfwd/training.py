@@ -513,11 +513,7 @@ def _cka_monitor(model, data, run_dir, start, cka_every, tensorboard) -> callbac
     path = os.path.join(run_dir, callbacks.HISTORY)
     monitor = callbacks.CKAMonitor(images, every=cka_every, log_dir=log_dir, history_path=path)
     monitor.set_model(model)
-    if os.path.exists(path):
-        with np.load(path) as old:
-            kept = old["epochs"] <= start
-            monitor.epochs = old["epochs"][kept].tolist()
-            monitor.matrices = list(old["matrices"][kept])
+    monitor.resume(start)
     return monitor
 
 

@@ -3,6 +3,7 @@
 One module per kind of figure; everything public is re-exported here.
 """
 
+from tfwd.plots.cka_history import cka_history_figure
 from tfwd.plots.common import save_figure
 from tfwd.plots.compare_predictions import per_class_differences, per_example_scatter
 from tfwd.plots.heatmaps import cka_grid, heatmap, wide_deep_heatmap
