@@ -181,11 +181,11 @@ def test_a_reader_refuses_an_output_of_a_retrained_run(tmp_path, tiny_runs):
     from tfwd import pc
 
     run_dir = shutil.copytree(tiny_runs[0], tmp_path / os.path.basename(tiny_runs[0]))
-    out = pc.analyze_run(str(run_dir), examples=16, batch_size=16)
-    assert pc.load(os.path.join(out, "pc.npz"))["settings"]["measured"] == [runs.fingerprint(run_dir)]
+    out = pc.analyze(str(run_dir), examples=16, batch_size=16)
+    assert pc.load(out).settings["measured"] == [runs.fingerprint(run_dir)]
     shutil.copy(os.path.join(tiny_runs[1], runs.MODEL), run_dir / runs.MODEL)  # retrained since
     with pytest.raises(runs.RunError) as info:
-        pc.load(os.path.join(out, "pc.npz"))
+        pc.load(out)
     assert str(info.value) == (
         f"{out} measured an earlier model of {run_dir}: the run was retrained since. Rerun the analysis (or delete "
         "that output)."

@@ -41,11 +41,14 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfwd import blocks, models
+
+if TYPE_CHECKING:  # the analyses import TensorFlow; the rules only read their results
+    from tfwd import pc
 
 PAPER = {
     "a": "Figure 1: blocks appear as depth (ResNet-110, 164) or width (ResNet-38 4x-10x) grows.",
@@ -84,7 +87,8 @@ class JudgedRun:
         config: its tfwd.runs.RunConfig.
         names: the layers of the within-model CKA (taps="all"), in depth order.
         cka: (L, L) within-model CKA.
-        pc: tfwd.pc result ("names", "fraction", optionally "fraction_svd", ...) or None.
+        pc: the tfwd.pc.PCResult of its first-PC analysis (`names`, `fraction`, optionally `fraction_svd`, ...)
+            or None.
         probes: probe rows ("tap", "kind", "test_accuracy", ...) or None.
         prune_blocks: tfwd.prune_blocks.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
             "deleted" (block names, last first), "accuracy"}]}) or None.
@@ -96,7 +100,7 @@ class JudgedRun:
     config: Any
     names: list[str]
     cka: np.ndarray
-    pc: dict | None = None
+    pc: pc.PCResult | None = None
     probes: list[dict] | None = None
     prune_blocks: dict | None = None
     train_accuracy: float | None = None
@@ -362,7 +366,7 @@ class _Judge:
     def first_pc(self, run: JudgedRun) -> dict[str, Any] | None:
         if run.pc is None:
             return None
-        names, fraction = list(run.pc["names"]), np.asarray(run.pc["fraction"], dtype=float)
+        names, fraction = list(run.pc.names), np.asarray(run.pc.fraction, dtype=float)
         outs = [(n, f) for n, f in zip(names, fraction) if n.endswith("_out")]
         inside = [(n, f) for n, f in outs if self.inside(run, n)]
         if not inside:
@@ -371,10 +375,10 @@ class _Judge:
         m_in, peak = _mean(f for _, f in inside), float(max(f for _, f in inside))
         m_out = _mean(outside)
         # The reference code's estimator, reported only: None where the analysis predates it.
-        svd = run.pc.get("fraction_svd")
+        svd = run.pc.fraction_svd
         svd = None if svd is None else dict(zip(names, np.asarray(svd, dtype=float)))
         controls = [c for c in self.control_cell(run) if c.pc is not None]
-        ctrl = self.same_position_mean([n for n, _ in inside], [(c.pc["names"], c.pc["fraction"]) for c in controls])
+        ctrl = self.same_position_mean([n for n, _ in inside], [(c.pc.names, c.pc.fraction) for c in controls])
         row = {
             "inside_mean": m_in,
             "inside_peak": peak,

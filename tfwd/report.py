@@ -8,7 +8,7 @@ A report spec (data/reports/*.json) is a JSON object:
       "runs": {"flags": {...}, "grid": [...]},       a sweep spec body (tfwd.sweeps)
       "analyses": {                                  settings of each analysis (all optional)
         "cka": {"examples": 2048, "passes": 2},      tfwd.cka.analyze_runs, every run
-        "pc": {"examples": 1000},                    tfwd.pc.analyze_run, every run
+        "pc": {"examples": 1000},                    tfwd.pc.analyze, every run
         "probes": {"epochs": 5},                     tfwd.probes.analyze_run, every residual run
         "prune_blocks": {"examples": 2000},          tfwd.prune_blocks.analyze_run, every residual run
         "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell, and of
@@ -124,7 +124,7 @@ def check_analysis_values(kind: str, settings: dict[str, Any], where: str = "rep
 def _analysis_functions() -> dict[str, Callable]:
     return {
         "cka": cka.analyze_runs,
-        "pc": pc.analyze_run,
+        "pc": pc.analyze,
         "probes": probes.analyze_run,
         "prune_blocks": prune_blocks.analyze_run,
         "cross_seed": cka.analyze_runs,
@@ -299,8 +299,7 @@ def analyze(
             train_accuracy=run.results().get("accuracy"),
         )
         if "pc" not in skipped:
-            pc_dir = analysis("pc", pc.analyze_run, DEFAULTS["pc"])
-            analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
+            analysed.pc = pc.load(analysis("pc", pc.analyze, DEFAULTS["pc"]))
         if run.config.model.residual:  # probes and deletion need residual adds
             if "probes" not in skipped:
                 analysed.probes = probes.load(analysis("probes", probes.analyze_run, DEFAULTS["probes"]))
