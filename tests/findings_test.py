@@ -205,10 +205,13 @@ def test_a_run_without_a_control_does_not_count():
 
 
 def _probes(names, accuracy):
-    return [
+    from tfwd import probes
+
+    rows = [
         {"tap": n, "kind": "post", "test_accuracy": accuracy(i, n)}
         for i, n in enumerate(n for n in names if n.endswith("_add"))
     ]
+    return probes.ProbesResult(rows, {})
 
 
 def test_probes_flat_inside_the_block_and_against_the_control():
@@ -242,7 +245,7 @@ def _prune(depth, loss):
     for stage, deleted in steps:
         accuracy = full - sum(loss(stage, b) for b in deleted)
         rows.append({"stage": stage, "blocks_deleted": len(deleted), "deleted": deleted, "accuracy": accuracy})
-    return {"full_accuracy": full, "rows": rows}
+    return prune_blocks.PruneBlocksResult(full, 10000, [], rows, f"resnet{depth}-w1", {})
 
 
 def test_deleting_inside_the_block_costs_little_against_the_model_and_the_control():

@@ -150,7 +150,7 @@ def test_overwrite_of_a_run_an_analysis_reads_is_refused_naming_it(root, bin_env
     assert runs.fingerprint(run_dir) == before  # the run was left alone
     from tfwd import cka
 
-    assert cka.load(str(tmp_path / "cka" / "cka.npz"))["settings"]["measured"] == [before]
+    assert cka.load(str(tmp_path / "cka")).settings["measured"] == [before]
     assert before["files"]["model.keras"] is not None
 
 

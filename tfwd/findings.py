@@ -48,7 +48,7 @@ import numpy as np
 from tfwd import blocks, models
 
 if TYPE_CHECKING:  # the analyses import TensorFlow; the rules only read their results
-    from tfwd import pc
+    from tfwd import pc, probes, prune_blocks
 
 PAPER = {
     "a": "Figure 1: blocks appear as depth (ResNet-110, 164) or width (ResNet-38 4x-10x) grows.",
@@ -87,11 +87,12 @@ class JudgedRun:
         config: its tfwd.runs.RunConfig.
         names: the layers of the within-model CKA (taps="all"), in depth order.
         cka: (L, L) within-model CKA.
-        pc: the tfwd.pc.PCResult of its first-PC analysis (`names`, `fraction`, optionally `fraction_svd`, ...)
+        pc: the tfwd.pc.PCResult of its first-PC analysis (`names`, `fraction`, optionally
+            `fraction_svd`, ...) or None.
+        probes: the tfwd.probes.ProbesResult of its linear probes (`rows`: "tap", "kind", "test_accuracy", ...)
             or None.
-        probes: probe rows ("tap", "kind", "test_accuracy", ...) or None.
-        prune_blocks: tfwd.prune_blocks.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
-            "deleted" (block names, last first), "accuracy"}]}) or None.
+        prune_blocks: the tfwd.prune_blocks.PruneBlocksResult of its block deletion (`full_accuracy`, `steps`:
+            [{"stage", "blocks_deleted", "deleted" (block names, last first), "accuracy"}]) or None.
         train_accuracy: final training accuracy (results.json "accuracy"); None when not known, which
             counts as fitted.
     """
@@ -101,8 +102,8 @@ class JudgedRun:
     names: list[str]
     cka: np.ndarray
     pc: pc.PCResult | None = None
-    probes: list[dict] | None = None
-    prune_blocks: dict | None = None
+    probes: probes.ProbesResult | None = None
+    prune_blocks: prune_blocks.PruneBlocksResult | None = None
     train_accuracy: float | None = None
 
     @property
@@ -395,7 +396,7 @@ class _Judge:
     def probes(self, run: JudgedRun) -> dict[str, Any] | None:
         if run.probes is None or not run.config.model.residual:
             return None
-        post = [p for p in run.probes if p["kind"] == "post"]
+        post = [p for p in run.probes.rows if p["kind"] == "post"]
         acc = [float(p["test_accuracy"]) for p in post]
         inside = [i for i, p in enumerate(post) if self.inside(run, p["tap"])]
         if not inside:
@@ -433,7 +434,7 @@ class _Judge:
         if run.prune_blocks is None or not run.config.model.residual:
             return None
         curves = _deletion_curves(run)
-        full = float(run.prune_blocks["full_accuracy"])
+        full = float(run.prune_blocks.full_accuracy)
         drops_in, drops_out, stages = [], [], {}
         for stage, (order, accuracies) in curves.items():
             previous = full
@@ -547,7 +548,7 @@ def _judged(row: dict, within: bool, control: bool, has_control: bool) -> dict:
 
 def _stage_gain(run: JudgedRun, stage: int) -> float:
     """A control's post-residual probe gain over one stage (from the add before it, or its own first add)."""
-    post = [p for p in run.probes if p["kind"] == "post"]
+    post = [p for p in run.probes.rows if p["kind"] == "post"]
     stages = [models.stage_of(p["tap"]) for p in post]
     members = [i for i, s in enumerate(stages) if s == stage]
     if not members:
@@ -559,7 +560,7 @@ def _stage_gain(run: JudgedRun, stage: int) -> float:
 def _deletion_curves(run: JudgedRun) -> dict[int, tuple[list[str], list[float]]]:
     """Per stage: the deletable blocks in deletion order (last first) and the accuracy after each."""
     by_stage = defaultdict(list)
-    for r in run.prune_blocks["rows"]:
+    for r in run.prune_blocks.steps:
         by_stage[int(r["stage"])].append(r)
     curves = {}
     for stage, rows in by_stage.items():
@@ -575,7 +576,7 @@ def _control_loss(run: JudgedRun, stage: int, fraction: float) -> float:
     if stage not in curves:
         return float("nan")
     _, accuracies = curves[stage]
-    full = float(run.prune_blocks["full_accuracy"])
+    full = float(run.prune_blocks.full_accuracy)
     xs = np.arange(len(accuracies) + 1) / len(accuracies)
     losses = np.r_[0.0, full - np.asarray(accuracies)]
     return float(np.interp(fraction, xs, losses))
