@@ -92,7 +92,7 @@ def _stand_in(kind: str, calls: list) -> types.ModuleType:
 
 @pytest.fixture
 def stand_ins(monkeypatch):
-    """The real CKA entry and five stand-ins, each showing one of the report's rules."""
+    """The real CKA entries and five stand-ins, each showing one of the report's rules."""
     calls = []
     for kind in ("tally", "block_only", "asked", "skipped", "pairwise"):
         monkeypatch.setitem(sys.modules, f"stand_in_{kind}", _stand_in(kind, calls))
@@ -103,6 +103,7 @@ def stand_ins(monkeypatch):
         analyses.Analysis("asked", "stand_in_asked", on_request=True),
         analyses.Analysis("skipped", "stand_in_skipped"),
         analyses.Analysis("pairwise", "stand_in_pairwise", argument="run_dirs", pair=True),
+        analyses.REGISTRY["cross_seed"],  # the wide-against-deep step reads its settings; skipped in these specs
     ]
     monkeypatch.setattr(analyses, "REGISTRY", {entry.kind: entry for entry in entries})
     return calls
@@ -114,7 +115,7 @@ def test_the_report_runs_caches_and_loads_what_the_registry_lists(stand_ins, tin
     spec = {
         "name": "stand_ins",
         "runs": {"grid": [{"depth": [8]}]},
-        "analyses": {"cka": {"examples": 64, "passes": 1, "batch_size": 32}, "skipped": False},
+        "analyses": {"cka": {"examples": 64, "passes": 1, "batch_size": 32}, "skipped": False, "cross_seed": False},
     }
     timings = {}
     out = report.analyze(run_dirs, report.validate(spec), data_dir=tfds_dir, timings=timings)
