@@ -3,7 +3,7 @@
     python tests/_multiworker.py INDEX PORT0,PORT1 OUT_DIR TFDS_DIR
 
 Trains the shared tiny config with MultiWorkerMirroredStrategy, waits for the chief
-to finish the run directory, then runs tfwd.cka.analyze_runs with the same strategy;
+to finish the run directory, then runs tfwd.cka.analyze with the same strategy;
 the chief writes OUT_DIR/cka.
 """
 
@@ -28,5 +28,5 @@ config = CONFIG(tfds_dir)
 run_dir = training.train(config, out_dir, strategy=strategy, verbose=0, tensorboard=False)
 while not os.path.exists(os.path.join(run_dir, runs.RESULTS)):
     time.sleep(0.2)
-cka.analyze_runs([run_dir], out_dir=os.path.join(out_dir, "cka"), strategy=strategy, **CKA_SETTINGS)
+cka.analyze([run_dir], out_dir=os.path.join(out_dir, "cka"), strategy=strategy, **CKA_SETTINGS)
 print("worker", index, "done", strategy.num_replicas_in_sync, flush=True)

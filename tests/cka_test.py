@@ -135,18 +135,16 @@ def test_save_and_load_round_trip(tmp_path):
         "examples": 10,
         "batches": 2,
     }
-    cka.save(str(tmp_path / "c.npz"), result, ["m0", "m1"], {"taps": "all"})
-    loaded = cka.load(str(tmp_path / "c.npz"))
-    assert loaded["models"] == ["m0", "m1"] and loaded["names"] == result["names"]
-    assert loaded["settings"] == {"taps": "all", "examples": 10, "batches": 2}
+    cka.save(str(tmp_path / cka.FILE), result, ["m0", "m1"], {"taps": "all"})
+    loaded = cka.load(str(tmp_path))
+    assert loaded.models == ["m0", "m1"] and loaded.names == result["names"]
+    assert loaded.settings == {"taps": "all", "examples": 10, "batches": 2}
     for key, value in result["blocks"].items():
-        np.testing.assert_array_equal(loaded["blocks"][key], value)
+        np.testing.assert_array_equal(loaded.blocks[key], value)
 
 
-def test_analyze_runs_writes_everything(tiny_runs, tmp_path):
-    out = cka.analyze_runs(
-        tiny_runs, out_dir=str(tmp_path / "out"), taps="blocks", examples=64, batch_size=32, passes=2
-    )
+def test_analyze_writes_everything(tiny_runs, tmp_path):
+    out = cka.analyze(tiny_runs, out_dir=str(tmp_path / "out"), taps="blocks", examples=64, batch_size=32, passes=2)
     names = [os.path.basename(r) for r in tiny_runs]
     assert sorted(os.listdir(out)) == sorted(
         [
@@ -158,13 +156,13 @@ def test_analyze_runs_writes_everything(tiny_runs, tmp_path):
             f"cross_{names[0]}__{names[1]}.png",
         ]
     )
-    loaded = cka.load(os.path.join(out, "cka.npz"))
-    assert loaded["models"] == names and loaded["settings"]["passes"] == 2 and loaded["settings"]["examples"] == 64
-    within = loaded["blocks"][(0, 0)]
+    loaded = cka.load(out)
+    assert loaded.models == names and loaded.settings["passes"] == 2 and loaded.settings["examples"] == 64
+    within = loaded.blocks[(0, 0)]
     assert within.shape == (5, 5) and np.all(np.diag(within) == 1.0)
     assert np.all(within <= 1 + 1e-9) and np.all(within > -0.2)
     # The two seeds are different models: their cross-model matrix has no exact ones.
-    assert loaded["blocks"][(0, 1)].max() < 0.9999
+    assert loaded.blocks[(0, 1)].max() < 0.9999
 
 
 @pytest.mark.parametrize(
@@ -172,9 +170,9 @@ def test_analyze_runs_writes_everything(tiny_runs, tmp_path):
     [(dict(batch_size=3), "batch_size"), (dict(examples=2), "examples")],
     ids=["batch", "examples"],
 )
-def test_analyze_runs_errors(tiny_runs, tmp_path, kwargs, match):
+def test_analyze_errors(tiny_runs, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        cka.analyze_runs(tiny_runs[:1], out_dir=str(tmp_path / "x"), **kwargs)
+        cka.analyze(tiny_runs[:1], out_dir=str(tmp_path / "x"), **kwargs)
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -201,9 +199,9 @@ def test_bin_cka_smoke(tiny_runs, tmp_path, root, bin_env):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"CKA heatmaps: {tmp_path / 'o'}" in result.stdout and "CKA pass 1/1" in result.stderr
     assert result.stderr.count("1 minibatch(es) of 3 or fewer examples had no pairs and added nothing") == 1
-    loaded = cka.load(str(tmp_path / "o" / "cka.npz"))
-    assert loaded["settings"]["batches"] == 2
-    assert len(loaded["names"][0]) == 21 * 1 + 7  # taps="all" of ResNet-8
+    loaded = cka.load(str(tmp_path / "o"))
+    assert loaded.settings["batches"] == 2
+    assert len(loaded.names[0]) == 21 * 1 + 7  # taps="all" of ResNet-8
     with open(tmp_path / "o" / f"within_{os.path.basename(tiny_runs[0])}.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -283,18 +281,18 @@ def test_compare_models_errors(two_models):
         cka.compare_models(two_models[1], x, batch_size=3)
 
 
-def test_analyze_models_equals_analyze_runs_on_the_same_models(tiny_runs, tmp_path):
+def test_analyze_models_equals_analyze_on_the_same_models(tiny_runs, tmp_path):
     settings = dict(taps="blocks", examples=64, batch_size=32, passes=2, seed=3)
-    by_runs = cka.load(os.path.join(cka.analyze_runs(tiny_runs, out_dir=str(tmp_path / "runs"), **settings), "cka.npz"))
+    by_runs = cka.load(cka.analyze(tiny_runs, out_dir=str(tmp_path / "runs"), **settings))
     paths = [os.path.join(r, "model.keras") for r in tiny_runs]
     out = cka.analyze_models(paths, out_dir=str(tmp_path / "models"), **settings)
-    by_models = cka.load(os.path.join(out, "cka.npz"))
+    by_models = cka.load(out)
     labels = [f"{os.path.basename(r)}_model" for r in tiny_runs]  # both files are model.keras
-    assert by_models["models"] == labels and by_models["names"] == by_runs["names"]
-    for key, matrix in by_runs["blocks"].items():
-        np.testing.assert_allclose(by_models["blocks"][key], matrix, atol=1e-12)
-    assert by_models["settings"]["dataset"] == "cifar10" and by_models["settings"]["pixels"] == "unit"
-    assert by_models["settings"]["examples"] == 64 and by_models["settings"]["input_shapes"] == [[32, 32, 3]] * 2
+    assert by_models.models == labels and by_models.names == by_runs.names
+    for key, matrix in by_runs.blocks.items():
+        np.testing.assert_allclose(by_models.blocks[key], matrix, atol=1e-12)
+    assert by_models.settings["dataset"] == "cifar10" and by_models.settings["pixels"] == "unit"
+    assert by_models.settings["examples"] == 64 and by_models.settings["input_shapes"] == [[32, 32, 3]] * 2
     assert sorted(os.listdir(out)) == sorted(
         [
             ".tfwd_output",
@@ -318,7 +316,7 @@ def test_raw_pixels_are_the_unit_pixels_times_255(tmp_path):
     settings = dict(taps="re:^(c1|r1|gap)$", examples=32, batch_size=16, passes=1)
     a = cka.analyze_models([str(tmp_path / "unit.keras")], out_dir=str(tmp_path / "a"), pixels="unit", **settings)
     b = cka.analyze_models([str(tmp_path / "raw.keras")], out_dir=str(tmp_path / "b"), pixels="raw", **settings)
-    matrix_a, matrix_b = (cka.load(os.path.join(o, "cka.npz"))["blocks"][0, 0] for o in (a, b))
+    matrix_a, matrix_b = (cka.load(o).blocks[0, 0] for o in (a, b))
     assert matrix_a.shape == (3, 3) and matrix_a[0, 2] < 0.999
     np.testing.assert_allclose(matrix_b, matrix_a, atol=1e-5)
 
@@ -344,14 +342,14 @@ def test_analyze_models_on_an_image_folder(tmp_path):
         taps="re:^(c1|r1|gap)$",
     )
     assert out == str(tmp_path / "small_cka_custom_test")
-    loaded = cka.load(os.path.join(out, "cka.npz"))
-    assert loaded["settings"]["examples"] == 8 and loaded["settings"]["dataset"] == "image_folder"
+    loaded = cka.load(out)
+    assert loaded.settings["examples"] == 8 and loaded.settings["dataset"] == "image_folder"
     # The reference: the folder's 8 test images read at the model's 24 pixels, one minibatch.
     images = next(
         iter(Data(DataConfig("image_folder", str(tmp_path / "images"), image_size=24)).eval_dataset("test", 8))
     )
     reference = _joint_reference([model], images[0].numpy(), "re:^(c1|r1|gap)$")
-    np.testing.assert_allclose(loaded["blocks"][0, 0], reference, atol=2e-5)
+    np.testing.assert_allclose(loaded.blocks[0, 0], reference, atol=2e-5)
 
 
 def test_default_models_out_dir():
@@ -395,14 +393,12 @@ def test_bin_cka_models_on_keras_applications(tmp_path, root, bin_env, tfds_dir)
             "cross_mobilenet__small.png",
         ]
     )
-    loaded = cka.load(str(out / "cka.npz"))
-    assert (
-        loaded["names"][1] == ["r1", "gap"] and loaded["names"][0][0] == "Conv1_relu" and len(loaded["names"][0]) == 12
-    )
-    assert loaded["settings"]["input_shapes"] == [[48, 48, 3], [16, 16, 3]] and loaded["settings"]["taps"] == taps
+    loaded = cka.load(str(out))
+    assert loaded.names[1] == ["r1", "gap"] and loaded.names[0][0] == "Conv1_relu" and len(loaded.names[0]) == 12
+    assert loaded.settings["input_shapes"] == [[48, 48, 3], [16, 16, 3]] and loaded.settings["taps"] == taps
     # The reference: the first 32 test images (one minibatch), resized to each model, float64 HSIC_1.
     images = next(iter(Data(DataConfig(data_dir=tfds_dir)).eval_dataset("test", 32, 32)))[0].numpy()
     small = keras.models.load_model(tmp_path / "small.keras")
     reference = metrics.split_blocks(_joint_reference([mobilenet, small], images, taps), [12, 2])
     for key, matrix in reference.items():
-        np.testing.assert_allclose(loaded["blocks"][key], matrix, atol=2e-5)
+        np.testing.assert_allclose(loaded.blocks[key], matrix, atol=2e-5)

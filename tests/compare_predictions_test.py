@@ -223,6 +223,22 @@ def test_compare_groups_reads_runs(population_dirs):
     assert summary["top_b"][0]["name"] == "cat"  # class 3
 
 
+def test_analyze_writes_what_load_reads(population_dirs, tmp_path):
+    root, a, b, labels = population_dirs
+    out = compare_predictions.analyze(
+        str(root / "*resnet62*"), str(root / "*resnet14*"), str(tmp_path / "cmp"), permutations=50
+    )
+    assert out == str(tmp_path / "cmp")
+    loaded = compare_predictions.load(out)
+    assert isinstance(loaded, compare_predictions.ComparisonResult)
+    assert loaded.summary == json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert loaded.headline == loaded.summary["headline"] and loaded.summary["groups"]["a"]["label"] == "resnet62-w1"
+    assert loaded.summary["overall"]["mean_b"] == pytest.approx(b.mean(), abs=1e-12)
+    np.testing.assert_array_equal(loaded.examples["acc_a"], a.mean(0))
+    np.testing.assert_array_equal(loaded.examples["labels"], labels)
+    assert len(loaded.summary["measured"]) == len(a) + len(b)  # every run's fingerprint
+
+
 def test_unfinished_runs_are_skipped_and_empty_globs_are_errors(population_dirs, tmp_path):
     root, _, _, labels = population_dirs
     write_run(root, 62, 1, 9, np.ones(len(labels), bool), labels, finished=False)

@@ -1,5 +1,6 @@
 """tfwd.dominant_datapoints and bin/dominant_datapoints: first-PC scores against an independent float64 SVD."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -125,6 +126,9 @@ def test_binary_writes_the_json_and_figures(root, bin_env, tmp_path, tiny_runs):
     assert np.all(np.diff(np.abs(info["scores"])) <= 1e-12)  # most dominant first
     assert 0 < info["top_share"] <= 1 and 0 <= info["first_pc_fraction"] <= 1
     assert {"dominant_datapoints.png", "cka_without_top.png", "dominant_datapoints.npz"} <= set(os.listdir(out))
+    loaded = dominant_datapoints.load(str(out))  # the same summary, typed
+    assert isinstance(loaded, dominant_datapoints.DominantDatapointsResult)
+    assert dataclasses.asdict(loaded) == info and loaded.examples == info["examples"] and loaded.top_share > 0
 
 
 @pytest.mark.parametrize(

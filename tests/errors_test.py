@@ -447,7 +447,7 @@ def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
     [
         (
             {"cka": {"exampels": 128}},
-            "analyses.cka has no setting 'exampels'. tfwd.cka.analyze_runs takes: "
+            "analyses.cka has no setting 'exampels'. tfwd.cka.analyze takes: "
             "['taps', 'split', 'examples', 'batch_size', 'passes', 'seed'].",
         ),
         pytest.param(
@@ -456,7 +456,7 @@ def test_cka_models_bad_inputs(root, bin_env, tmp_path, case):
         pytest.param(
             {"probes": {"out_dir": "x"}},
             "analyses.probes has no setting 'out_dir' (the report sets it). "
-            "tfwd.probes.analyze_run takes: ['taps', 'epochs', 'batch_size', 'validation_examples', 'pooling', "
+            "tfwd.probes.analyze takes: ['taps', 'epochs', 'batch_size', 'validation_examples', 'pooling', "
             "'optimizer', 'learning_rates', 'l2', 'train_examples', 'test_examples', 'augment', 'cka_examples', 'seed'].",
             marks=SLOW,
         ),

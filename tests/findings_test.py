@@ -1,5 +1,6 @@
 """tfwd.findings: the rules of docs/science/rules.md (version 2) on synthetic analyses whose answers are known."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -42,6 +43,14 @@ def _run(depth=38, n=782, seed=0, block=None, cka=None, pc=None, probes=None, pr
     config = runs.RunConfig(runs.ModelConfig(depth, width), DataConfig(train_examples=n), runs.TrainConfig(seed=seed))
     matrix = cka if cka is not None else _heatmap(names, block)
     return findings.JudgedRun(config.name, config, names, matrix, pc=pc, probes=probes, prune_blocks=prune)
+
+
+def _pc_result(names, fraction):
+    """A tfwd.pc.PCResult with these first-PC fractions (the rules read nothing else of it)."""
+    from tfwd import pc
+
+    n, zeros, eye = len(names), np.zeros(len(names)), np.eye(len(names))
+    return pc.PCResult(names, fraction, np.zeros((n, 4)), zeros, zeros, eye, eye, eye, (2, 3), 0.0, {})
 
 
 def _verdicts(runs_, cross=None, cross_models=(), **detector):
@@ -118,8 +127,8 @@ def test_a_block_in_one_seed_only_counts_that_seed():
     fraction[
         [i for i, n in enumerate(block_seed.names) if n.startswith(("stage2", "stage3")) and n.endswith("_out")]
     ] = 0.9
-    block_seed.pc = {"names": block_seed.names, "fraction": fraction}
-    free_seed.pc = {"names": free_seed.names, "fraction": np.full(len(free_seed.names), 0.1)}
+    block_seed.pc = _pc_result(block_seed.names, fraction)
+    free_seed.pc = _pc_result(free_seed.names, np.full(len(free_seed.names), 0.1))
     found = findings.judge([block_seed, free_seed])[2]
     assert [row["run"] for row in found["seeds"]] == [block_seed.name]
     assert found["seeds"][0]["control"] == [free_seed.name]  # the block-free seed is the control
@@ -137,12 +146,12 @@ def _pc(run, inside, outside, stage3=None):
         if stage3 is not None and n.startswith("stage3"):
             v = stage3
         values.append(v)
-    return {"names": run.names, "fraction": np.array(values)}
+    return _pc_result(run.names, np.array(values))
 
 
 def _with_control(block_run, control_pc):
     control = _run(14)
-    control.pc = {"names": control.names, "fraction": np.array([control_pc(n) for n in control.names])}
+    control.pc = _pc_result(control.names, np.array([control_pc(n) for n in control.names]))
     return [block_run, control]
 
 
@@ -171,14 +180,14 @@ def test_first_pc_stage_effect_is_caught_by_the_control():
 def test_first_pc_reports_the_svd_estimator_beside_the_exact_one_without_a_verdict():
     r = _run(block=BLOCK38)
     r.pc = _pc(r, 0.9, 0.2)
-    r.pc["fraction_svd"] = _pc(r, 0.3, 0.1)["fraction"]  # low enough to fail the rule: it must not matter
+    r.pc = dataclasses.replace(r.pc, fraction_svd=_pc(r, 0.3, 0.1).fraction)  # low enough to fail the rule: no matter
     found = findings.judge(_with_control(r, lambda n: 0.2))[2]
     row = found["seeds"][0]
     assert found["verdict"] == "reproduced" and row["shows"] is True
     assert row["inside_mean_svd"] == pytest.approx(0.3) and row["outside_mean_svd"] == pytest.approx(0.1)
     assert "(TruncatedSVD estimator, no verdict: 0.30 inside vs 0.10 outside)" in found["measured"]
     # An analysis written before the estimator existed: reported as not computed, the verdict unchanged.
-    del r.pc["fraction_svd"]
+    r.pc = dataclasses.replace(r.pc, fraction_svd=None)
     found = findings.judge(_with_control(r, lambda n: 0.2))[2]
     assert found["verdict"] == "reproduced"
     assert found["seeds"][0]["inside_mean_svd"] is None and found["seeds"][0]["outside_mean_svd"] is None
@@ -196,10 +205,13 @@ def test_a_run_without_a_control_does_not_count():
 
 
 def _probes(names, accuracy):
-    return [
+    from tfwd import probes
+
+    rows = [
         {"tap": n, "kind": "post", "test_accuracy": accuracy(i, n)}
         for i, n in enumerate(n for n in names if n.endswith("_add"))
     ]
+    return probes.ProbesResult(rows, {})
 
 
 def test_probes_flat_inside_the_block_and_against_the_control():
@@ -233,7 +245,7 @@ def _prune(depth, loss):
     for stage, deleted in steps:
         accuracy = full - sum(loss(stage, b) for b in deleted)
         rows.append({"stage": stage, "blocks_deleted": len(deleted), "deleted": deleted, "accuracy": accuracy})
-    return {"full_accuracy": full, "rows": rows}
+    return prune_blocks.PruneBlocksResult(full, 10000, [], rows, f"resnet{depth}-w1", {})
 
 
 def test_deleting_inside_the_block_costs_little_against_the_model_and_the_control():

@@ -8,6 +8,7 @@ import importlib
 import importlib.machinery
 import os
 import re
+import types
 
 import pytest
 
@@ -28,16 +29,16 @@ SAVED = os.path.join(os.sep, "models", "net.keras")
 # names are what users' scripts and earlier results depend on.
 CALLS = {
     "cka": (lambda m: m.analyze_models([SAVED]), os.path.join(os.sep, "models", "net_cka_all_test")),
-    "pc": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "pc_all_test")),
-    "probes": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "probes_residual")),
-    "prune_blocks": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "prune_blocks")),
-    "dominant_datapoints": (lambda m: m.analyze_run(RUN), os.path.join(RUN, "dominant_datapoints")),
+    "pc": (lambda m: m.analyze(RUN), os.path.join(RUN, "pc_all_test")),
+    "probes": (lambda m: m.analyze(RUN), os.path.join(RUN, "probes_residual")),
+    "prune_blocks": (lambda m: m.analyze(RUN), os.path.join(RUN, "prune_blocks")),
+    "dominant_datapoints": (lambda m: m.analyze(RUN), os.path.join(RUN, "dominant_datapoints")),
     "compare_predictions": (lambda m: m.analyze("runs/a-*", "runs/b-*", "out"), "out"),
 }
 
 
 class _Reserved(Exception):
-    """Raised by the stand-ins for runs.open_analysis and runs.check_output_dir: where, and as what kind."""
+    """Raised by the stand-in for the reservation of a runs.Output: where, and as what kind."""
 
     def __init__(self, out_dir, kind):
         super().__init__(out_dir, kind)
@@ -52,21 +53,18 @@ def test_the_analyses_are_public_modules_and_the_former_names_are_not():
 @pytest.mark.parametrize("name", ANALYSES)
 def test_module_binary_and_output_kind_share_the_analysis_name(name, root, monkeypatch):
     module = importlib.import_module(f"tfwd.{name}")
-    assert module.__name__ == f"tfwd.{name}" and module.OUTPUT_KIND == name
+    assert module.__name__ == f"tfwd.{name}" and module.KIND == name
 
     binary = root / "bin" / name
     assert binary.is_file() and os.access(binary, os.X_OK)
     imported = re.findall(r"^\s+from tfwd import (.+)$", binary.read_text(), flags=re.M)
     assert any(name in line.split(", ") for line in imported), f"bin/{name} does not call tfwd.{name}"
 
-    def open_analysis(run_dir, kind, out_dir, **name_parts):
-        raise _Reserved(out_dir or runs.analysis_dir(run_dir, **name_parts, kind=kind), kind)
+    def reserve(output, kind, path):
+        raise _Reserved(path, kind)
 
-    def check_output_dir(out_dir, kind):
-        raise _Reserved(out_dir, kind)
-
-    monkeypatch.setattr(runs, "open_analysis", open_analysis)
-    monkeypatch.setattr(runs, "check_output_dir", check_output_dir)
+    monkeypatch.setattr(runs.Output, "__init__", reserve)
+    monkeypatch.setattr(runs, "Run", lambda path: types.SimpleNamespace(path=path))  # no run is read
     call, folder = CALLS[name]
     with pytest.raises(_Reserved) as reserved:
         call(module)

@@ -29,7 +29,7 @@ def test_the_design_names_resolve_from_the_root():
         "metrics.CKA",
         "metrics.linear_cka",
         "cka.compare_models",
-        "cka.analyze_runs",
+        "cka.analyze",
         "cka.analyze_models",
         "blocks.find_block_structure",
         "data.Data",

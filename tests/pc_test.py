@@ -364,21 +364,21 @@ def test_variance_explained_draws_the_svd_estimator_beside_the_exact_fraction():
 # --- runs and bin/pc -------------------------------------------------------------------------
 
 
-def test_analyze_run_matches_in_memory_reference(tiny_runs, tmp_path):
+def test_analyze_matches_in_memory_reference(tiny_runs, tmp_path):
     from tfwd import runs
 
-    out = pc.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "pc"), taps="blocks", examples=64, batch_size=24)
+    out = pc.analyze(tiny_runs[0], out_dir=str(tmp_path / "pc"), taps="blocks", examples=64, batch_size=24)
     assert sorted(os.listdir(out)) == [".tfwd_output", "first_pc.png", "pc.npz", "variance_explained.png"]
     for png in ("first_pc.png", "variance_explained.png"):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    result = pc.load(os.path.join(out, "pc.npz"))
+    result = pc.load(out)
     run = runs.Run(tiny_runs[0])
     names = models.tap_names(run.model(), "blocks")
-    assert result["names"] == names and result["settings"]["examples"] == 64 and result["last_stages"] == (2, 3)
-    assert result["scores"].shape == (5, 64) and result["cka"].shape == result["pc_cosine"].shape == (5, 5)
-    assert np.all((result["fraction"] >= 0) & (result["fraction"] <= 1))
-    np.testing.assert_array_equal(np.diag(result["pc_cosine"]), np.ones(5))
+    assert result.names == names and result.settings["examples"] == 64 and result.last_stages == (2, 3)
+    assert result.scores.shape == (5, 64) and result.cka.shape == result.pc_cosine.shape == (5, 5)
+    assert np.all((result.fraction >= 0) & (result.fraction <= 1))
+    np.testing.assert_array_equal(np.diag(result.pc_cosine), np.ones(5))
     # The reference: the same 64 test images in one float64 pass, SVD per layer.
     images = next(iter(run.data().eval_dataset("test", 64, 64)))[0]
     acts = [
@@ -387,39 +387,41 @@ def test_analyze_run_matches_in_memory_reference(tiny_runs, tmp_path):
     ]
     for layer, x in enumerate(acts):
         u, s, _ = svd_reference(x)
-        assert result["fraction"][layer] == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-5)
-        assert abs(result["scores"][layer] @ u[:, 0]) == pytest.approx(1.0, abs=1e-4)
-    assert result["cka"][1, 3] == pytest.approx(metrics.linear_cka(acts[1], acts[3], unbiased=True), abs=1e-5)
+        assert result.fraction[layer] == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-5)
+        assert abs(result.scores[layer] @ u[:, 0]) == pytest.approx(1.0, abs=1e-4)
+    assert result.cka[1, 3] == pytest.approx(metrics.linear_cka(acts[1], acts[3], unbiased=True), abs=1e-5)
     pooled = np.concatenate([x - x.mean(0) for x, n in zip(acts, names) if models.stage_of(n) in (2, 3)], axis=1)
     s = np.linalg.svd(pooled, compute_uv=False)
-    assert result["last_stages_fraction"] == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-5)
+    assert result.last_stages_fraction == pytest.approx(s[0] ** 2 / np.sum(s**2), abs=1e-5)
     # The reference code's estimator, stored beside the exact one.
-    np.testing.assert_allclose(result["fraction_svd"], [defined_svd_fraction(x) for x in acts], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(result.fraction_svd, [defined_svd_fraction(x) for x in acts], rtol=0, atol=1e-5)
 
 
 def test_load_reads_an_output_written_before_the_svd_estimator(tmp_path):
     x = np.random.default_rng(13).normal(size=(3, 10, 4))
     grams = np.stack([metrics.gram(f) for f in x])
     result = pc.analyze_grams(grams, NAMES[2:5], sums=x.sum(2), widths=[4, 4, 4])
-    pc.save(str(tmp_path / "pc.npz"), result, {"taps": "all"})
-    with np.load(tmp_path / "pc.npz") as f:
+    for folder in ("new", "old", "none"):
+        os.makedirs(tmp_path / folder)
+    pc.save(str(tmp_path / "new" / pc.FILE), result, {"taps": "all"})
+    with np.load(tmp_path / "new" / pc.FILE) as f:
         old = {k: f[k] for k in f.files if k != "fraction_svd"}
-    np.savez(tmp_path / "old.npz", **old)
-    loaded = pc.load(str(tmp_path / "old.npz"))
-    assert loaded["fraction_svd"] is None
-    np.testing.assert_array_equal(loaded["fraction"], result["fraction"])
-    np.testing.assert_array_equal(pc.load(str(tmp_path / "pc.npz"))["fraction_svd"], result["fraction_svd"])
+    np.savez(tmp_path / "old" / pc.FILE, **old)
+    loaded = pc.load(str(tmp_path / "old"))
+    assert loaded.fraction_svd is None
+    np.testing.assert_array_equal(loaded.fraction, result["fraction"])
+    np.testing.assert_array_equal(pc.load(str(tmp_path / "new")).fraction_svd, result["fraction_svd"])
     # A result without it is saved without it.
-    pc.save(str(tmp_path / "none.npz"), pc.analyze_grams(grams, NAMES[2:5]), {"taps": "all"})
-    assert pc.load(str(tmp_path / "none.npz"))["fraction_svd"] is None
+    pc.save(str(tmp_path / "none" / pc.FILE), pc.analyze_grams(grams, NAMES[2:5]), {"taps": "all"})
+    assert pc.load(str(tmp_path / "none")).fraction_svd is None
 
 
 @pytest.mark.parametrize(
     "kwargs,match", [(dict(examples=2), "examples"), (dict(batch_size=0), "batch_size")], ids=["examples", "batch_size"]
 )
-def test_analyze_run_errors(tiny_runs, tmp_path, kwargs, match):
+def test_analyze_errors(tiny_runs, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pc.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "x"), **kwargs)
+        pc.analyze(tiny_runs[0], out_dir=str(tmp_path / "x"), **kwargs)
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -440,9 +442,9 @@ def test_bin_pc_smoke(tiny_runs, tmp_path, root, bin_env):
     result = subprocess.run(cmd, env=bin_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"First-PC analyses: {tmp_path / 'o'}"
-    loaded = pc.load(str(tmp_path / "o" / "pc.npz"))
-    assert len(loaded["names"]) == 21 * 1 + 7 and loaded["settings"]["taps"] == "all"  # taps="all" of ResNet-8
-    assert loaded["scores"].shape == (28, 64)
+    loaded = pc.load(str(tmp_path / "o"))
+    assert len(loaded.names) == 21 * 1 + 7 and loaded.settings["taps"] == "all"  # taps="all" of ResNet-8
+    assert loaded.scores.shape == (28, 64)
     missing = subprocess.run(
         [*cmd[:2], f"--run={tmp_path / 'nope'}"], env=bin_env, capture_output=True, text=True, timeout=600
     )

@@ -244,8 +244,8 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_analyze_run_writes_one_row_per_residual_tap(tiny_runs, tmp_path):
-    out = probes.analyze_run(
+def test_analyze_writes_one_row_per_residual_tap(tiny_runs, tmp_path):
+    out = probes.analyze(
         tiny_runs[0],
         out_dir=str(tmp_path / "p"),
         epochs=1,
@@ -289,8 +289,17 @@ def test_analyze_run_writes_one_row_per_residual_tap(tiny_runs, tmp_path):
     assert settings["tap_names"] == names and settings["epochs"] == 1 and settings["optimizer"] == "adam"
     with np.load(os.path.join(out, "cka.npz")) as f:
         assert f["cka_0_0"].shape == (6, 6) and np.allclose(np.diag(f["cka_0_0"]), 1.0)
+        within = f["cka_0_0"]
     with open(os.path.join(out, "probes.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # load: the same rows, typed, the settings and the heatmap.
+    loaded = probes.load(out)
+    assert isinstance(loaded, probes.ProbesResult) and loaded.settings == settings
+    assert [r["tap"] for r in loaded.rows] == names and [r["features"] for r in loaded.rows] == [
+        int(r["features"]) for r in rows
+    ]
+    assert [r["test_accuracy"] for r in loaded.rows] == [float(r["test_accuracy"]) for r in rows]
+    np.testing.assert_array_equal(loaded.cka, within)
 
 
 @pytest.mark.parametrize(
@@ -304,9 +313,9 @@ def test_analyze_run_writes_one_row_per_residual_tap(tiny_runs, tmp_path):
     ],
     ids=["too_many_train_examples", "too_many_test_examples", "cka_examples", "unknown_tap", "optimizer"],
 )
-def test_analyze_run_errors_write_nothing(tiny_runs, tmp_path, kwargs, match):
+def test_analyze_errors_write_nothing(tiny_runs, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        probes.analyze_run(tiny_runs[0], out_dir=str(tmp_path / "x"), epochs=1, **kwargs)
+        probes.analyze(tiny_runs[0], out_dir=str(tmp_path / "x"), epochs=1, **kwargs)
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -351,5 +360,5 @@ def test_bin_probes_smoke(tiny_runs, tmp_path, root, bin_env, tfds_dir):
     # plain network's refusal is probes' own, checked here in-process, before anything is written.
     plain = _plain_run(str(tmp_path / "plain"), tfds_dir)
     with pytest.raises(ValueError, match="^taps='residual' needs residual connections"):
-        probes.analyze_run(plain, out_dir=str(tmp_path / "plain_out"), data_dir=tfds_dir)
+        probes.analyze(plain, out_dir=str(tmp_path / "plain_out"), data_dir=tfds_dir)
     assert not os.path.exists(tmp_path / "plain_out")

@@ -281,8 +281,8 @@ def plain_run(resnet14_run, tmp_path_factory):
     return str(path)
 
 
-def test_analyze_run_writes_consistent_results(resnet14_run, tmp_path):
-    out = prune_blocks.analyze_run(resnet14_run, out_dir=str(tmp_path / "p"), examples=200, batch_size=64)
+def test_analyze_writes_consistent_results(resnet14_run, tmp_path):
+    out = prune_blocks.analyze(resnet14_run, out_dir=str(tmp_path / "p"), examples=200, batch_size=64)
     assert sorted(os.listdir(out)) == [".tfwd_output", "prune_blocks.csv", "prune_blocks.json", "prune_blocks.png"]
     with open(os.path.join(out, "prune_blocks.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -304,10 +304,16 @@ def test_analyze_run_writes_consistent_results(resnet14_run, tmp_path):
     assert summary["full_accuracy"] == pytest.approx(own, abs=1e-12)
     with open(os.path.join(out, "prune_blocks.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    loaded = prune_blocks.load(out)  # the same numbers, typed
+    assert isinstance(loaded, prune_blocks.PruneBlocksResult) and loaded.full_accuracy == pytest.approx(own, abs=1e-12)
+    assert [s["deleted"] for s in loaded.steps] == [r["deleted"].split() for r in rows]
+    assert [s["accuracy"] for s in loaded.steps] == [float(r["accuracy"]) for r in rows]
+    assert loaded.skipped == ["stage2_block1", "stage3_block1"] and loaded.examples == 200
+    assert loaded.full_accuracy_recalibrated is None and loaded.settings == summary["settings"]
 
 
-def test_analyze_run_recalibration_settings(resnet14_run, tmp_path):
-    out = prune_blocks.analyze_run(
+def test_analyze_recalibration_settings(resnet14_run, tmp_path):
+    out = prune_blocks.analyze(
         resnet14_run, out_dir=str(tmp_path / "r"), recalibrate_bn=True, recalibration_examples=1000, examples=64
     )
     with open(os.path.join(out, "prune_blocks.json")) as f:
@@ -329,9 +335,9 @@ def test_analyze_run_recalibration_settings(resnet14_run, tmp_path):
     ],
     ids=["no_examples", "too_many", "batch", "recalibration"],
 )
-def test_analyze_run_errors(resnet14_run, tmp_path, kwargs, match):
+def test_analyze_errors(resnet14_run, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        prune_blocks.analyze_run(resnet14_run, out_dir=str(tmp_path / "x"), **kwargs)
+        prune_blocks.analyze(resnet14_run, out_dir=str(tmp_path / "x"), **kwargs)
     assert not os.path.exists(tmp_path / "x")
 
 

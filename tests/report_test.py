@@ -1,5 +1,6 @@
 """tfwd.report, tfwd.html and bin/report: a report on real runs (the rules: tests/findings_test.py)."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -11,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from tfwd import findings, html, report, runs
+from tfwd import dominant_datapoints, findings, html, report, runs
 
 
 def test_spec_validation(tmp_path):
@@ -171,9 +172,9 @@ def test_cached_analyses_are_keyed_on_the_runs_content(tiny_runs, tmp_path, retr
             r"analyses.dominant_datapoints has no setting 'topk'",
         ),
         ({"pc": {"data_dir": "x"}}, r"analyses.pc has no setting 'data_dir' \(the report sets it\)"),
-        ({"cka": []}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings"),
+        ({"cka": []}, r"analyses.cka must be an object of tfwd.cka.analyze settings"),
         ({k: False for k in ("pc", "probes", "prune_blocks", "cross_seed", "dominant_datapoints")}, None),
-        ({"cka": False}, r"analyses.cka must be an object of tfwd.cka.analyze_runs settings. Received: False"),
+        ({"cka": False}, r"analyses.cka must be an object of tfwd.cka.analyze settings. Received: False"),
         ({"probes": True}, r"analyses.probes must be an object .* \(or false to skip it\). Received: True"),
     ],
     ids=[
@@ -327,16 +328,16 @@ def test_wide_against_deep_in_the_report(tiny_runs, tfds_dir, tmp_path):
     wide, deep = "cifar10-resnet8-w0.5-n256-s0", "cifar10-resnet14-w0.25-n256-s0"
     made = [d for d in os.listdir(out_dir / wide) if d.startswith("report_wide_deep_")]
     assert len(made) == 1 and not any(d.startswith("report_wide_deep_") for d in os.listdir(out_dir / deep))
-    loaded = cka.load(str(out_dir / wide / made[0] / "cka.npz"))
-    assert [os.path.basename(m) for m in loaded["models"]] == [wide, deep]
-    assert loaded["settings"]["examples"] == 96  # the cross-seed CKA's settings
+    loaded = cka.load(str(out_dir / wide / made[0]))
+    assert [os.path.basename(m) for m in loaded.models] == [wide, deep]
+    assert loaded.settings["examples"] == 96  # the cross-seed CKA's settings
     saved = json.load(open(os.path.join(folder, "findings.json")))
     g = next(c for c in saved["claims"] if c["id"] == "g")
     assert [(r["role"], r["run"], r["other"]) for r in g["seeds"]] == [("wide", wide, deep), ("deep", deep, wide)]
     # The numbers are the rule's on the saved matrix and the blocks the report found.
-    names = loaded["names"]
+    names = loaded.names
     expected = findings.wide_against_deep(
-        loaded["blocks"][(0, 1)],
+        loaded.blocks[0, 1],
         *names,
         *(blocks_of(saved["runs"][r]["block"]) for r in (wide, deep)),
     )
@@ -369,17 +370,22 @@ def blocks_of(saved: dict):
 def test_findings_json_names_runs_instead_of_locating_them(tmp_path):
     # The dominant-datapoint settings hold the run's path; findings.json is shared, so it keeps the name.
     run = str(tmp_path / "runs" / "cifar10-resnet56-w1-n782-s1")
-    section = {"examples": [3, 1], "settings": {"run": run, "examples": 1000, "top": 2}}
+    block = {"found": True, "start": "a", "end": "b", "fraction": 0.5, "contrast": 0.4, "peak_contrast": 0.5}
+    section = dominant_datapoints.DominantDatapointsResult(
+        "stage3_block4_out", [3, 1], [9.0, 8.0], ["cat", "dog"], 0.6, 0.7, 3.0, block, block,
+        {"run": run, "examples": 1000, "top": 2},
+    )  # fmt: skip
     analyses = report.Analyses([], {}, {}, {}, {os.path.basename(run): section}, {})
     saved = html.findings_json({"name": "s"}, analyses, [], {"training": 3600.0}, 7200.0)
     assert saved["dominant_datapoints"] == {
         "cifar10-resnet56-w1-n782-s1": {
+            **dataclasses.asdict(section),
             "examples": [3, 1],
             "settings": {"run": "cifar10-resnet56-w1-n782-s1", "examples": 1000, "top": 2},
         }
     }
     assert str(tmp_path) not in json.dumps(saved) and saved["hours"] == {"training": 1.0, "total": 2.0}
-    assert section["settings"]["run"] == run  # the analysis' own record is left as it is
+    assert section.settings["run"] == run  # the analysis' own record is left as it is
 
 
 def test_runs_with_a_cka_history_get_its_figure(tmp_path):

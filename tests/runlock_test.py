@@ -150,7 +150,7 @@ def test_overwrite_of_a_run_an_analysis_reads_is_refused_naming_it(root, bin_env
     assert runs.fingerprint(run_dir) == before  # the run was left alone
     from tfwd import cka
 
-    assert cka.load(str(tmp_path / "cka" / "cka.npz"))["settings"]["measured"] == [before]
+    assert cka.load(str(tmp_path / "cka")).settings["measured"] == [before]
     assert before["files"]["model.keras"] is not None
 
 
@@ -181,11 +181,11 @@ def test_a_reader_refuses_an_output_of_a_retrained_run(tmp_path, tiny_runs):
     from tfwd import pc
 
     run_dir = shutil.copytree(tiny_runs[0], tmp_path / os.path.basename(tiny_runs[0]))
-    out = pc.analyze_run(str(run_dir), examples=16, batch_size=16)
-    assert pc.load(os.path.join(out, "pc.npz"))["settings"]["measured"] == [runs.fingerprint(run_dir)]
+    out = pc.analyze(str(run_dir), examples=16, batch_size=16)
+    assert pc.load(out).settings["measured"] == [runs.fingerprint(run_dir)]
     shutil.copy(os.path.join(tiny_runs[1], runs.MODEL), run_dir / runs.MODEL)  # retrained since
     with pytest.raises(runs.RunError) as info:
-        pc.load(os.path.join(out, "pc.npz"))
+        pc.load(out)
     assert str(info.value) == (
         f"{out} measured an earlier model of {run_dir}: the run was retrained since. Rerun the analysis (or delete "
         "that output)."

@@ -10,10 +10,12 @@ minibatch CKA metric, and the block-structure analyses.
   the model families a run can train.
 - tfwd.metrics: the streaming `CKA` metric and full-batch references (`linear_cka`).
 - tfwd.data: TFDS input pipelines (`Data`, `DataConfig`).
-- tfwd.cka: CKA of several models in one pass over the data (`compare_models`, `analyze_runs`).
+- tfwd.cka: CKA of several models in one pass over the data (`compare_models`, `analyze`).
 - tfwd.blocks, tfwd.findings, tfwd.dominant_datapoints, tfwd.pc, tfwd.probes, tfwd.prune_blocks,
   tfwd.compare_predictions: the paper's analyses. An analysis with a binary has one name for its
   module, its binary and its output folder: tfwd.pc, bin/pc, RUN/pc_<taps>_<split>/.
+- tfwd.analyses: the registry of the analyses (each: `KIND`, `analyze` -> folder, `load` -> result),
+  which tfwd.report runs.
 - tfwd.report, tfwd.runs, tfwd.sweeps, tfwd.training: run directories, training, sweeps, reports.
 - tfwd.plots: matplotlib figures of the analyses' results.
 - tfwd.callbacks: `CKAMonitor`, the CKA heatmap and its block structure in TensorBoard as a model trains.
@@ -58,6 +60,7 @@ PUBLIC_MODULES = (
     "probes",
     "prune_blocks",
     "compare_predictions",
+    "analyses",
     "report",
     "runs",
     "sweeps",

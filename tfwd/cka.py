@@ -7,7 +7,7 @@ augmentation, BN in inference mode, and every layer's output (taps="all").
 
 Three entry points, one computation (`cka_matrices`):
 
-- `analyze_runs`: tfwd run directories (bin/cka --runs), on the data they were trained on.
+- `analyze`: tfwd run directories (bin/cka --runs), on the data they were trained on.
 - `analyze_models`: saved Keras models that tfwd did not train (bin/cka --models), on a
   dataset named by the caller.
 - `compare_models`: Keras models in memory, on a NumPy array or a tf.data pipeline.
@@ -18,6 +18,7 @@ size is fixed and differs from the images' sees them resized (bilinear).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,10 +35,11 @@ from absl import logging
 from tfwd import distribute, metrics, models, runs
 from tfwd.data import Data, DataConfig, shuffle_seed
 
-# The analysis' one name: this module, bin/cka and its output folders (RUN/cka_<taps>_<split>/,
-# or named after the runs or models), whose marker (tfwd.runs.OUTPUT_MARKER) holds it.
-# tests/names_test.py checks that they agree.
-OUTPUT_KIND = "cka"
+# The analysis' one name: this module, bin/cka, its output folders (RUN/cka_<taps>_<split>/, or
+# named after the runs or models), whose marker (tfwd.runs.OUTPUT_MARKER) holds it, and its entry
+# in tfwd.analyses. tests/names_test.py checks that they agree.
+KIND = "cka"
+FILE = "cka.npz"
 PIXELS = ("unit", "raw")  # images in [0, 1] (tfwd's models) or [0, 255] (models that scale their own input)
 MODEL_DATASETS = ("cifar10", "cifar100", "image_folder")
 MODEL_SPLITS = ("test", "train")
@@ -204,22 +206,40 @@ def save(path: str, result: dict[str, Any], model_names: Sequence[str], settings
     runs.write_npz(path, **arrays)
 
 
-def load(path: str) -> dict[str, Any]:
-    """Reads an .npz written by `save`: {"models", "names", "blocks", "settings"}.
+@dataclasses.dataclass(frozen=True, eq=False)
+class CKAResult:
+    """What `load` reads from an output folder of `analyze` or `analyze_models` (its cka.npz, see `save`).
+
+    Attributes:
+        models: the K run (or model) names.
+        names: K lists of layer names, in depth order.
+        blocks: {(i, j): (L_i, L_j) float64 CKA} for i <= j; (i, i) is model i's within-model CKA.
+        settings: how it was measured (taps, split, batch_size, passes, seed, examples, batches,
+            "measured": the digest of each run or model).
+    """
+
+    models: list[str]
+    names: list[list[str]]
+    blocks: dict[tuple[int, int], np.ndarray]
+    settings: dict[str, Any]
+
+
+def load(folder: str) -> CKAResult:
+    """The `CKAResult` of an output folder of `analyze` or `analyze_models`.
 
     Raises:
-        tfwd.runs.RunError: if the output folder holding it measured a run that was retrained since.
+        tfwd.runs.RunError: if the folder measured a run that was retrained since.
     """
-    runs.check_measured(os.path.dirname(os.path.abspath(path)))
-    with np.load(path) as f:
+    runs.check_measured(folder)
+    with np.load(os.path.join(folder, FILE)) as f:
         model_names = [str(m) for m in f["models"]]
         k = len(model_names)
-        return {
-            "models": model_names,
-            "names": [[str(n) for n in f[f"layers_{i}"]] for i in range(k)],
-            "blocks": {(i, j): f[f"cka_{i}_{j}"] for i in range(k) for j in range(i, k)},
-            "settings": json.loads(str(f["settings"])),
-        }
+        return CKAResult(
+            models=model_names,
+            names=[[str(n) for n in f[f"layers_{i}"]] for i in range(k)],
+            blocks={(i, j): f[f"cka_{i}_{j}"] for i in range(k) for j in range(i, k)},
+            settings=json.loads(str(f["settings"])),
+        )
 
 
 def _joined(names: Sequence[str], what: str) -> str:
@@ -233,8 +253,8 @@ def _joined(names: Sequence[str], what: str) -> str:
 def default_out_dir(run_dirs: Sequence[str], taps: str | Sequence[str], split: str) -> str:
     """RUN/cka_{taps}_{split} for one run; beside the runs, named after them, for several."""
     if len(run_dirs) == 1:
-        return runs.analysis_dir(run_dirs[0], taps, split, kind=OUTPUT_KIND)
-    tag = f"{OUTPUT_KIND}_{runs.taps_tag(taps)}_{split}"
+        return runs.analysis_dir(run_dirs[0], taps, split, kind=KIND)
+    tag = f"{KIND}_{runs.taps_tag(taps)}_{split}"
     names = _joined([os.path.basename(os.path.normpath(r)) for r in run_dirs], "runs")
     return os.path.join(os.path.dirname(os.path.normpath(run_dirs[0])), f"{tag}_{names}")
 
@@ -253,17 +273,17 @@ def default_models_out_dir(model_paths: Sequence[str], taps: str | Sequence[str]
     """<first model's folder>/<stem>[__<stem>...]_cka_{taps}_{split}: beside the models, named after them."""
     folder = os.path.dirname(os.path.abspath(model_paths[0]))
     stems = _joined(model_labels(model_paths), "models")
-    return os.path.join(folder, f"{stems}_{OUTPUT_KIND}_{runs.taps_tag(taps)}_{split}")
+    return os.path.join(folder, f"{stems}_{KIND}_{runs.taps_tag(taps)}_{split}")
 
 
 def _write(
-    out_dir: str, result: dict[str, Any], names: Sequence[str], labels: Sequence[str], settings: dict, what: str
+    output: runs.Output, result: dict[str, Any], names: Sequence[str], labels: Sequence[str], settings: dict, what: str
 ) -> None:
     """cka.npz, within_<name>.png, cross_<a>__<b>.png and (several models) grid.png, as a whole."""
     from tfwd import plots  # matplotlib only when figures are drawn
 
-    with runs.writing_output(out_dir, OUTPUT_KIND, what) as tmp:
-        save(os.path.join(tmp, "cka.npz"), result, names, settings)
+    with output.writing(what) as tmp:
+        save(os.path.join(tmp, FILE), result, names, settings)
         for (i, j), matrix in result["blocks"].items():
             file = f"within_{names[i]}.png" if i == j else f"cross_{names[i]}__{names[j]}.png"
             ax = plots.heatmap(
@@ -285,7 +305,7 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 @runs.reading_runs()  # the runs stay locked for reading until the output is written
-def analyze_runs(
+def analyze(
     run_dirs: Sequence[str],
     out_dir: str | None = None,
     taps: str | Sequence[str] = "all",
@@ -300,7 +320,7 @@ def analyze_runs(
     """CKA of one or more finished runs, written as cka.npz plus PNG heatmaps.
 
     Writes into `out_dir` (default: `default_out_dir`), as a whole or not at all:
-    cka.npz (see `save`), one within-model heatmap per run (`within_<run>.png`),
+    cka.npz (see `save`; `load` reads the folder), one within-model heatmap per run (`within_<run>.png`),
     one cross-model heatmap per pair (`cross_<runA>__<runB>.png`) and, for
     several runs, the grid of all of them (`grid.png`).
 
@@ -331,8 +351,7 @@ def analyze_runs(
         raise ValueError(
             f"CKA compares models on the same examples; these runs use different datasets: {sorted(datasets)}."
         )
-    out_dir = out_dir or default_out_dir([r.path for r in opened], taps, split)
-    runs.check_output_dir(out_dir, OUTPUT_KIND)
+    output = runs.Output(KIND, out_dir or default_out_dir([r.path for r in opened], taps, split))
     data = opened[0].data(data_dir)
     _check_examples(data, split, examples)
     strategy = strategy or tf.distribute.get_strategy()
@@ -346,15 +365,15 @@ def analyze_runs(
         strategy=strategy,
     )
     if not distribute.is_chief(strategy):
-        return out_dir
+        return output.path
     names = [r.name for r in opened]
     labels = [runs.run_label(n) for n in names]  # titles drop the shared dataset prefix
     settings = dict(
         runs=[r.path for r in opened], taps=taps, split=split, batch_size=batch_size, passes=passes, seed=seed
     )
     settings["measured"] = runs.measured()  # the digest of each run's model, results and settings
-    _write(out_dir, result, names, labels, settings, f"CKA of {len(opened)} run(s)")
-    return out_dir
+    _write(output, result, names, labels, settings, f"CKA of {len(opened)} run(s)")
+    return output.path
 
 
 def _check_examples(data: Data, split: str, examples: int | None) -> None:
@@ -482,11 +501,11 @@ def analyze_models(
     pixels: str = "unit",
     strategy: tf.distribute.Strategy | None = None,
 ) -> str:
-    """CKA of saved Keras models that tfwd did not train, written as `analyze_runs` writes it.
+    """CKA of saved Keras models that tfwd did not train, written as `analyze` writes it.
 
-    The same computation, files and defaults as `analyze_runs`, on a dataset named
+    The same computation, files and defaults as `analyze`, on a dataset named
     here: the first `examples` examples of `split` in stored order, reshuffled on
-    every pass with `seed` (the same minibatches as `analyze_runs` with the same
+    every pass with `seed` (the same minibatches as `analyze` with the same
     settings), without augmentation, resized to each model's input size.
 
     Args:
@@ -497,7 +516,7 @@ def analyze_models(
         data_dir: TFDS data directory (image_folder: the folder's root).
         split: "test" or "train" (the whole training split).
         examples: the first N examples of the split (None: all).
-        batch_size, passes, seed, strategy: as `analyze_runs`.
+        batch_size, passes, seed, strategy: as `analyze`.
         taps: "all", "re:PATTERN" or layer names found in every model.
         pixels: "unit" feeds float32 pixels in [0, 1] (tfwd's models); "raw" in
             [0, 255] (models that scale their own input, e.g. Keras Applications'
@@ -518,8 +537,7 @@ def analyze_models(
             raise ValueError(f"`{arg}` must be one of {allowed} for saved models. Received: {arg}={value!r}")
     if not model_paths:
         raise ValueError("`models` must list at least one saved Keras model. Received: []")
-    out_dir = out_dir or default_models_out_dir(model_paths, taps, split)
-    runs.check_output_dir(out_dir, OUTPUT_KIND)
+    output = runs.Output(KIND, out_dir or default_models_out_dir(model_paths, taps, split))
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         loaded = [models.load_model(p) for p in model_paths]
@@ -542,7 +560,7 @@ def analyze_models(
 
     result = cka_matrices(loaded, dataset_for_pass, passes=passes, taps=taps, strategy=strategy, resize=True)
     if not distribute.is_chief(strategy):
-        return out_dir
+        return output.path
     labels = model_labels(model_paths)
     settings = dict(
         models=[os.path.abspath(p) for p in model_paths],
@@ -557,5 +575,5 @@ def analyze_models(
         input_shapes=[list(models.image_input(m)) for m in loaded],
         measured=[{"model": os.path.abspath(p), "sha256": runs.file_sha256(p)} for p in model_paths],
     )
-    _write(out_dir, result, labels, labels, settings, f"CKA of {len(loaded)} model(s)")
-    return out_dir
+    _write(output, result, labels, labels, settings, f"CKA of {len(loaded)} model(s)")
+    return output.path

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -61,10 +62,11 @@ from scipy import stats
 from tfwd import runs
 from tfwd.data import Data
 
-# The analysis' one name: this module, bin/compare_predictions and the kind of folder it writes
-# (the --out_dir a user names), whose marker (tfwd.runs.OUTPUT_MARKER) holds it.
-# tests/names_test.py checks that they agree.
-OUTPUT_KIND = "compare_predictions"
+# The analysis' one name: this module, bin/compare_predictions, the kind of folder it writes (the
+# --out_dir a user names), whose marker (tfwd.runs.OUTPUT_MARKER) holds it, and its entry in
+# tfwd.analyses. tests/names_test.py checks that they agree.
+KIND = "compare_predictions"
+FILE = "summary.json"
 ALPHA = 0.05  # the paper's significance level (Figure 7c)
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -485,8 +487,8 @@ def compare_groups(
     return result
 
 
-def write_comparison(result: dict[str, Any], out_dir: str) -> str:
-    """Writes a comparison into `out_dir`, as a whole or not at all (tfwd.runs.atomic_dir).
+def write_comparison(result: dict[str, Any], output: runs.Output) -> str:
+    """Writes a comparison into its output folder, as a whole or not at all (`tfwd.runs.Output`).
 
     Files: summary.json (the summary: "overall" {"mean_a", "sem_a", "mean_b",
     "sem_b", "t", "df", "p", "n_a", "n_b"}, "classes_significant_p05",
@@ -499,7 +501,7 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
     two clouds carry the same binomial noise).
 
     Returns:
-        `out_dir`.
+        The output folder.
     """
     from tfwd.plots import compare_predictions as plots  # matplotlib only when figures are drawn
     from tfwd.plots.common import save_figure
@@ -508,8 +510,8 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
     groups = summary.get("groups", {})
     label_a, label_b = (groups.get(k, {}).get("label", f"group {k.upper()}") for k in "ab")
     h = summary["departure"]["h"]
-    with runs.atomic_dir(out_dir, OUTPUT_KIND) as tmp:
-        runs.write_json(os.path.join(tmp, "summary.json"), summary)
+    with output.writing(f"Comparison of {label_a} and {label_b}") as tmp:
+        runs.write_json(os.path.join(tmp, FILE), summary)
         runs.write_csv(os.path.join(tmp, "per_class.csv"), summary["per_class"])
         runs.write_npz(os.path.join(tmp, "per_example.npz"), **ex)
         ax = plots.per_example_scatter(
@@ -533,22 +535,58 @@ def write_comparison(result: dict[str, Any], out_dir: str) -> str:
             annotate=top,
         )
         save_figure(ax.figure, os.path.join(tmp, "per_class.png"))
-    return out_dir
+    return output.path
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ComparisonResult:
+    """What `load` reads from an `analyze` output folder.
+
+    Attributes:
+        summary: summary.json (see `write_comparison`): "headline", "overall", "departure",
+            "classes_significant_p05", "classes_significant_bh05", "top_a", "top_b", "per_class",
+            "groups", "dataset", "measured", ...; accuracies in [0, 1], NaN as None.
+        examples: per_example.npz: "labels" (N,) int32 and the per-example accuracies "acc_a",
+            "acc_b" (full groups), "acc_a_half1", "acc_a_half2", "acc_b_sub" (h models each), (N,) float64.
+    """
+
+    summary: dict[str, Any]
+    examples: dict[str, np.ndarray]
+
+    @property
+    def headline(self) -> str:
+        """The comparison in one line, in the paper's style."""
+        return self.summary["headline"]
+
+
+def load(folder: str) -> ComparisonResult:
+    """The `ComparisonResult` of an `analyze` output folder.
+
+    Raises:
+        tfwd.runs.RunError: if the folder measured a run that was retrained since.
+    """
+    runs.check_measured(folder)
+    with open(os.path.join(folder, FILE)) as f:
+        summary = json.load(f)
+    with np.load(os.path.join(folder, "per_example.npz")) as f:
+        examples = {key: f[key] for key in f.files}
+    return ComparisonResult(summary, examples)
 
 
 @runs.reading_runs()  # the runs stay locked for reading until the output is written
 def analyze(group_a: str, group_b: str, out_dir: str, seed: int = 0, permutations: int = 1000, top_k: int = 5) -> str:
-    """Compares the finished runs matching two glob patterns and writes the results (see `write_comparison`).
+    """Compares the finished runs matching two glob patterns and writes the results (see `write_comparison`;
+    `load` reads them back).
 
     Example (needs two populations of finished runs, e.g. from bin/sweep --spec=data/sweeps/figure7.json;
     tests/compare_predictions_test.py runs it on small ones)::
 
         analyze("runs/cifar10-resnet62-w1-s*", "runs/cifar10-resnet14-w2-s*", "out/62_vs_14")  # -> 'out/62_vs_14'
     """
-    runs.check_output_dir(out_dir, OUTPUT_KIND)
+    output = runs.Output(KIND, out_dir)
     result = compare_groups(find_runs(group_a), find_runs(group_b), seed, permutations, top_k)
     result["summary"]["groups"]["a"]["pattern"] = group_a
     result["summary"]["groups"]["b"]["pattern"] = group_b
     result["summary"]["measured"] = runs.measured()  # the digest of each run's model, results and settings
     logging.info("%s", result["summary"]["headline"])
-    return write_comparison(result, out_dir)
+    return write_comparison(result, output)

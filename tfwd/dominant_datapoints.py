@@ -25,6 +25,7 @@ block structure, or the middle block output of the last stage when there is none
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -38,11 +39,11 @@ from absl import logging
 
 from tfwd import blocks, cka, models, pc, runs
 
-# The analysis' one name: this module, bin/dominant_datapoints and its output folder
-# (RUN/dominant_datapoints/), whose marker (tfwd.runs.OUTPUT_MARKER) holds it.
-# tests/names_test.py checks that they agree.
-OUTPUT_KIND = "dominant_datapoints"
-JSON = "dominant_datapoints.json"
+# The analysis' one name: this module, bin/dominant_datapoints, its output folder
+# (RUN/dominant_datapoints/), whose marker (tfwd.runs.OUTPUT_MARKER) holds it, and its entry in
+# tfwd.analyses. tests/names_test.py checks that they agree.
+KIND = "dominant_datapoints"
+FILE = "dominant_datapoints.json"
 
 
 def first_pc_scores(activations: np.ndarray, top: int) -> dict[str, Any]:
@@ -195,15 +196,46 @@ def summary(result: dict[str, Any], labels: np.ndarray, class_names: Sequence[st
     }
 
 
-def load(out_dir: str) -> dict[str, Any]:
-    """Reads dominant_datapoints.json of an output folder.
+@dataclasses.dataclass(frozen=True)
+class DominantDatapointsResult:
+    """What `load` reads from an `analyze` output folder (its dominant_datapoints.json, `summary`).
+
+    Attributes:
+        layer: the layer analysed.
+        examples: the top K test examples by |first-PC score|, most dominant first (indices in
+            the test split's stored order).
+        scores: their first-PC scores.
+        labels: their class names.
+        first_pc_fraction: the layer's first-PC variance fraction over all the examples.
+        top_share: the top K's share of lambda_1 (sum of their squared scores over all).
+        norm_ratio: mean activation norm of the top K over that of the other examples.
+        block: the detector's verdict on the CKA with every example ("found", "start", "end",
+            "fraction", "contrast", "peak_contrast").
+        block_without_top: the same without the top K.
+        settings: how it was measured (run, split, examples, top, batch_size, "measured").
+    """
+
+    layer: str
+    examples: list[int]
+    scores: list[float]
+    labels: list[str]
+    first_pc_fraction: float
+    top_share: float
+    norm_ratio: float | None
+    block: dict[str, Any]
+    block_without_top: dict[str, Any]
+    settings: dict[str, Any]
+
+
+def load(folder: str) -> DominantDatapointsResult:
+    """The `DominantDatapointsResult` of an `analyze` output folder.
 
     Raises:
         tfwd.runs.RunError: if the folder measured a run that was retrained since.
     """
-    runs.check_measured(out_dir)
-    with open(os.path.join(out_dir, JSON)) as f:
-        return json.load(f)
+    runs.check_measured(folder)
+    with open(os.path.join(folder, FILE)) as f:
+        return DominantDatapointsResult(**json.load(f))
 
 
 def check_top(top: int, examples: int) -> None:
@@ -217,11 +249,11 @@ def check_top(top: int, examples: int) -> None:
 
 
 # RUN_DIR/dominant_datapoints.
-default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
+default_out_dir = functools.partial(runs.analysis_dir, kind=KIND)
 
 
 @runs.reading_runs()  # the run stays locked for reading until the output is written
-def analyze_run(
+def analyze(
     run_dir: str,
     out_dir: str | None = None,
     layer: str | None = None,
@@ -233,7 +265,7 @@ def analyze_run(
     """Dominant datapoints of a finished run on the first `examples` test images (stored order).
 
     Writes into `out_dir` (default RUN_DIR/dominant_datapoints), as a whole or not at all:
-    dominant_datapoints.json (`summary`), dominant_datapoints.npz (every example's score,
+    dominant_datapoints.json (`summary`; `load` reads it), dominant_datapoints.npz (every example's score,
     the two CKA matrices and the layer names), dominant_datapoints.png (the top K images
     with their labels and scores) and cka_without_top.png (the heatmaps with and without
     them, the detector's verdict on each).
@@ -246,7 +278,7 @@ def analyze_run(
     from tfwd.plots import common, dominant_datapoints as plots
 
     check_top(top, examples)
-    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir)
+    run, output = runs.Output.for_run(KIND, run_dir, out_dir)
     model = run.model()
     if layer is not None:
         check_layer(layer, models.tap_names(model, "all"))
@@ -263,8 +295,8 @@ def analyze_run(
     settings["measured"] = runs.measured()  # the digest of the run's model, results and settings
     info = summary(result, labels, data.class_names, settings)
     label = runs.run_label(run.name)
-    with runs.atomic_dir(out_dir, OUTPUT_KIND) as tmp:
-        runs.write_json(os.path.join(tmp, JSON), info)
+    with output.writing(f"Dominant datapoints of {run.name}") as tmp:
+        runs.write_json(os.path.join(tmp, FILE), info)
         runs.write_npz(
             os.path.join(tmp, "dominant_datapoints.npz"),
             scores=result["scores"],
@@ -283,14 +315,12 @@ def analyze_run(
         fig = plots.with_and_without(result, top, title=label)
         common.save_figure(fig, os.path.join(tmp, "cka_without_top.png"))
     logging.info(
-        "Dominant datapoints of %s at %s: top %d hold %.0f%% of the first PC; block %s -> %s without them. "
-        "Written to %s.",
+        "Dominant datapoints of %s at %s: top %d hold %.0f%% of the first PC; block %s -> %s without them.",
         run.name,
         result["layer"],
         top,
         100 * info["top_share"],
         "found" if result["block"].found else "none",
         "found" if result["block_without_top"].found else "none",
-        out_dir,
     )
-    return out_dir
+    return output.path

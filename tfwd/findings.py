@@ -41,11 +41,14 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfwd import blocks, models
+
+if TYPE_CHECKING:  # the analyses import TensorFlow; the rules only read their results
+    from tfwd import pc, probes, prune_blocks
 
 PAPER = {
     "a": "Figure 1: blocks appear as depth (ResNet-110, 164) or width (ResNet-38 4x-10x) grows.",
@@ -84,10 +87,12 @@ class JudgedRun:
         config: its tfwd.runs.RunConfig.
         names: the layers of the within-model CKA (taps="all"), in depth order.
         cka: (L, L) within-model CKA.
-        pc: tfwd.pc result ("names", "fraction", optionally "fraction_svd", ...) or None.
-        probes: probe rows ("tap", "kind", "test_accuracy", ...) or None.
-        prune_blocks: tfwd.prune_blocks.load's result ({"full_accuracy", "rows": [{"stage", "blocks_deleted",
-            "deleted" (block names, last first), "accuracy"}]}) or None.
+        pc: the tfwd.pc.PCResult of its first-PC analysis (`names`, `fraction`, optionally
+            `fraction_svd`, ...) or None.
+        probes: the tfwd.probes.ProbesResult of its linear probes (`rows`: "tap", "kind", "test_accuracy", ...)
+            or None.
+        prune_blocks: the tfwd.prune_blocks.PruneBlocksResult of its block deletion (`full_accuracy`, `steps`:
+            [{"stage", "blocks_deleted", "deleted" (block names, last first), "accuracy"}]) or None.
         train_accuracy: final training accuracy (results.json "accuracy"); None when not known, which
             counts as fitted.
     """
@@ -96,9 +101,9 @@ class JudgedRun:
     config: Any
     names: list[str]
     cka: np.ndarray
-    pc: dict | None = None
-    probes: list[dict] | None = None
-    prune_blocks: dict | None = None
+    pc: pc.PCResult | None = None
+    probes: probes.ProbesResult | None = None
+    prune_blocks: prune_blocks.PruneBlocksResult | None = None
     train_accuracy: float | None = None
 
     @property
@@ -362,7 +367,7 @@ class _Judge:
     def first_pc(self, run: JudgedRun) -> dict[str, Any] | None:
         if run.pc is None:
             return None
-        names, fraction = list(run.pc["names"]), np.asarray(run.pc["fraction"], dtype=float)
+        names, fraction = list(run.pc.names), np.asarray(run.pc.fraction, dtype=float)
         outs = [(n, f) for n, f in zip(names, fraction) if n.endswith("_out")]
         inside = [(n, f) for n, f in outs if self.inside(run, n)]
         if not inside:
@@ -371,10 +376,10 @@ class _Judge:
         m_in, peak = _mean(f for _, f in inside), float(max(f for _, f in inside))
         m_out = _mean(outside)
         # The reference code's estimator, reported only: None where the analysis predates it.
-        svd = run.pc.get("fraction_svd")
+        svd = run.pc.fraction_svd
         svd = None if svd is None else dict(zip(names, np.asarray(svd, dtype=float)))
         controls = [c for c in self.control_cell(run) if c.pc is not None]
-        ctrl = self.same_position_mean([n for n, _ in inside], [(c.pc["names"], c.pc["fraction"]) for c in controls])
+        ctrl = self.same_position_mean([n for n, _ in inside], [(c.pc.names, c.pc.fraction) for c in controls])
         row = {
             "inside_mean": m_in,
             "inside_peak": peak,
@@ -391,7 +396,7 @@ class _Judge:
     def probes(self, run: JudgedRun) -> dict[str, Any] | None:
         if run.probes is None or not run.config.model.residual:
             return None
-        post = [p for p in run.probes if p["kind"] == "post"]
+        post = [p for p in run.probes.rows if p["kind"] == "post"]
         acc = [float(p["test_accuracy"]) for p in post]
         inside = [i for i, p in enumerate(post) if self.inside(run, p["tap"])]
         if not inside:
@@ -429,7 +434,7 @@ class _Judge:
         if run.prune_blocks is None or not run.config.model.residual:
             return None
         curves = _deletion_curves(run)
-        full = float(run.prune_blocks["full_accuracy"])
+        full = float(run.prune_blocks.full_accuracy)
         drops_in, drops_out, stages = [], [], {}
         for stage, (order, accuracies) in curves.items():
             previous = full
@@ -543,7 +548,7 @@ def _judged(row: dict, within: bool, control: bool, has_control: bool) -> dict:
 
 def _stage_gain(run: JudgedRun, stage: int) -> float:
     """A control's post-residual probe gain over one stage (from the add before it, or its own first add)."""
-    post = [p for p in run.probes if p["kind"] == "post"]
+    post = [p for p in run.probes.rows if p["kind"] == "post"]
     stages = [models.stage_of(p["tap"]) for p in post]
     members = [i for i, s in enumerate(stages) if s == stage]
     if not members:
@@ -555,7 +560,7 @@ def _stage_gain(run: JudgedRun, stage: int) -> float:
 def _deletion_curves(run: JudgedRun) -> dict[int, tuple[list[str], list[float]]]:
     """Per stage: the deletable blocks in deletion order (last first) and the accuracy after each."""
     by_stage = defaultdict(list)
-    for r in run.prune_blocks["rows"]:
+    for r in run.prune_blocks.steps:
         by_stage[int(r["stage"])].append(r)
     curves = {}
     for stage, rows in by_stage.items():
@@ -571,7 +576,7 @@ def _control_loss(run: JudgedRun, stage: int, fraction: float) -> float:
     if stage not in curves:
         return float("nan")
     _, accuracies = curves[stage]
-    full = float(run.prune_blocks["full_accuracy"])
+    full = float(run.prune_blocks.full_accuracy)
     xs = np.arange(len(accuracies) + 1) / len(accuracies)
     losses = np.r_[0.0, full - np.asarray(accuracies)]
     return float(np.interp(fraction, xs, losses))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfwd import callbacks, findings as findings_lib, plots, runs
+from tfwd import analyses as registry, callbacks, findings as findings_lib, plots, runs
 from tfwd.plots.cka_history import cka_history_figure
 from tfwd.plots.report import block_heatmaps, wide_deep_figure
 
@@ -131,7 +132,7 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
         "claims": claims,
         # A run is named, not located: the file is meant to be shared, and the path is this machine's.
         "dominant_datapoints": {
-            name: {**d, "settings": {**d["settings"], "run": name}} if "settings" in d else d
+            name: {**dataclasses.asdict(d), "settings": {**d.settings, "run": name}}
             for name, d in analyses.dominant.items()
         },
     }
@@ -186,11 +187,7 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
     per_run = []
     for name, dirs in analyses.dirs.items():
         for kind, file, caption in (
-            ("pc", "first_pc.png", "First principal component (Figure 3)"),
-            ("probes", "probes_cka.png", "Linear probes under the CKA heatmap (Figure 4)"),
-            ("prune_blocks", "prune_blocks.png", "Block deletion (Figure 5)"),
-            ("dominant_datapoints", "dominant_datapoints.png", "Dominant datapoints (Nguyen et al. 2022)"),
-            ("dominant_datapoints", "cka_without_top.png", "CKA with and without the dominant datapoints"),
+            (entry.kind, file, caption) for entry in registry.in_report() for file, caption in entry.figures
         ):
             path = os.path.join(dirs.get(kind, ""), file)
             if kind in dirs and os.path.exists(path):

@@ -42,6 +42,7 @@ Lanczos iterations (O(n^2) each), and the CKA matrices cost 2 L^2 n^2, in float6
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -59,9 +60,10 @@ from absl import logging
 from tfwd import models, runs
 from tfwd.metrics import double_center, u_center_means
 
-# The analysis' one name: this module, bin/pc and its output folders (RUN/pc_<taps>_<split>/),
-# whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py checks that they agree.
-OUTPUT_KIND = "pc"
+# The analysis' one name: this module, bin/pc, its output folders (RUN/pc_<taps>_<split>/), whose
+# marker (tfwd.runs.OUTPUT_MARKER) holds it, and its entry in tfwd.analyses. tests/names_test.py checks that they agree.
+KIND = "pc"
+FILE = "pc.npz"
 # A layer whose PC-removed self-HSIC is below this fraction of its full self-HSIC has only
 # rounding left once its first PC is removed (a rank-one layer); its CKA w/o the first PC
 # is defined as 0 with every other layer rather than a ratio of rounding errors.
@@ -494,6 +496,40 @@ def analyze_model(
 _ARRAYS = ("fraction", "scores", "eigenvalue", "total", "pc_cosine", "cka", "cka_without_pc")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PCResult:
+    """What `load` reads from an `analyze` output folder: `analyze_grams`' result and its settings.
+
+    Attributes:
+        names: the L layer names, in depth order.
+        fraction: (L,) float64 first-PC variance fractions sigma_1^2 / sum_i sigma_i^2.
+        scores: (L, n) float64 first-PC scores u_1 (unit norm, largest-magnitude entry positive).
+        eigenvalue: (L,) float64 lambda_1 of each centred Gram matrix.
+        total: (L,) float64 total variance trace(Kc) of each layer.
+        pc_cosine: (L, L) float64 |<u_a, u_b>| of the first PCs.
+        cka: (L, L) float64 unbiased full-batch CKA.
+        cka_without_pc: (L, L) float64 the same with every layer's first PC removed.
+        last_stages: the stages pooled for `last_stages_fraction`.
+        last_stages_fraction: first-PC fraction of their concatenated taps (NaN without such taps).
+        settings: how it was measured (run, taps, split, examples, ..., "measured": the run's fingerprint).
+        fraction_svd: (L,) float64 the reference code's TruncatedSVD estimator of `fraction`; None in
+            folders written before tfwd computed it.
+    """
+
+    names: list[str]
+    fraction: np.ndarray
+    scores: np.ndarray
+    eigenvalue: np.ndarray
+    total: np.ndarray
+    pc_cosine: np.ndarray
+    cka: np.ndarray
+    cka_without_pc: np.ndarray
+    last_stages: tuple[int, ...]
+    last_stages_fraction: float
+    settings: dict[str, Any]
+    fraction_svd: np.ndarray | None = None
+
+
 def save(path: str, result: dict[str, Any], settings: dict[str, Any]) -> None:
     """Writes an `analyze_grams` result and the settings that produced it to an .npz, atomically."""
     runs.write_npz(
@@ -508,31 +544,30 @@ def save(path: str, result: dict[str, Any], settings: dict[str, Any]) -> None:
     )
 
 
-def load(path: str) -> dict[str, Any]:
-    """Reads an .npz written by `save`: the `analyze_grams` keys plus "settings".
-
-    "fraction_svd" is None in files written before tfwd computed it.
+def load(folder: str) -> PCResult:
+    """The `PCResult` of an `analyze` output folder (its pc.npz, see `save`).
 
     Raises:
-        tfwd.runs.RunError: if the output folder holding it measured a run that was retrained since.
+        tfwd.runs.RunError: if the folder measured a run that was retrained since.
     """
-    runs.check_measured(os.path.dirname(os.path.abspath(path)))
-    with np.load(path) as f:
-        result = {key: f[key] for key in _ARRAYS}
-        result["names"] = [str(n) for n in f["names"]]
-        result["last_stages"] = tuple(int(s) for s in f["last_stages"])
-        result["last_stages_fraction"] = float(f["last_stages_fraction"])
-        result["settings"] = json.loads(str(f["settings"]))
-        result["fraction_svd"] = f["fraction_svd"] if "fraction_svd" in f.files else None
-    return result
+    runs.check_measured(folder)
+    with np.load(os.path.join(folder, FILE)) as f:
+        return PCResult(
+            names=[str(n) for n in f["names"]],
+            last_stages=tuple(int(s) for s in f["last_stages"]),
+            last_stages_fraction=float(f["last_stages_fraction"]),
+            settings=json.loads(str(f["settings"])),
+            fraction_svd=f["fraction_svd"] if "fraction_svd" in f.files else None,
+            **{key: f[key] for key in _ARRAYS},
+        )
 
 
 # RUN_DIR/pc_{taps}_{split} ("custom" for a pattern or a list of layer names).
-default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
+default_out_dir = functools.partial(runs.analysis_dir, kind=KIND)
 
 
 @runs.reading_runs()  # the run stays locked for reading until the output is written
-def analyze_run(
+def analyze(
     run_dir: str,
     out_dir: str | None = None,
     taps: str | Sequence[str] = "all",
@@ -545,8 +580,8 @@ def analyze_run(
     """The first-PC analyses of one finished run, written as pc.npz and Figure 3.
 
     Writes into `out_dir` (default `RUN_DIR/pc_<taps>_<split>`), as a whole or not
-    at all: pc.npz (see `save`), first_pc.png (the four panels of Figure 3) and
-    variance_explained.png (the first-PC fraction per layer, by both estimators).
+    at all: pc.npz (see `save`; `load` reads the folder back), first_pc.png (the four panels of
+    Figure 3) and variance_explained.png (the first-PC fraction per layer, by both estimators).
 
     Args:
         run_dir: a finished run directory.
@@ -572,7 +607,7 @@ def analyze_run(
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
-    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir, taps=taps, split=split)
+    run, output = runs.Output.for_run(KIND, run_dir, out_dir, taps=taps, split=split)
     data = run.data(data_dir)
     available = data.num_examples(split)
     if examples is not None and not 4 <= examples <= available:
@@ -597,8 +632,8 @@ def analyze_run(
         last_stages=result["last_stages"],
         fraction_svd=result["fraction_svd"],
     )
-    with runs.writing_output(out_dir, OUTPUT_KIND, f"First-PC analyses of {run.name}") as tmp:
-        save(os.path.join(tmp, "pc.npz"), result, settings)
+    with output.writing(f"First-PC analyses of {run.name}") as tmp:
+        save(os.path.join(tmp, FILE), result, settings)
         figure = pc_plots.first_pc_figure(
             result["cka"],
             result["pc_cosine"],
@@ -611,4 +646,4 @@ def analyze_run(
         common.save_figure(figure, os.path.join(tmp, "first_pc.png"))
         ax = pc_plots.variance_explained(result["fraction"], result["names"], title=title, **extras)
         common.save_figure(ax.figure, os.path.join(tmp, "variance_explained.png"))
-    return out_dir
+    return output.path

@@ -39,7 +39,7 @@ Protocol and defaults, and why:
 Example (trains probes on a finished run, minutes on a CPU; tests/probes_test.py runs it on a tiny one)::
 
     # -> 'runs/cifar10-resnet26-w2-s0/probes_residual'
-    tfwd.probes.analyze_run("runs/cifar10-resnet26-w2-s0", epochs=10)
+    tfwd.probes.analyze("runs/cifar10-resnet26-w2-s0", epochs=10)
     # probes.csv there: per tap, the chosen learning rate, validation and test accuracy
 """
 
@@ -48,6 +48,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -62,9 +63,10 @@ from absl import logging
 from tfwd import cka, errors, models, runs
 from tfwd.data import Data, shuffle_seed
 
-# The analysis' one name: this module, bin/probes and its output folders (RUN/probes_<taps>/),
-# whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py checks that they agree.
-OUTPUT_KIND = "probes"
+# The analysis' one name: this module, bin/probes, its output folders (RUN/probes_<taps>/), whose
+# marker (tfwd.runs.OUTPUT_MARKER) holds it, and its entry in tfwd.analyses. tests/names_test.py checks that they agree.
+KIND = "probes"
+FILE = "probes.csv"
 POOLINGS = ("flatten", "gap", "maxpool2")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LEARNING_RATES = {"adam": (1e-4, 1e-3, 1e-2), "sgd": (1e-3, 1e-2, 1e-1)}
@@ -372,7 +374,7 @@ def _train_step(tapped, pooling, heads, settings, optimizers):
 
 
 # RUN_DIR/probes_<taps> ("custom" for a pattern or a list of layer names).
-default_out_dir = functools.partial(runs.analysis_dir, kind=OUTPUT_KIND)
+default_out_dir = functools.partial(runs.analysis_dir, kind=KIND)
 
 
 def probe_table(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -407,18 +409,43 @@ _COLUMN_TYPES = {
 }
 
 
-def load(out_dir: str) -> list[dict[str, Any]]:
-    """The rows of probes.csv in an `analyze_run` output folder (`probe_table`'s keys, typed).
+@dataclasses.dataclass(frozen=True, eq=False)
+class ProbesResult:
+    """What `load` reads from an `analyze` output folder.
+
+    Attributes:
+        rows: one row per tap in depth order (probes.csv, `probe_table`'s keys, typed): "position",
+            "tap", "kind" ("pre", "post" or "other"), "stage", "layer_index", "features",
+            "learning_rate", "l2" (the chosen setting), "validation_accuracy", "test_accuracy"
+            (None when not measured), accuracies in [0, 1].
+        settings: how the probes were trained (probes.json: run, taps, tap_names, epochs, grid, ...,
+            "measured").
+        cka: (L, L) float64 within-model CKA over the same taps (cka.npz), None without `cka_examples`.
+    """
+
+    rows: list[dict[str, Any]]
+    settings: dict[str, Any]
+    cka: np.ndarray | None = None
+
+
+def load(folder: str) -> ProbesResult:
+    """The `ProbesResult` of an `analyze` output folder.
 
     Raises:
         tfwd.runs.RunError: if the folder measured a run that was retrained since.
     """
-    runs.check_measured(out_dir)
-    with open(os.path.join(out_dir, "probes.csv")) as f:
-        return [
+    runs.check_measured(folder)
+    with open(os.path.join(folder, FILE)) as f:
+        rows = [
             {k: (_COLUMN_TYPES[k](v) if v != "" else None) if k in _COLUMN_TYPES else v for k, v in row.items()}
             for row in csv.DictReader(f)
         ]
+    with open(os.path.join(folder, "probes.json")) as f:
+        settings = json.load(f)
+    within = None
+    if os.path.exists(os.path.join(folder, cka.FILE)):
+        within = cka.load(folder).blocks[0, 0]
+    return ProbesResult(rows, settings, within)
 
 
 def grid_table(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -461,7 +488,7 @@ def _probe_data(run, data_dir, train_examples, validation_examples, test_example
 
 
 @runs.reading_runs()  # the run stays locked for reading until the output is written
-def analyze_run(
+def analyze(
     run_dir: str,
     out_dir: str | None = None,
     taps: str | Sequence[str] = "residual",
@@ -488,7 +515,7 @@ def analyze_run(
     probes.png (accuracy against layer). With `cka_examples`, also cka.npz (the
     within-model CKA over the same taps, one pass over the first `cka_examples`
     test examples in minibatches of up to 256) and probes_cka.png (Figure 4: the
-    heatmap above the probe accuracies).
+    heatmap above the probe accuracies). `load` reads the folder back as a `ProbesResult`.
 
     Args:
         run_dir: a finished run directory.
@@ -517,7 +544,7 @@ def analyze_run(
         ValueError: for taps the model lacks (taps="residual" on a plain network),
             bad settings, or more examples than the run has.
     """
-    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir, taps=taps)
+    run, output = runs.Output.for_run(KIND, run_dir, out_dir, taps=taps)
     model = run.model()
     names = models.tap_names(model, taps)  # fails fast, before any data is read
     _grid(optimizer, learning_rates, l2)
@@ -571,26 +598,26 @@ def analyze_run(
         within = cka.cka_matrices(
             [model], lambda _: data.eval_dataset("test", cka_batch, cka_examples), passes=1, taps=names
         )
-    _write(out_dir, result, settings, run.name, 1 / data.num_classes, within)
-    return out_dir
+    _write(output, result, settings, run.name, 1 / data.num_classes, within)
+    return output.path
 
 
-def _write(out_dir, result, settings, run_name, chance, within) -> None:
-    """Writes the tables, settings and plots of `analyze_run` into `out_dir` at once."""
+def _write(output: runs.Output, result, settings, run_name, chance, within) -> None:
+    """Writes the tables, settings and plots of `analyze` into its output folder at once."""
     from tfwd import plots  # matplotlib only when figures are drawn
     from tfwd.plots import probes as probe_plots
 
     table = probe_table(result)
     title = f"{runs.run_label(run_name)}: linear probes"
-    with runs.writing_output(out_dir, OUTPUT_KIND, f"Probes of {run_name}") as tmp:
-        runs.write_csv(os.path.join(tmp, "probes.csv"), table)
+    with output.writing(f"Probes of {run_name}") as tmp:
+        runs.write_csv(os.path.join(tmp, FILE), table)
         runs.write_csv(os.path.join(tmp, "probes_grid.csv"), grid_table(result))
         runs.write_json(os.path.join(tmp, "probes.json"), settings)
         ax = probe_plots.probe_accuracy(table, title=title, chance=chance)
         plots.save_figure(ax.figure, os.path.join(tmp, "probes.png"))
         if within is not None:
             cka.save(
-                os.path.join(tmp, "cka.npz"),
+                os.path.join(tmp, cka.FILE),
                 within,
                 [run_name],
                 dict(taps=settings["tap_names"], split="test", passes=1),

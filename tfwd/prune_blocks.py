@@ -42,10 +42,11 @@ from absl import logging
 from tfwd import runs
 from tfwd.models import layers
 
-# The analysis' one name: this module, bin/prune_blocks and its output folder
-# (RUN/prune_blocks/), whose marker (tfwd.runs.OUTPUT_MARKER) holds it. tests/names_test.py
+# The analysis' one name: this module, bin/prune_blocks, its output folder (RUN/prune_blocks/), whose
+# marker (tfwd.runs.OUTPUT_MARKER) holds it, and its entry in tfwd.analyses. tests/names_test.py
 # checks that they agree.
-OUTPUT_KIND = "prune_blocks"
+KIND = "prune_blocks"
+FILE = "prune_blocks.json"
 _BLOCK = re.compile(r"^(stage(\d+)_block(\d+))_")
 DEFAULT_RECALIBRATION_EXAMPLES = 2048
 
@@ -400,20 +401,44 @@ def stagewise_deletion(
     return result
 
 
-def load(out_dir: str) -> dict[str, Any]:
-    """prune_blocks.json of an `analyze_run` output folder: "full_accuracy", "steps" (each with
-    "stage", "blocks_deleted", "deleted" (a list, last block first) and "accuracy"), "rows" (the
-    same steps), "skipped", "settings". Raises tfwd.runs.RunError if the folder measured a run
-    that was retrained since."""
-    runs.check_measured(out_dir)
-    with open(os.path.join(out_dir, "prune_blocks.json")) as f:
-        result = json.load(f)
-    result["rows"] = result["steps"]
-    return result
+@dataclasses.dataclass(frozen=True)
+class PruneBlocksResult:
+    """What `load` reads from an `analyze` output folder (its prune_blocks.json).
+
+    Attributes:
+        full_accuracy: test accuracy of the whole model, BN as trained, in [0, 1].
+        examples: test examples evaluated.
+        skipped: blocks that cannot be deleted (a projection shortcut), by name.
+        steps: the deletions in schedule order, each {"stage", "blocks_deleted", "deleted" (block
+            names, last block first), "accuracy"} (see `stagewise_deletion`).
+        model: the model's name.
+        settings: how it was measured (run, split, batch_size, recalibrate_bn, ..., "measured").
+        full_accuracy_recalibrated: the whole model with re-estimated BN statistics (None
+            without recalibration).
+    """
+
+    full_accuracy: float
+    examples: int
+    skipped: list[str]
+    steps: list[dict[str, Any]]
+    model: str
+    settings: dict[str, Any]
+    full_accuracy_recalibrated: float | None = None
+
+
+def load(folder: str) -> PruneBlocksResult:
+    """The `PruneBlocksResult` of an `analyze` output folder.
+
+    Raises:
+        tfwd.runs.RunError: if the folder measured a run that was retrained since.
+    """
+    runs.check_measured(folder)
+    with open(os.path.join(folder, FILE)) as f:
+        return PruneBlocksResult(**json.load(f))
 
 
 @runs.reading_runs()  # the run stays locked for reading until the output is written
-def analyze_run(
+def analyze(
     run_dir: str,
     out_dir: str | None = None,
     recalibrate_bn: bool = False,
@@ -429,7 +454,7 @@ def analyze_run(
     - prune_blocks.csv: one row per deletion (columns stage, blocks_deleted,
       deleted: space-separated block names, last block first, accuracy in [0, 1]);
     - prune_blocks.json: full_accuracy, examples, skipped blocks, the steps and the
-      settings;
+      settings (`load` reads it as a `PruneBlocksResult`);
     - prune_blocks.png: accuracy per deletion, grouped by stage, with stage
       boundaries and the full model's accuracy (`tfwd.plots.deletion_accuracy`).
 
@@ -457,7 +482,7 @@ def analyze_run(
 
     Example (needs a finished run; tests/prune_blocks_test.py runs it on a tiny one)::
 
-        analyze_run("runs/cifar10-resnet38-w10-s0", examples=1000)  # -> 'runs/cifar10-resnet38-w10-s0/prune_blocks'
+        analyze("runs/cifar10-resnet38-w10-s0", examples=1000)  # -> 'runs/cifar10-resnet38-w10-s0/prune_blocks'
     """
     from tfwd.plots.common import save_figure  # matplotlib only when drawing
     from tfwd.plots.prune_blocks import deletion_accuracy  # matplotlib only when drawing
@@ -468,7 +493,7 @@ def analyze_run(
         raise ValueError(
             f"`recalibration_examples` must be >= 1. Received: recalibration_examples={recalibration_examples!r}"
         )
-    run, out_dir = runs.open_analysis(run_dir, OUTPUT_KIND, out_dir)
+    run, output = runs.Output.for_run(KIND, run_dir, out_dir)
     model = run.model()
     deletion_schedule(model)  # a plain model fails here, before any data is read
     data = run.data(data_dir)
@@ -490,9 +515,9 @@ def analyze_run(
         recalibration = data.eval_dataset("train", batch, n)
     result = stagewise_deletion(model, data.eval_dataset("test", batch_size, examples), recalibration)
     rows = [{**step, "deleted": " ".join(step["deleted"])} for step in result["steps"]]
-    with runs.writing_output(out_dir, OUTPUT_KIND, f"Block deletion of {run.name}") as tmp:
+    with output.writing(f"Block deletion of {run.name}") as tmp:
         runs.write_csv(os.path.join(tmp, "prune_blocks.csv"), rows)
-        runs.write_json(os.path.join(tmp, "prune_blocks.json"), {**result, "model": model.name, "settings": settings})
+        runs.write_json(os.path.join(tmp, FILE), {**result, "model": model.name, "settings": settings})
         ax = deletion_accuracy(
             [s["stage"] for s in rows],
             [s["blocks_deleted"] for s in rows],
@@ -501,4 +526,4 @@ def analyze_run(
             title=run.name + (" (BN recalibrated)" if recalibrate_bn else ""),
         )
         save_figure(ax.figure, os.path.join(tmp, "prune_blocks.png"))
-    return out_dir
+    return output.path

@@ -6,14 +6,14 @@ A report spec (data/reports/*.json) is a JSON object:
       "name": "science",
       "description": "...",
       "runs": {"flags": {...}, "grid": [...]},       a sweep spec body (tfwd.sweeps)
-      "analyses": {                                  settings of each analysis (all optional)
-        "cka": {"examples": 2048, "passes": 2},      tfwd.cka.analyze_runs, every run
-        "pc": {"examples": 1000},                    tfwd.pc.analyze_run, every run
-        "probes": {"epochs": 5},                     tfwd.probes.analyze_run, every residual run
-        "prune_blocks": {"examples": 2000},          tfwd.prune_blocks.analyze_run, every residual run
+      "analyses": {                                  settings of each analysis of tfwd.analyses (all optional)
+        "cka": {"examples": 2048, "passes": 2},      tfwd.cka.analyze, every run
+        "pc": {"examples": 1000},                    tfwd.pc.analyze, every run
+        "probes": {"epochs": 5},                     tfwd.probes.analyze, every residual run
+        "prune_blocks": {"examples": 2000},          tfwd.prune_blocks.analyze, every residual run
         "cross_seed": {"examples": 2048, "passes": 1},  CKA of seeds 0 and 1 of every cell, and of
                                                      seed 0 of the widest and the deepest cell (claim (g))
-        "dominant_datapoints": {"examples": 1000, "top": 10}  tfwd.dominant_datapoints.analyze_run, runs with a block
+        "dominant_datapoints": {"examples": 1000, "top": 10}  tfwd.dominant_datapoints.analyze, runs with a block
       },                                             (only when given); false skips an analysis (not cka)
       "block_structure": {"min_contrast": 0.3, ...} tfwd.blocks.find_block_structure
       "min_train_accuracy": 0.9                       runs below it count in no claim (rules v2)
@@ -45,11 +45,10 @@ from typing import Any, TextIO
 
 from absl import logging
 
-from tfwd import apps, blocks, cka, dominant_datapoints, findings, pc, probes, prune_blocks, runs, sweeps
+from tfwd import analyses as registry, apps, blocks, findings, runs, sweeps
 from tfwd.progress import showing
 
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy")
-ANALYSES = ("cka", "pc", "probes", "prune_blocks", "cross_seed", "dominant_datapoints")
 
 
 def load_spec(path: str) -> dict[str, Any]:
@@ -68,9 +67,10 @@ def load_spec(path: str) -> dict[str, Any]:
 def validate(spec: Any, where: str = "report spec") -> dict[str, Any]:
     if not isinstance(spec, dict) or "name" not in spec or "runs" not in spec:
         raise ValueError(f"{where}: a report spec is an object with at least 'name' and 'runs'.")
-    unknown = sorted(set(spec) - set(SPEC_KEYS)) + sorted(set(spec.get("analyses", {})) - set(ANALYSES))
+    kinds = [entry.kind for entry in registry.in_report()]
+    unknown = sorted(set(spec) - set(SPEC_KEYS)) + sorted(set(spec.get("analyses", {})) - set(kinds))
     if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}. Allowed: {list(SPEC_KEYS)}, analyses {list(ANALYSES)}.")
+        raise ValueError(f"{where}: unknown keys {unknown}. Allowed: {list(SPEC_KEYS)}, analyses {kinds}.")
     check_analysis_settings(spec.get("analyses", {}), where)
     for kind, settings in spec.get("analyses", {}).items():
         if settings is not False:
@@ -79,57 +79,34 @@ def validate(spec: Any, where: str = "report spec") -> dict[str, Any]:
     return spec
 
 
-# What each analysis of a report measures by default; a spec's settings override them.
-DEFAULTS = {
-    "cka": {"taps": "all", "examples": 2048, "passes": 2, "batch_size": 256},
-    "pc": {"taps": "all", "examples": 1000, "batch_size": 250},
-    "probes": {"epochs": 5, "test_examples": 2000, "cka_examples": 1024},
-    "prune_blocks": {"examples": 2000},
-    "cross_seed": {"taps": "all", "examples": 2048, "passes": 1, "batch_size": 256},
-    "dominant_datapoints": {"examples": 1000, "top": 10},
-}
+# Settings that count something: >= 1 in every analysis (an entry's `minimums` may ask for more).
+_COUNTS = ("batch_size", "epochs", "passes", "examples", "test_examples", "recalibration_examples")
 
 
 def check_analysis_values(kind: str, settings: dict[str, Any], where: str = "report spec") -> None:
-    """Checks the values of one analysis' settings (with the report's defaults) that need no run or data, as the
-    analysis itself would, so that a spec is refused before anything is trained or analysed.
+    """Checks the values of one analysis' settings (with its defaults in tfwd.analyses) that need no run or data,
+    as the analysis itself would, so that a spec is refused before anything is trained or analysed.
 
     Raises:
         ValueError: naming the spec, the analysis and the setting.
     """
-    function = _analysis_functions()[kind]
-    defaults = {p.name: p.default for p in inspect.signature(function).parameters.values()}
-    s = {**defaults, **DEFAULTS[kind], **settings}
+    entry = registry.REGISTRY[kind]
+    defaults = {p.name: p.default for p in inspect.signature(entry.analyze).parameters.values()}
+    s = {**defaults, **entry.defaults, **settings}
 
     def at_least(key: str, low: int) -> None:
         if s.get(key) is not None and s[key] < low:
             raise ValueError(f"`{key}` must be >= {low}. Received: {key}={s[key]!r}")
 
     try:
-        for key in ("batch_size", "epochs", "passes", "examples", "test_examples", "recalibration_examples"):
+        for key in _COUNTS:
             at_least(key, 1)
-        if kind in ("cka", "cross_seed"):
-            at_least("batch_size", 4)  # the unbiased CKA estimator
-        if kind in ("cka", "cross_seed", "pc"):
-            at_least("examples", 4)
-        if kind == "probes":
-            at_least("cka_examples", 4)
-            probes._grid(s["optimizer"], s["learning_rates"], s["l2"])
-        if kind == "dominant_datapoints":
-            dominant_datapoints.check_top(s["top"], s["examples"])
+        for key, low in entry.minimums.items():
+            at_least(key, low)
+        if entry.check is not None:
+            entry.check(s)
     except ValueError as e:
         raise ValueError(f"{where}: analyses.{kind}: {e}") from None
-
-
-def _analysis_functions() -> dict[str, Callable]:
-    return {
-        "cka": cka.analyze_runs,
-        "pc": pc.analyze_run,
-        "probes": probes.analyze_run,
-        "prune_blocks": prune_blocks.analyze_run,
-        "cross_seed": cka.analyze_runs,
-        "dominant_datapoints": dominant_datapoints.analyze_run,
-    }
 
 
 # Arguments the report passes itself; a spec cannot set them.
@@ -146,12 +123,13 @@ def check_analysis_settings(analyses: Any, where: str = "report spec") -> None:
     if not isinstance(analyses, dict):
         raise ValueError(f"{where}: `analyses` must be an object. Received: {analyses!r}")
     for kind, settings in analyses.items():
-        function = _analysis_functions()[kind]
+        entry = registry.REGISTRY[kind]
+        function = entry.analyze
         name = f"{function.__module__}.{function.__name__}"
-        if settings is False and kind != "cka":  # skipped
+        if settings is False and entry.skippable:
             continue
         if not isinstance(settings, dict):
-            skip = "" if kind == "cka" else " (or false to skip it)"
+            skip = " (or false to skip it)" if entry.skippable else ""
             raise ValueError(
                 f"{where}: analyses.{kind} must be an object of {name} settings{skip}. Received: {settings!r}"
             )
@@ -245,19 +223,30 @@ class Analyses:
         opened: the tfwd.runs.Run of each, by name.
         blocks: the detected block structure of each (the spec's detector settings).
         cross_seed: findings.CrossSeed per cell trained with seeds 0 and 1, by cell label.
-        dominant: tfwd.dominant_datapoints summaries of the runs with a block, by name.
+        dominant: the tfwd.dominant_datapoints results of the runs with a block, by name.
         dirs: the folder of each analysis of each run, by name and kind ("cross_seed" by cell).
         wide_deep: findings.CrossModel of seed 0 of the widest and the deepest fitted cell on each data subset
             that has both (claim (g)), rows the wide model's layers.
+        results: what each analysis' `load` read, by run name (or cell label) and kind, as `dirs`.
     """
 
     runs: list[findings.JudgedRun]
     opened: dict[str, runs.Run]
     blocks: dict[str, blocks.BlockStructure]
     cross_seed: dict[str, findings.CrossSeed]
-    dominant: dict[str, dict[str, Any]]
+    dominant: dict[str, Any]
     dirs: dict[str, dict[str, str]]
     wide_deep: list[findings.CrossModel] = dataclasses.field(default_factory=list)
+    results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def _runs_it(entry: registry.Analysis, settings: dict[str, Any], run: runs.Run, block: Any) -> bool:
+    """Whether the report runs a per-run analysis on `run`, under the spec's analyses settings."""
+    if settings.get(entry.kind) is False or (entry.on_request and entry.kind not in settings):
+        return False
+    if entry.residual and not run.config.model.residual:  # probes and deletion need residual adds
+        return False
+    return not entry.needs_block or block.found
 
 
 @runs.sharing_models()  # the analyses of a run open it one after another: load its model once
@@ -267,57 +256,50 @@ def analyze(
 ) -> Analyses:
     """Runs every analysis of the spec on every finished run (all seeds); returns what was measured.
 
-    CKA, first PC, probes and block deletion (the last two for residual networks) on every
-    run; cross-seed CKA for every cell with seeds 0 and 1; dominant datapoints, when the spec
-    gives their settings, for every run in which the spec's detector finds a block. An
-    analysis the spec sets to false is skipped (the findings that need it read "not
-    measured").
+    The analyses are those of `tfwd.analyses.per_run`, in its order, on every run: CKA, first
+    PC, probes and block deletion (the last two for residual networks), and dominant
+    datapoints, when the spec gives their settings, for every run in which the spec's detector
+    finds a block; then those of `tfwd.analyses.per_pair` (cross-seed CKA) for every cell with
+    seeds 0 and 1. An analysis the spec sets to false is skipped (the findings that need it
+    read "not measured").
     """
     timings = {} if timings is None else timings
     settings = spec.get("analyses", {})
-    skipped = {kind for kind, value in settings.items() if value is False}
     detector = spec.get("block_structure", {})
     out = Analyses([], {}, {}, {}, {}, {})
     for run_dir in run_dirs:
         run = runs.Run(run_dir)
-        dirs = out.dirs.setdefault(run.name, {})
-
-        def analysis(kind, compute, defaults, target=None, run_dir=run_dir, dirs=dirs):
-            """The folder of one analysis of this run: cached under its settings (defaults, then the spec's)."""
-            kind_settings = {**defaults, **settings.get(kind, {})}
-            compute = functools.partial(compute, target or run_dir, data_dir=data_dir, **kind_settings)
-            dirs[kind] = _cached(kind, run_dir, kind_settings, compute, timings)
-            return dirs[kind]
-
-        cka_dir = analysis("cka", cka.analyze_runs, DEFAULTS["cka"], [run_dir])
-        loaded = cka.load(os.path.join(cka_dir, "cka.npz"))
-        analysed = findings.JudgedRun(
-            run.name,
-            run.config,
-            list(loaded["names"][0]),
-            loaded["blocks"][(0, 0)],
-            train_accuracy=run.results().get("accuracy"),
-        )
-        if "pc" not in skipped:
-            pc_dir = analysis("pc", pc.analyze_run, DEFAULTS["pc"])
-            analysed.pc = pc.load(os.path.join(pc_dir, "pc.npz"))
-        if run.config.model.residual:  # probes and deletion need residual adds
-            if "probes" not in skipped:
-                analysed.probes = probes.load(analysis("probes", probes.analyze_run, DEFAULTS["probes"]))
-            if "prune_blocks" not in skipped:
-                prune_dir = analysis("prune_blocks", prune_blocks.analyze_run, DEFAULTS["prune_blocks"])
-                analysed.prune_blocks = prune_blocks.load(prune_dir)
-        block = blocks.find_block_structure(analysed.cka, analysed.names, **detector)
-        if block.found and "dominant_datapoints" in settings and "dominant_datapoints" not in skipped:
-            dominant_dir = analysis(
-                "dominant_datapoints", dominant_datapoints.analyze_run, DEFAULTS["dominant_datapoints"]
+        dirs, results = out.dirs.setdefault(run.name, {}), out.results.setdefault(run.name, {})
+        block = None
+        for entry in registry.per_run():  # the within-model CKA first: the detector reads it
+            if not _runs_it(entry, settings, run, block):
+                continue
+            kind_settings = {**entry.defaults, **settings.get(entry.kind, {})}
+            compute = functools.partial(entry.analyze, entry.target([run_dir]), data_dir=data_dir, **kind_settings)
+            dirs[entry.kind] = _cached(entry.kind, run_dir, kind_settings, compute, timings)
+            results[entry.kind] = entry.load(dirs[entry.kind])
+            if entry.kind == "cka":
+                within = results["cka"]
+                block = blocks.find_block_structure(within.blocks[0, 0], within.names[0], **detector)
+        out.runs.append(
+            findings.JudgedRun(
+                run.name,
+                run.config,
+                list(results["cka"].names[0]),
+                results["cka"].blocks[0, 0],
+                pc=results.get("pc"),
+                probes=results.get("probes"),
+                prune_blocks=results.get("prune_blocks"),
+                train_accuracy=run.results().get("accuracy"),
             )
-            out.dominant[run.name] = dominant_datapoints.load(dominant_dir)
-        out.runs.append(analysed)
+        )
+        if "dominant_datapoints" in results:
+            out.dominant[run.name] = results["dominant_datapoints"]
         out.opened[run.name] = run
         out.blocks[run.name] = block
-    if "cross_seed" not in skipped:
-        _cross_seed(run_dirs, settings.get("cross_seed", {}), data_dir, timings, out)
+    for entry in registry.per_pair():
+        if settings.get(entry.kind) is not False:
+            _pairs(entry, run_dirs, settings.get(entry.kind, {}), data_dir, timings, out)
     _wide_deep(spec, data_dir, timings, out)
     return out
 
@@ -327,28 +309,30 @@ def cell_label(config: runs.RunConfig) -> str:
     return config.name.rsplit("-s", 1)[0]
 
 
-def _cross_seed(run_dirs, settings, data_dir, timings, out: Analyses) -> None:
-    """CKA between seeds 0 and 1 of every configuration trained with both."""
+def _pairs(entry: registry.Analysis, run_dirs, settings, data_dir, timings, out: Analyses) -> None:
+    """A pair analysis (cross-seed CKA) between seeds 0 and 1 of every configuration trained with both."""
     by_config: dict[str, dict[int, str]] = {}
     for run_dir in run_dirs:
         config = runs.read_config(run_dir)
         by_config.setdefault(cell_label(config), {})[config.train.seed] = run_dir
-    cross_settings = {**DEFAULTS["cross_seed"], **settings}
+    pair_settings = {**entry.defaults, **settings}
     for key, seeds in by_config.items():
         if 0 in seeds and 1 in seeds:
             pair = [seeds[0], seeds[1]]
             folder = _cached(
-                "cross_seed",
+                entry.kind,
                 seeds[0],
-                {**cross_settings, "other": os.path.basename(seeds[1])},
-                functools.partial(cka.analyze_runs, pair, data_dir=data_dir, **cross_settings),
+                {**pair_settings, "other": os.path.basename(seeds[1])},
+                functools.partial(entry.analyze, entry.target(pair), data_dir=data_dir, **pair_settings),
                 timings,
                 [seeds[1]],
             )
-            loaded = cka.load(os.path.join(folder, "cka.npz"))
-            names = tuple(os.path.basename(p) for p in pair)
-            out.cross_seed[key] = findings.CrossSeed(names, list(loaded["names"][0]), loaded["blocks"][(0, 1)])
-            out.dirs.setdefault(key, {})["cross_seed"] = folder
+            loaded = entry.load(folder)
+            out.dirs.setdefault(key, {})[entry.kind] = folder
+            out.results.setdefault(key, {})[entry.kind] = loaded
+            if entry.kind == "cross_seed":  # what the cross-seed rule reads
+                names = tuple(os.path.basename(p) for p in pair)
+                out.cross_seed[key] = findings.CrossSeed(names, list(loaded.names[0]), loaded.blocks[0, 1])
 
 
 def _wide_deep(spec: dict[str, Any], data_dir: str | None, timings: dict, out: Analyses) -> None:
@@ -357,24 +341,23 @@ def _wide_deep(spec: dict[str, Any], data_dir: str | None, timings: dict, out: A
     Measured with the cross-seed CKA's settings, and skipped with it; cached in the wide run's folder under
     "wide_deep", keyed on both runs.
     """
-    settings = spec.get("analyses", {}).get("cross_seed", {})
+    entry = registry.REGISTRY["cross_seed"]  # its analysis (tfwd.cka) and its settings
+    settings = spec.get("analyses", {}).get(entry.kind, {})
     if settings is False:
         return
-    cross_settings = {**DEFAULTS["cross_seed"], **settings}
+    cross_settings = {**entry.defaults, **settings}
     for wide, deep in findings.wide_deep_pairs(out.runs, spec.get("min_train_accuracy", findings.FIT_MIN)):
         pair = [out.opened[wide.name].path, out.opened[deep.name].path]
         folder = _cached(
             "wide_deep",
             pair[0],
             {**cross_settings, "other": deep.name},
-            functools.partial(cka.analyze_runs, pair, data_dir=data_dir, **cross_settings),
+            functools.partial(entry.analyze, entry.target(pair), data_dir=data_dir, **cross_settings),
             timings,
             [pair[1]],
         )
-        loaded = cka.load(os.path.join(folder, "cka.npz"))
-        out.wide_deep.append(
-            findings.CrossModel((wide.name, deep.name), tuple(loaded["names"]), loaded["blocks"][(0, 1)])
-        )
+        loaded = entry.load(folder)
+        out.wide_deep.append(findings.CrossModel((wide.name, deep.name), tuple(loaded.names), loaded.blocks[0, 1]))
         out.dirs.setdefault(wide.name, {})["wide_deep"] = folder
 
 

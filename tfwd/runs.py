@@ -575,31 +575,55 @@ def analysis_dir(run_dir: str, taps: str | Sequence[str] | None = None, split: s
     return os.path.join(run_dir, "_".join(parts))
 
 
-def open_analysis(run_dir: str, kind: str, out_dir: str | None, **name_parts) -> tuple[Run, str]:
-    """Opens a finished run for an analysis of `kind` and reserves its output folder.
+class Output:
+    """The output folder of one analysis: the one writer every tfwd analysis writes through.
+
+    Creating it reserves the folder: `check_output_dir` must find it free for `kind` (it does
+    not exist, is empty, or holds an earlier output of `kind` and nothing else), so a wrong
+    `out_dir` fails before anything is computed. `writing` then yields a temporary folder that
+    replaces the output as a whole (`atomic_dir`): a killed process leaves the earlier output as
+    it was (its temporary folder is removed by a later writer once the process is gone), the
+    new folder carries the marker listing its files, and the output is discarded with one line
+    if a run the enclosing `reading_runs` block opened changed meanwhile (`check_unchanged`).
+    Analyses call it inside `reading_runs`, which keeps the runs they read locked until the
+    output is swapped in.
+
+    Example:
+        >>> import tempfile
+        >>> output = Output("pc", os.path.join(tempfile.mkdtemp(), "pc_all_test"))
+        >>> with output.writing("First-PC analyses") as tmp:
+        ...     write_json(os.path.join(tmp, "pc.json"), {"examples": 4})
+        >>> sorted(os.listdir(output.path))
+        ['.tfwd_output', 'pc.json']
 
     Args:
-        run_dir: the run directory.
-        kind: the analysis ("pc", "probes", ...): the folder's marker and default name.
-        out_dir: the output folder; None: `analysis_dir(run_dir, **name_parts, kind=kind)`.
-        **name_parts: `taps` and `split` of the default folder's name.
+        kind: the analysis (its module's KIND): the folder's marker.
+        path: the output folder.
 
-    Returns:
-        The opened Run and the output folder, which `check_output_dir` found free, so a
-        wrong folder fails before anything is computed.
+    Raises:
+        tfwd.errors.RunError: if `path` holds anything but an earlier output of `kind`.
     """
-    run = Run(run_dir)
-    out_dir = out_dir or analysis_dir(run.path, **name_parts, kind=kind)
-    check_output_dir(out_dir, kind)
-    return run, out_dir
 
+    def __init__(self, kind: str, path: str):
+        check_output_dir(path, kind)
+        self.kind, self.path = kind, path
 
-@contextlib.contextmanager
-def writing_output(out_dir: str, kind: str, what: str) -> Iterator[str]:
-    """Yields a temporary folder that replaces `out_dir` as a whole (`atomic_dir`), then logs "<what> written to".
+    @classmethod
+    def for_run(cls, kind: str, run_dir: str, out_dir: str | None = None, **name_parts) -> tuple[Run, Output]:
+        """Opens a finished run for an analysis of `kind` and reserves its output folder.
 
-    Example (`what` names the result): with writing_output(out, "pc", f"First-PC analyses of {run.name}") as tmp: ...
-    """
-    with atomic_dir(out_dir, kind) as tmp:
-        yield tmp
-    logging.info("%s written to %s.", what, out_dir)
+        Args:
+            kind: the analysis.
+            run_dir: the run directory.
+            out_dir: the output folder; None: `analysis_dir(run_dir, **name_parts, kind=kind)`.
+            **name_parts: `taps` and `split` of the default folder's name.
+        """
+        run = Run(run_dir)
+        return run, cls(kind, out_dir or analysis_dir(run.path, **name_parts, kind=kind))
+
+    @contextlib.contextmanager
+    def writing(self, what: str) -> Iterator[str]:
+        """Yields a temporary folder that replaces the output as a whole, then logs "<what> written to <path>"."""
+        with atomic_dir(self.path, self.kind) as tmp:
+            yield tmp
+        logging.info("%s written to %s.", what, self.path)
