@@ -1,6 +1,7 @@
 """tfwd.analyses: every analysis has the same protocol, and the registry alone tells the report what to run."""
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
@@ -161,3 +162,20 @@ def test_the_report_validates_settings_by_the_registry(stand_ins, settings, mess
     else:
         with pytest.raises(ValueError, match=message):
             report.validate(spec)
+
+
+def test_a_new_output_version_moves_the_report_cache(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.RESULTS).write_text("{}")
+    (run_dir / runs.MODEL).write_text("model")
+    before = report._analysis_dir(str(run_dir), "pc", {"examples": 8})
+    assert report._analysis_dir(str(run_dir), "cka", {"examples": 8}).endswith(
+        "report_cka_"
+        + hashlib.sha1(
+            json.dumps({"runs": [report._content(str(run_dir))], "settings": {"examples": 8}}, sort_keys=True).encode()
+        ).hexdigest()[:8]
+    )  # version 1: the hash of folders written before versions existed
+    monkeypatch.setitem(analyses.REGISTRY, "pc", dataclasses.replace(analyses.REGISTRY["pc"], version=3))
+    after = report._analysis_dir(str(run_dir), "pc", {"examples": 8})
+    assert before != after and os.path.dirname(before) == os.path.dirname(after)

@@ -50,6 +50,7 @@ class Analysis:
         minimums: lower bounds of settings beyond the report's >= 1 (the unbiased CKA needs 4 examples).
         check: further checks of its settings (defaults applied) that need no run or data; raises ValueError.
         figures: (file, caption) of the figures of its folder that the report shows for each run.
+        version: of what its folder holds; a higher one makes the report compute cached folders again.
     """
 
     kind: str
@@ -64,6 +65,7 @@ class Analysis:
     minimums: Mapping[str, int] = dataclasses.field(default_factory=dict)
     check: Callable[[dict[str, Any]], None] | None = None
     figures: Sequence[tuple[str, str]] = ()
+    version: int = 1
 
     def __post_init__(self):
         if self.argument not in ARGUMENTS:
@@ -124,6 +126,7 @@ REGISTRY: dict[str, Analysis] = {
             defaults={"taps": "all", "examples": 1000, "batch_size": 250},
             minimums={"examples": 4},
             figures=[("first_pc.png", "First principal component (Figure 3)")],
+            version=2,  # 2: with the TruncatedSVD estimator (fraction_svd)
         ),
         Analysis(
             "probes",

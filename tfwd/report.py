@@ -179,8 +179,11 @@ def _content(run_dir: str) -> dict[str, Any]:
 
 
 def _analysis_dir(run_dir: str, kind: str, settings: dict[str, Any], inputs: Sequence[str] = ()) -> str:
-    """run_dir/report_<kind>_<hash of the settings and of the content of run_dir and `inputs`>."""
+    """run_dir/report_<kind>_<hash of the settings, the content of run_dir and `inputs`, and the output version>."""
     key = {"settings": settings, "runs": [_content(r) for r in (run_dir, *inputs)]}
+    entry = registry.REGISTRY.get(kind)
+    if entry is not None and entry.version > 1:  # version 1 folders keep their hash
+        key["version"] = entry.version
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(run_dir, f"report_{kind}_{digest}")
 
