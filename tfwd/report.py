@@ -318,24 +318,32 @@ def _pairs(entry: registry.Analysis, run_dirs, settings, data_dir, timings, out:
     for run_dir in run_dirs:
         config = runs.read_config(run_dir)
         by_config.setdefault(cell_label(config), {})[config.train.seed] = run_dir
-    pair_settings = {**entry.defaults, **settings}
     for key, seeds in by_config.items():
         if 0 in seeds and 1 in seeds:
             pair = [seeds[0], seeds[1]]
-            folder = _cached(
-                entry.kind,
-                seeds[0],
-                {**pair_settings, "other": os.path.basename(seeds[1])},
-                functools.partial(entry.analyze, entry.target(pair), data_dir=data_dir, **pair_settings),
-                timings,
-                [seeds[1]],
-            )
-            loaded = entry.load(folder)
+            folder, loaded = _pair_analysis(entry, entry.kind, pair, settings, data_dir, timings)
             out.dirs.setdefault(key, {})[entry.kind] = folder
             out.results.setdefault(key, {})[entry.kind] = loaded
             if entry.kind == "cross_seed":  # what the cross-seed rule reads
                 names = tuple(os.path.basename(p) for p in pair)
                 out.cross_seed[key] = findings.CrossSeed(names, list(loaded.names[0]), loaded.blocks[0, 1])
+
+
+def _pair_analysis(
+    entry: registry.Analysis, kind: str, pair: list[str], settings: dict[str, Any], data_dir, timings: dict
+) -> tuple[str, Any]:
+    """`entry`'s analysis of two runs (its defaults, then `settings`), cached as `kind` in the first run's folder
+    and keyed on both; returns the folder and what `entry.load` reads from it."""
+    pair_settings = {**entry.defaults, **settings}
+    folder = _cached(
+        kind,
+        pair[0],
+        {**pair_settings, "other": os.path.basename(pair[1])},
+        functools.partial(entry.analyze, entry.target(pair), data_dir=data_dir, **pair_settings),
+        timings,
+        [pair[1]],
+    )
+    return folder, entry.load(folder)
 
 
 def _wide_deep(spec: dict[str, Any], data_dir: str | None, timings: dict, out: Analyses) -> None:
@@ -348,18 +356,9 @@ def _wide_deep(spec: dict[str, Any], data_dir: str | None, timings: dict, out: A
     settings = spec.get("analyses", {}).get(entry.kind, {})
     if settings is False:
         return
-    cross_settings = {**entry.defaults, **settings}
     for wide, deep in findings.wide_deep_pairs(out.runs, spec.get("min_train_accuracy", findings.FIT_MIN)):
         pair = [out.opened[wide.name].path, out.opened[deep.name].path]
-        folder = _cached(
-            "wide_deep",
-            pair[0],
-            {**cross_settings, "other": deep.name},
-            functools.partial(entry.analyze, entry.target(pair), data_dir=data_dir, **cross_settings),
-            timings,
-            [pair[1]],
-        )
-        loaded = entry.load(folder)
+        folder, loaded = _pair_analysis(entry, "wide_deep", pair, settings, data_dir, timings)
         out.wide_deep.append(findings.CrossModel((wide.name, deep.name), tuple(loaded.names), loaded.blocks[0, 1]))
         out.dirs.setdefault(wide.name, {})["wide_deep"] = folder
 
