@@ -139,11 +139,9 @@ class CKAMonitor(keras.callbacks.Callback):
         matrix = self.measure()
         block = find_block(matrix, self.names)
         inside, outside = self.first_pc_fractions(block)
+        fraction, contrast = _block_scalars(block)
         values = dict(
-            block_fraction=block.fraction if block.found else 0.0,
-            block_contrast=block.contrast if block.found else block.peak_contrast,
-            pc_fraction_inside=inside,
-            pc_fraction_outside=outside,
+            block_fraction=fraction, block_contrast=contrast, pc_fraction_inside=inside, pc_fraction_outside=outside
         )
         self.epochs.append(epoch + 1)
         self.matrices.append(matrix)
@@ -193,6 +191,11 @@ class CKAMonitor(keras.callbacks.Callback):
         writer.close()
 
 
+def _block_scalars(block: blocks.BlockStructure) -> tuple[float, float]:
+    """(block_fraction, block_contrast) of `SCALARS`: 0 and the peak contrast without a block."""
+    return (block.fraction, block.contrast) if block.found else (0.0, block.peak_contrast)
+
+
 @contextlib.contextmanager
 def _quietly():
     """Informational logs and TensorFlow's warnings off: `pc.layer_grams` logs its progress, and
@@ -237,8 +240,9 @@ def load_history(path: str) -> dict[str, np.ndarray | list[str]]:
         found = [find_block(m, history["names"]) for m in history["matrices"]]
         history["block_start"] = np.array([b.start for b in found], dtype=np.int64)
         history["block_end"] = np.array([b.end for b in found], dtype=np.int64)
-        history["block_fraction"] = np.array([b.fraction if b.found else 0.0 for b in found])
-        history["block_contrast"] = np.array([b.contrast if b.found else b.peak_contrast for b in found])
+        history["block_fraction"], history["block_contrast"] = (
+            np.array([_block_scalars(b) for b in found]).reshape(-1, 2).T
+        )
         history["pc_fraction_inside"] = history["pc_fraction_outside"] = np.full(len(found), np.nan)
     return history
 
