@@ -1,6 +1,6 @@
 """The block detector against the heatmaps labelled by eye: agreement per split, and a figure.
 
-    python benchmarks/block_labels.py [--figure=docs/images/block_labels.png] [--min_contrast=...]
+    python benchmarks/block_labels.py [--figure=docs/images/block_labels.png] [--min_contrast=...] [--min_layers=...]
 
 Prints one line per labelled heatmap that has a committed matrix (its split, whether the detector
 agrees with the label, its peak contrast, the labelled and the detected ranges), then the
@@ -27,14 +27,16 @@ def main():
     parser.add_argument("--figure", default=None, help="Write the labelled heatmaps with both outlines here (PNG).")
     parser.add_argument("--min_contrast", type=float, default=blocks.MIN_CONTRAST)
     parser.add_argument("--min_squareness", type=float, default=blocks.MIN_SQUARENESS)
+    parser.add_argument("--min_fraction", type=float, default=blocks.MIN_FRACTION)
+    parser.add_argument("--min_layers", type=int, default=blocks.MIN_LAYERS)
+    parser.add_argument("--min_outside", type=int, default=blocks.MIN_OUTSIDE)
     args = parser.parse_args()
+    thresholds = {k: v for k, v in vars(args).items() if k.startswith("min_")}
     labels = json.load(open(os.path.join(ROOT, "data", "labels", "block_labels.json")))["heatmaps"]
     rows, panels = {}, []
     for label in (lab for lab in labels if lab["matrix"]):
         c, names, *spans = blocks.labelled_heatmap(label, ROOT)
-        found = blocks.find_block_structure(
-            c, names, min_contrast=args.min_contrast, min_squareness=args.min_squareness
-        )
+        found = blocks.find_block_structure(c, names, **thresholds)
         ok = blocks.agrees(found, *spans)
         rows.setdefault(label["split"], []).append(ok)
         got = ", ".join(f"{b.start}-{b.end}" for b in found.blocks) or "none"

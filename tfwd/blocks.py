@@ -19,22 +19,26 @@ heatmaps labelled by eye (`data/labels/block_labels.json`, docs/science/detector
    about 1 for a square, whose far corner is as bright as its inside, and near 0 for the
    diagonal band, whose far corner is as dark as the outside.
 3. **The seed** is the range of the highest contrast among those that span at least
-   `min_fraction` of the stream (and 3 stream layers), leave some stream outside, and
-   reach `min_squareness`; that contrast is the heatmap's `peak_contrast`, reported
-   whether or not it is a block. A block exists exactly when it reaches `min_contrast`.
+   `min_fraction` of the stream and `min_layers` stream layers (a few consecutive residual
+   blocks are always alike: in a shallow net a stage's square is the diagonal band), leave at
+   least `min_outside` stream layers outside, and reach `min_squareness`; that contrast is the
+   heatmap's `peak_contrast`, reported whether or not it is a block (nan when no range is long
+   and square enough). A block exists exactly when it reaches `min_contrast`.
 4. **Grow to the whole square.** The seed can be the brightest part of a block. Layers
    join or leave at either end, one at a time, while a layer's mean CKA with the block is
    on the block's side of the midpoint between the block's inside mean and its mean with
    the outside (a two-means split, no threshold of its own); a grown range that is no
-   longer square enough falls back to the seed. The range is then extended
+   longer square enough falls back to the seed; it never leaves fewer than `min_outside`
+   stream layers outside. The range is then extended
    over the branch layers at its ends by the same midpoint, on the full heatmap; branch
    layers between the block's stream layers belong to it, stripes or not.
 5. **More blocks.** Steps 3-4 repeat on the stream layers not yet in a block (other blocks
    count as outside). Blocks are reported largest first.
 
-Defaults (`MIN_CONTRAST`, `MIN_SQUARENESS`, `MIN_FRACTION`) were chosen on the development
-part of the labelled heatmaps and the synthetic shapes only; the held-out part judges them
-(tests/blocks_test.py). Pass your own to probe how robust a conclusion is.
+Defaults (`MIN_CONTRAST`, `MIN_SQUARENESS`, `MIN_FRACTION`, `MIN_LAYERS`, `MIN_OUTSIDE`; version 3
+of the rule) were chosen on the development part of the labelled heatmaps and the synthetic
+shapes only; the held-out part judges them (tests/blocks_test.py, docs/science/detector.md).
+Pass your own to probe how robust a conclusion is.
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MIN_CONTRAST = 0.25
-MIN_SQUARENESS = 0.75
-MIN_FRACTION = 0.2
+MIN_CONTRAST = 0.2
+MIN_SQUARENESS = 0.7
+MIN_FRACTION = 0.25
+MIN_LAYERS = 4
+MIN_OUTSIDE = 2
 MAX_BLOCKS = 4
 
 
@@ -140,6 +146,8 @@ def find_block_structure(
     min_squareness: float = MIN_SQUARENESS,
     min_fraction: float = MIN_FRACTION,
     max_blocks: int = MAX_BLOCKS,
+    min_layers: int = MIN_LAYERS,
+    min_outside: int = MIN_OUTSIDE,
 ) -> BlockStructure:
     """Finds the blocks of a within-model CKA heatmap (see the module docstring).
 
@@ -149,19 +157,22 @@ def find_block_structure(
             block's ends.
         min_contrast: contrast the seed range must reach for a block.
         min_squareness: squareness a range must reach to be a seed.
-        min_fraction: smallest seed, as a fraction of the stream layers (and at least 3 of them).
+        min_fraction: smallest seed, as a fraction of the stream layers.
         max_blocks: most blocks reported.
+        min_layers: smallest seed, in stream layers.
+        min_outside: fewest stream layers a block leaves outside it.
 
     Returns:
         A BlockStructure.
 
     Raises:
-        ValueError: for a non-square matrix, names of the wrong length, or
-            `min_fraction` or `min_squareness` outside [0, 1].
+        ValueError: for a non-square matrix, names of the wrong length,
+            `min_fraction` or `min_squareness` outside [0, 1], or `min_layers` below 2 or
+            `min_outside` below 1.
 
     Example:
-        >>> c = np.full((10, 10), 0.2) + 0.8 * np.eye(10)
-        >>> c[5:, 5:] = 0.95
+        >>> c = np.full((12, 12), 0.2) + 0.8 * np.eye(12)
+        >>> c[5:10, 5:10] = 0.95
         >>> b = find_block_structure(c)
         >>> b.found, b.start, b.end
         (True, 5, 9)
@@ -175,20 +186,23 @@ def find_block_structure(
     for arg, value in (("min_fraction", min_fraction), ("min_squareness", min_squareness)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"`{arg}` must be in [0, 1]. Received: {arg}={value!r}")
+    for arg, value, lowest in (("min_layers", min_layers, 2), ("min_outside", min_outside, 1)):
+        if int(value) != value or value < lowest:
+            raise ValueError(f"`{arg}` must be an integer >= {lowest}. Received: {arg}={value!r}")
     c = np.nan_to_num(c, nan=0.0)
     stream = residual_stream(names, n)
     s = c[np.ix_(stream, stream)]
-    smallest = max(3, int(np.ceil(min_fraction * len(stream))))
+    smallest = max(min_layers, int(np.ceil(min_fraction * len(stream))))
     free = np.ones(len(stream), dtype=bool)
     found: list[Block] = []
     peak = None
     while len(found) < max_blocks:
-        seed = _seed(s, free, smallest, min_squareness)
+        seed = _seed(s, free, smallest, min_squareness, min_outside)
         if peak is None:
             peak = seed
         if seed is None or seed[0] < min_contrast:
             break
-        a, b = _grow(s, free, seed[1], seed[2], smallest)
+        a, b = _grow(s, free, seed[1], seed[2], smallest, min_outside)
         if _squareness(s, a, b) < min_squareness:  # grown past the square: keep the seed
             a, b = seed[1], seed[2]
         start, end = _extend(c, stream, a, b, found)
@@ -205,13 +219,13 @@ def find_block_structure(
     return BlockStructure(True, **fields, **peak_fields, blocks=tuple(found))
 
 
-def _seed(s, free, smallest, min_squareness):
+def _seed(s, free, smallest, min_squareness, min_outside=1):
     """(contrast, a, b) of the most contrasted square-enough range of free stream layers, or None."""
     m = len(s)
     sums = _square_sums(s - np.diag(np.diag(s)))
     taken = np.concatenate([[0], (~free).cumsum()])
     best = None
-    for size in range(smallest, m):
+    for size in range(smallest, m - min_outside + 1):
         a = np.arange(0, m - size + 1)
         b = a + size  # exclusive
         ok = taken[b] == taken[a]  # no layer of an earlier block inside
@@ -261,7 +275,7 @@ def _inside_outside(s, a, b):
     return float(inside), outside
 
 
-def _grow(s, free, a, b, smallest):
+def _grow(s, free, a, b, smallest, min_outside):
     """Moves the ends of stream range [a, b] by the two-means midpoint until no layer changes side."""
     for _ in range(4 * len(s)):
         inside, outside = _inside_outside(s, a, b)
@@ -271,9 +285,10 @@ def _grow(s, free, a, b, smallest):
         k = b - a + 1
         mean = _with_range(s, a, b)  # each layer's mean CKA with the range's other layers
         moves = []
-        if a > 0 and free[a - 1] and mean[a - 1] >= middle:
+        room = k + 1 <= len(s) - min_outside
+        if room and a > 0 and free[a - 1] and mean[a - 1] >= middle:
             moves.append((mean[a - 1] - middle, a - 1, b))
-        if b < len(s) - 1 and free[b + 1] and mean[b + 1] >= middle and k + 1 < len(s):
+        if room and b < len(s) - 1 and free[b + 1] and mean[b + 1] >= middle:
             moves.append((mean[b + 1] - middle, a, b + 1))
         if k > smallest and mean[a] < middle:
             moves.append((middle - mean[a], a + 1, b))
