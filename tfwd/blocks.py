@@ -219,7 +219,7 @@ def find_block_structure(
     return BlockStructure(True, **fields, **peak_fields, blocks=tuple(found))
 
 
-def _seed(s, free, smallest, min_squareness, min_outside=1):
+def _seed(s, free, smallest, min_squareness, min_outside):
     """(contrast, a, b) of the most contrasted square-enough range of free stream layers, or None."""
     m = len(s)
     sums = _square_sums(s - np.diag(np.diag(s)))
