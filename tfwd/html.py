@@ -46,7 +46,7 @@ def _run_rows(analyses) -> str:
         c = r.config
         res = analyses.opened[r.name].results()
         b = analyses.blocks[r.name]
-        peak = "none" if b.peak_contrast != b.peak_contrast else f"{b.peak_contrast:.2f}"
+        peak = "no candidate range" if b.peak_contrast != b.peak_contrast else f"{b.peak_contrast:.2f}"
         block = f"{b.start_name} .. {b.end_name} ({b.fraction:.0%}, mean CKA {b.mean_cka:.2f})" if b.found else "none"
         recipe = f"lr {c.train.learning_rate:g}, cosine per {c.train.decay_every}" + (
             f", {c.train.warmup_epochs} warmup epochs" if c.train.warmup_epochs else ""
