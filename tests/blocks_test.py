@@ -125,7 +125,8 @@ def test_short_square_below_min_layers_is_not_reported():
 def test_block_must_leave_min_outside_stream_layers_out():
     c = 0.2 + 0.8 * np.eye(20)
     c[:18, :18] = np.maximum(c[:18, :18], 0.95)  # two layers left out
-    assert (blocks.find_block_structure(c).start, blocks.find_block_structure(c).end) == (0, 17)
+    found = blocks.find_block_structure(c)
+    assert (found.start, found.end) == (0, 17)
     for min_outside in (3, 5):  # a seed leaves that many out and growing keeps them out
         found = blocks.find_block_structure(c, min_outside=min_outside)
         assert found.found and found.size == 20 - min_outside and 0 <= found.start and found.end <= 17
