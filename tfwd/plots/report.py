@@ -48,11 +48,10 @@ def block_heatmaps(panels: Sequence[dict], columns: int = 4, size: float = 2.9, 
             if block.found:
                 more = f" (+{len(block.blocks) - 1} more)" if len(block.blocks) > 1 else ""
                 title += f"\nblock {block.fraction:.0%} of layers{more}, contrast {block.contrast:.2f}"
+            elif block.peak_contrast != block.peak_contrast:  # nan: no range long and square enough
+                title += "\nno block (no candidate range)"
             else:
-                if block.peak_contrast != block.peak_contrast:  # nan: no range long and square enough
-                    title += "\nno block (no candidate range)"
-                else:
-                    title += f"\nno block (peak contrast {block.peak_contrast:.2f})"
+                title += f"\nno block (peak contrast {block.peak_contrast:.2f})"
         if panel.get("fitted") is False:
             title += "\nnot fitted: counts nowhere"
         heatmap(panel["matrix"], ax=ax, title=title, rows=panel["names"], cols=panel["names"], colorbar=False)
