@@ -327,13 +327,13 @@ def test_divergence_after_a_checkpoint_keeps_it_and_a_rerun_resumes_from_it(tmp_
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 1
     assert [r["epoch"] for r in csv.DictReader(open(run_dir / "history.csv"))] == ["1"]
     monkeypatch.delenv("TFWD_FAULT")
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):
         training.train(config, str(tmp_path), verbose=0, tensorboard=False)
     assert "from epoch 1." in caplog.text and runs.Run(str(run_dir)).results()["epochs"] == 3
     # The finished run is reported, not retrained; other settings in the same directory are refused.
     stamp = os.stat(run_dir / "model.keras").st_mtime_ns
     caplog.clear()
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):
         assert training.train(config, str(tmp_path), verbose=0, tensorboard=False) == str(run_dir)
     assert "already finished" in caplog.text and os.stat(run_dir / "model.keras").st_mtime_ns == stamp
     other = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
