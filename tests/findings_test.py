@@ -412,3 +412,81 @@ def test_nothing_to_judge():
     judged = findings.judge([_run(14)])
     assert [f["id"] for f in judged] == list("abcdefg")
     assert [f["verdict"] for f in judged] == ["not measured"] * 7
+
+
+# --- the learning-rate arm ---------------------------------------------------------------
+
+
+def _reference(run, cka=None, val=0.5):
+    """`run` trained with the reference code's recipe: same cell and seed, another schedule."""
+    config = dataclasses.replace(
+        run.config,
+        train=dataclasses.replace(run.config.train, learning_rate=0.01, warmup_epochs=0, decay_every="epoch"),
+    )
+    return dataclasses.replace(run, config=config, cka=run.cka if cka is None else cka, val_accuracy=val)
+
+
+def _arm_setting():
+    """ResNet-38 seeds 0 and 1 with a block whose first PC dominates, ResNet-14 seeds 0 and 1 as controls,
+    cross-seed CKA low inside the block: (c) and (f) reproduced with the spec's recipe."""
+    a, b = (_run(38, seed=s, block=BLOCK38) for s in (0, 1))
+    controls = [_run(14, seed=s) for s in (0, 1)]
+    for r in (a, b):
+        r.pc = _pc(r, 0.9, 0.2)
+        r.val_accuracy = 0.4
+    for c in controls:
+        c.pc = _pc_result(c.names, np.full(len(c.names), 0.2))
+    inside = np.array([a.names.index(BLOCK38[0]) <= i <= a.names.index(BLOCK38[1]) for i in range(len(a.names))])
+    cross = {
+        "resnet38": findings.CrossSeed((a.name, b.name), a.names, np.diag(np.where(inside, 0.3, 0.85))),
+        "resnet14": findings.CrossSeed(tuple(c.name for c in controls), controls[0].names, np.diag([0.8] * 30)),
+    }
+    return [a, b, *controls], cross
+
+
+def test_the_arm_replaces_the_runs_of_the_same_cell_and_seed_only():
+    runs_, _ = _arm_setting()
+    replaced = _reference(runs_[0])
+    other_cell = _reference(_run(56, seed=0))
+    swapped, names = findings.substitute(runs_, [replaced, other_cell])
+    assert swapped[0] is replaced and swapped[1:] == runs_[1:] and names == [runs_[0].name]
+
+
+def test_an_arm_without_the_block_changes_the_verdicts_and_the_better_validated_recipe_decides():
+    runs_, cross = _arm_setting()
+    flat = _reference(runs_[0], cka=_heatmap(runs_[0].names), val=0.45)  # no block with the other recipe
+    flat.pc = _pc_result(flat.names, np.full(len(flat.names), 0.2))  # now seed 1's control within its cell
+    compared = findings.judge_arm(runs_, cross, [flat])
+    by_id = {c["id"]: c for c in compared["claims"]}
+    assert list(by_id) == list(findings.ARM_CLAIMS)
+    assert (by_id["c"]["base"], by_id["c"]["arm"], by_id["c"]["changed"]) == ("reproduced", "reproduced", False)
+    assert [r["run"] for r in next(f for f in findings.judge(runs_) if f["id"] == "c")["seeds"]] == [
+        r.name for r in runs_[:2]
+    ]
+    # Seed 0 has no block any more, and the cross-seed pair (now of two recipes) is dropped: (f) has no run left.
+    assert (by_id["f"]["base"], by_id["f"]["arm"], by_id["f"]["changed"]) == ("reproduced", "not measured", True)
+    assert compared["depends"] == ["f"]
+    assert compared["validation"] == {"base": pytest.approx(0.4), "arm": pytest.approx(0.45)}
+    assert compared["rests_on"] == "arm"
+    (row,) = compared["runs"]
+    assert row["run"] == runs_[0].name
+    assert row["base"]["block"]["found"] and not row["arm"]["block"]["found"]
+    assert row["base"]["first_pc"]["inside_mean"] == pytest.approx(0.9) and row["arm"]["first_pc"] is None
+    # The spec's recipe validating better keeps the findings on it.
+    flat.val_accuracy = 0.3
+    assert findings.judge_arm(runs_, cross, [flat])["rests_on"] == "base"
+
+
+def test_an_arm_that_reproduces_the_runs_changes_nothing():
+    runs_, cross = _arm_setting()
+    arm = [_reference(r) for r in runs_[:2]]
+    arm_cross = {"resnet38": dataclasses.replace(cross["resnet38"])}
+    compared = findings.judge_arm(runs_, cross, arm, arm_cross)
+    assert [c["changed"] for c in compared["claims"]] == [False] * 4 and compared["depends"] == []
+    assert compared["rests_on"] is None
+    assert [c["arm"] for c in compared["claims"] if c["id"] in "cf"] == ["reproduced", "reproduced"]
+    # An arm run that did not fit: its block is reported, but it counts nowhere (the claims lose seed 0).
+    arm[0].train_accuracy = 0.5
+    compared = findings.judge_arm(runs_, cross, arm, arm_cross)
+    row = compared["runs"][0]["arm"]
+    assert row["fitted"] is False and row["block"]["found"] and row["first_pc"] is None

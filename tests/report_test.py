@@ -32,6 +32,73 @@ def test_spec_validation(tmp_path):
         assert report.load_spec(path)["name"] == os.path.splitext(os.path.basename(path))[0]
 
 
+@pytest.mark.parametrize(
+    "arm, message",
+    [
+        ({"flags": {"recipe": "reference"}}, "at least 'name'"),
+        ({"name": "../up", "grid": [{"seed": [0]}]}, "names a folder"),
+        ({"name": "ref", "grid": [{"seed": [0]}], "runs": {}}, "arm has unknown keys"),
+        ({"name": "ref", "grid": [{"depth": [9]}]}, "6n"),
+        ({"name": "ref", "flags": {"recipe": "fast"}, "grid": [{"seed": [0]}]}, "recipe"),
+    ],
+)
+def test_an_arm_is_checked_before_anything_runs(arm, message):
+    spec = {"name": "x", "runs": {"flags": {"depth": 8}, "grid": [{"seed": [0]}]}, "arm": arm}
+    with pytest.raises(ValueError, match=message):
+        report.validate(spec)
+
+
+def test_an_arm_is_judged_beside_the_spec(tiny_runs, tfds_dir, tmp_path):
+    """A second recipe on seed 0 (in out_dir/arm_<name>/): (c)-(f) with each, both runs side by side."""
+    from tfwd import training
+    from tfwd.data import DataConfig
+
+    flags = {"depth": 8, "width": 0.25, "train_examples": 256, "epochs": 1, "batch_size": 32}
+    spec = {
+        "name": "tiny_arm",
+        "runs": {"flags": flags, "grid": [{"seed": [0, 1]}]},
+        "analyses": {
+            "cka": {"examples": 96, "passes": 1, "batch_size": 48},
+            "pc": {"examples": 96, "batch_size": 48},
+            **{k: False for k in ("probes", "prune_blocks", "cross_seed", "dominant_datapoints")},
+        },
+        "arm": {
+            "name": "slow",
+            "description": "A tenth of the learning rate.",
+            "flags": {"learning_rate": 0.01},
+            "grid": [{"seed": [0]}],
+        },
+    }
+    out_dir = tmp_path / "runs"
+    for run in tiny_runs:  # copies: the arm's folder goes beside them
+        shutil.copytree(run, out_dir / os.path.basename(run), ignore=shutil.ignore_patterns("report_*"))
+    with pytest.raises(runs.RunError, match=f"Runs not finished in {out_dir / 'arm_slow'}"):
+        report.build(report.validate(spec), str(out_dir), data_dir=tfds_dir, train=False)
+    config = runs.RunConfig(
+        runs.ModelConfig(8, 0.25),
+        DataConfig(data_dir=tfds_dir, train_examples=256),
+        runs.TrainConfig(epochs=1, batch_size=32, seed=0, learning_rate=0.01),
+    )
+    training.train(config, str(out_dir / "arm_slow"), verbose=0, tensorboard=False)
+    path = report.build(spec, str(out_dir), data_dir=tfds_dir, train=False)
+    folder = os.path.dirname(path)
+    assert "arm_heatmaps.png" in os.listdir(folder)
+    saved = json.load(open(os.path.join(folder, "findings.json")))
+    arm = saved["arm"]
+    assert arm["name"] == "slow" and [c["id"] for c in arm["claims"]] == list("cdef")
+    (row,) = arm["runs"]
+    name = os.path.basename(tiny_runs[0])
+    assert row["run"] == name
+    for side, run_dir in (("base", tiny_runs[0]), ("arm", str(out_dir / "arm_slow" / name))):
+        results = json.load(open(os.path.join(run_dir, runs.RESULTS)))
+        assert row[side]["test_accuracy"] == pytest.approx(results["test_accuracy"])
+        assert row[side]["train_accuracy"] == pytest.approx(results["accuracy"])
+    page = open(path).read()
+    assert "Learning-rate arm: slow" in page and "A tenth of the learning rate." in page
+    assert "slow: lr 0.01, cosine per step" in page and "spec: lr 0.1, cosine per step" in page
+    assert page.count("data:image/png;base64,") == 1 + 1 + 2  # heatmaps, arm heatmaps, each run's first PC
+
+
 def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, bin_env):
     spec = {
         "name": "tiny",

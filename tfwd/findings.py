@@ -32,6 +32,10 @@ runs were trained; docs/science/README.md repeats them. In short:
   (index / (layers - 1)); a model with a block shows it when its block's mean is >= 0.1
   below that of its layers in no block (no control).
 
+- Learning-rate arm (`judge_arm`): (c)-(f) judged again with another recipe's runs in place
+  of the runs of the same cells and seeds; when a verdict changes, the findings rest on the
+  recipe of higher mean validation accuracy over those cells, and both verdicts are shown.
+
 Verdicts over the runs (or series and seeds) that count: "reproduced" (all show
 it), "partly reproduced" (some), "not reproduced" (none), "not measured" (none count).
 """
@@ -76,6 +80,7 @@ PC_MIN, PC_MARGIN = 0.5, 0.2
 PROBE_RATIO, PROBE_FLOOR, PROBE_CONTROL = 0.25, 0.005, 0.5
 DELETION_RATIO, DELETION_CONTROL = 0.5, 0.5
 CROSS_MARGIN = 0.1
+ARM_CLAIMS = ("c", "d", "e", "f")  # what the learning-rate arm re-judges (rules.md)
 
 
 @dataclasses.dataclass
@@ -95,6 +100,7 @@ class JudgedRun:
             [{"stage", "blocks_deleted", "deleted" (block names, last first), "accuracy"}]) or None.
         train_accuracy: final training accuracy (results.json "accuracy"); None when not known, which
             counts as fitted.
+        test_accuracy, val_accuracy: results.json's, where known (the learning-rate arm reports them).
     """
 
     name: str
@@ -105,6 +111,8 @@ class JudgedRun:
     probes: probes.ProbesResult | None = None
     prune_blocks: prune_blocks.PruneBlocksResult | None = None
     train_accuracy: float | None = None
+    test_accuracy: float | None = None
+    val_accuracy: float | None = None
 
     @property
     def fitted(self) -> bool:
@@ -712,3 +720,89 @@ def judge_with_sensitivity(
         for finding, other in zip(main, again):
             finding.setdefault("sensitivity", {})[f"{contrast:.2f}"] = other["verdict"]
     return main
+
+
+def substitute(runs_: Sequence[JudgedRun], arm: Sequence[JudgedRun]) -> tuple[list[JudgedRun], list[str]]:
+    """`runs_` with each run replaced by `arm`'s run of the same cell and seed; and the names replaced."""
+    by_key = {(r.cell, r.seed): r for r in arm}
+    return [by_key.get((r.cell, r.seed), r) for r in runs_], [r.name for r in runs_ if (r.cell, r.seed) in by_key]
+
+
+def judge_arm(
+    runs_: Sequence[JudgedRun],
+    cross: dict[str, CrossSeed] | None,
+    arm: Sequence[JudgedRun],
+    arm_cross: dict[str, CrossSeed] | None = None,
+    detector: dict | None = None,
+    fit_min: float = FIT_MIN,
+) -> dict[str, Any]:
+    """The learning-rate arm (rules.md): claims (c)-(f) judged again with `arm`'s runs (another recipe) in place
+    of the runs of the same cell and seed.
+
+    The arm's runs take the others' place everywhere, as controls too. A cross-seed pair of which one run
+    is replaced is dropped (it would mix recipes); the arm's own pairs take the place of those of its cells.
+
+    Returns:
+        {"claims": [{"id", "claim", "base", "arm" (verdicts), "changed", "base_measured", "arm_measured"}],
+        "depends": ids of the claims whose verdict changes, "runs": per arm run {"run", "base", "arm"} with
+        each side's accuracies, fit, block and first-PC row (None where the spec has no such run),
+        "validation": mean validation accuracy of each side over the cells and seeds both have,
+        "rests_on": "base" or "arm", the side of higher validation accuracy when a verdict depends on the
+        recipe, else None}.
+    """
+    detector = detector or {}
+    cross = cross or {}
+    swapped_runs, swapped = substitute(runs_, arm)
+    swapped_cross = {k: p for k, p in cross.items() if not set(p.runs) & set(swapped)} | (arm_cross or {})
+    judges = {
+        "base": _Judge(runs_, cross, detector, fit_min),
+        "arm": _Judge(swapped_runs, swapped_cross, detector, fit_min),
+    }
+    verdicts = {
+        "base": {f["id"]: f for f in judge(runs_, cross, detector, fit_min)},
+        "arm": {f["id"]: f for f in judge(swapped_runs, swapped_cross, detector, fit_min)},
+    }
+    claims = [
+        {
+            "id": k,
+            "claim": CLAIMS[k],
+            "base": verdicts["base"][k]["verdict"],
+            "arm": verdicts["arm"][k]["verdict"],
+            "changed": verdicts["base"][k]["verdict"] != verdicts["arm"][k]["verdict"],
+            "base_measured": verdicts["base"][k]["measured"],
+            "arm_measured": verdicts["arm"][k]["measured"],
+        }
+        for k in ARM_CLAIMS
+    ]
+    base_by_key = {(r.cell, r.seed): r for r in runs_}
+    rows = [
+        {
+            "run": r.name,
+            "base": _arm_side(judges["base"], base_by_key.get((r.cell, r.seed)), detector, fit_min),
+            "arm": _arm_side(judges["arm"], r, detector, fit_min),
+        }
+        for r in arm
+    ]
+    both = [row for row in rows if row["base"] is not None]
+    validation = {side: _mean(row[side]["val_accuracy"] for row in both) for side in ("base", "arm")}
+    depends = [c["id"] for c in claims if c["changed"]]
+    rests_on = None
+    if depends and validation["base"] == validation["base"] and validation["arm"] == validation["arm"]:
+        rests_on = "arm" if validation["arm"] > validation["base"] else "base"
+    return {"claims": claims, "depends": depends, "runs": rows, "validation": validation, "rests_on": rests_on}
+
+
+def _arm_side(judge_: _Judge, run: JudgedRun | None, detector: dict, fit_min: float) -> dict[str, Any] | None:
+    """One run of the arm's comparison: accuracies, fit, block (also for an unfitted run) and first-PC row."""
+    if run is None:
+        return None
+    fitted = run.train_accuracy is None or run.train_accuracy >= fit_min
+    block = judge_.block(run) if fitted else blocks.find_block_structure(run.cka, run.names, **detector)
+    return {
+        "test_accuracy": run.test_accuracy,
+        "val_accuracy": float("nan") if run.val_accuracy is None else run.val_accuracy,
+        "train_accuracy": run.train_accuracy,
+        "fitted": fitted,
+        "block": block.to_dict(),
+        "first_pc": judge_.first_pc(run) if fitted and block.found else None,
+    }

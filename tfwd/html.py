@@ -48,9 +48,7 @@ def _run_rows(analyses) -> str:
         b = analyses.blocks[r.name]
         peak = "no candidate range" if b.peak_contrast != b.peak_contrast else f"{b.peak_contrast:.2f}"
         block = f"{b.start_name} .. {b.end_name} ({b.fraction:.0%}, mean CKA {b.mean_cka:.2f})" if b.found else "none"
-        recipe = f"lr {c.train.learning_rate:g}, cosine per {c.train.decay_every}" + (
-            f", {c.train.warmup_epochs} warmup epochs" if c.train.warmup_epochs else ""
-        )
+        recipe = _recipe(c)
         rows.append(
             f"<tr><td>{html.escape(r.name)}</td><td>{c.model.depth}</td><td>{c.model.width:g}</td>"
             f"<td>{'yes' if c.model.residual else 'no'}</td><td>{c.data.train_examples or 'all'}</td><td>{c.train.seed}</td>"
@@ -64,6 +62,83 @@ def _run_rows(analyses) -> str:
         "<th>peak contrast</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _recipe(config) -> str:
+    t = config.train
+    return f"lr {t.learning_rate:g}, cosine per {t.decay_every}" + (
+        f", {t.warmup_epochs} warmup epochs" if t.warmup_epochs else ""
+    )
+
+
+def _percent(value) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def _first_pc(row: dict | None) -> str:
+    """A first-PC row of the rules (tfwd.findings): mean inside / outside the block, both estimators."""
+    if not row or "inside_mean" not in row:
+        return "-"
+    svd = row.get("inside_mean_svd")
+    return f"{row['inside_mean']:.2f} / {row['outside_mean']:.2f}" + (
+        "" if svd is None else f" (SVD {svd:.2f} / {row['outside_mean_svd']:.2f})"
+    )
+
+
+def _arm_section(folder: str, spec: dict[str, Any], analyses, arm, compared: dict) -> str:
+    """The learning-rate arm: verdicts of (c)-(f) with each recipe, the runs side by side, their heatmaps."""
+    name = spec["arm"]["name"]
+    verdicts = "".join(
+        f"<tr><td>({c['id']}) {html.escape(c['claim'])}</td><td class='{c['base'].replace(' ', '-')}'>{c['base']}</td>"
+        f"<td class='{c['arm'].replace(' ', '-')}'>{c['arm']}</td><td>{'yes' if c['changed'] else 'no'}</td></tr>"
+        for c in compared["claims"]
+    )
+    rows, panels = [], []
+    by_name = {r.name: r for r in analyses.runs}
+    for row in compared["runs"]:
+        arm_run = next(r for r in arm.runs if r.name == row["run"])
+        for side, run, label in (("base", by_name.get(row["run"]), "spec"), ("arm", arm_run, name)):
+            measured = row[side]
+            if measured is None:
+                continue
+            b = measured["block"]
+            block = f"{b['start_name']} .. {b['end_name']} ({b['fraction']:.0%})" if b["found"] else "none"
+            accuracies = "".join(
+                f"<td>{_percent(measured[k])}</td>" for k in ("train_accuracy", "val_accuracy", "test_accuracy")
+            )
+            rows.append(
+                f"<tr><td>{html.escape(row['run'])}</td><td>{html.escape(f'{label}: {_recipe(run.config)}')}</td>"
+                f"{accuracies}<td>{html.escape(block)}</td><td>{_first_pc(measured['first_pc'])}</td></tr>"
+            )
+            panels.append(
+                {
+                    "matrix": run.cka,
+                    "names": run.names,
+                    "title": f"{runs.run_label(run.name)}, {label}",
+                    "block": (analyses if side == "base" else arm).blocks[run.name],
+                    "fitted": measured["fitted"],
+                }
+            )
+    plots.save_figure(
+        block_heatmaps(panels, columns=2, suptitle=f"Within-model CKA: the spec's recipe beside {name}"),
+        os.path.join(folder, "arm_heatmaps.png"),
+    )
+    if compared["depends"]:
+        side = {"base": "the spec's recipe", "arm": name, None: "neither (no validation accuracy)"}[
+            compared["rests_on"]
+        ]
+        outcome = f"Verdicts that depend on the recipe: {', '.join(compared['depends'])}; the findings rest on {side}"
+    else:
+        outcome = "No verdict of (c)-(f) depends on the recipe"
+    v = compared["validation"]
+    return f"""<h2>Learning-rate arm: {html.escape(name)}</h2>
+<p>{html.escape(spec["arm"].get("description", ""))} Claims (c)-(f) judged again with these runs in place of the spec's
+runs of the same cells and seeds (rules.md). {outcome} (mean validation accuracy over these cells:
+spec {_percent(v["base"])}, {html.escape(name)} {_percent(v["arm"])}).</p>
+<table><tr><th>claim</th><th>spec's recipe</th><th>{html.escape(name)}</th><th>changed</th></tr>{verdicts}</table>
+<table><tr><th>run</th><th>recipe</th><th>train accuracy</th><th>validation accuracy</th><th>test accuracy</th>
+<th>block</th><th>first PC inside / outside</th></tr>{"".join(rows)}</table>
+<h3>Heatmaps side by side</h3>{_img(os.path.join(folder, "arm_heatmaps.png"), "heatmaps of both recipes")}"""
 
 
 def _finding_rows(judged) -> str:
@@ -138,8 +213,14 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
     }
 
 
-def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timings: dict, seconds: float) -> None:
-    """Writes report.html, findings.json and the report's own figures into `folder`."""
+def write_report(
+    folder: str, spec: dict[str, Any], analyses, judged: list, timings: dict, seconds: float, arm=(None, None)
+) -> None:
+    """Writes report.html, findings.json and the report's own figures into `folder`.
+
+    arm: (Analyses of the spec's arm, findings.judge_arm's comparison), or (None, None) without an arm.
+    """
+    arm, compared = arm
     panels = [
         {
             "matrix": r.cka,
@@ -193,8 +274,12 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
             if kind in dirs and os.path.exists(path):
                 per_run.append(f"<h3>{html.escape(name)}: {caption}</h3>{_img(path, caption)}")
     per_run += cka_history_sections(folder, analyses.opened)
+    saved = findings_json(spec, analyses, judged, timings, seconds)
+    if compared is not None:
+        saved["arm"] = {"name": spec["arm"]["name"], **compared}
     with open(os.path.join(folder, "findings.json"), "w") as f:
-        json.dump(_clean(findings_json(spec, analyses, judged, timings, seconds)), f, indent=2, allow_nan=False)
+        json.dump(_clean(saved), f, indent=2, allow_nan=False)
+    arm_section = _arm_section(folder, spec, analyses, arm, compared) if compared is not None else ""
     timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in sorted(timings.items()))
     rules = " ".join(findings_lib.__doc__.split())
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>tfwd report: {html.escape(spec["name"])}</title>
@@ -207,6 +292,7 @@ def write_report(folder: str, spec: dict[str, Any], analyses, judged: list, timi
 {_finding_rows(judged)}
 <p class="small">How each verdict is reached (tfwd.findings, docs/science/rules.md): {html.escape(rules)}
 Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(spec["block_structure"]) if spec.get("block_structure") else "its defaults")}.</p>
+{arm_section}
 <h2>Runs</h2>
 {_run_rows(analyses)}
 <h2>Figures</h2>

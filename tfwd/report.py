@@ -16,7 +16,11 @@ A report spec (data/reports/*.json) is a JSON object:
         "dominant_datapoints": {"examples": 1000, "top": 10}  tfwd.dominant_datapoints.analyze, runs with a block
       },                                             (only when given); false skips an analysis (not cka)
       "block_structure": {"min_contrast": 0.3, ...} tfwd.blocks.find_block_structure
-      "min_train_accuracy": 0.9                       runs below it count in no claim (rules v2)
+      "min_train_accuracy": 0.9,                      runs below it count in no claim (rules v2)
+      "arm": {"name": "reference", "flags": {"recipe": "reference"}, "grid": [...]}
+                                                     another recipe on some cells (trained into
+                                                     out_dir/arm_<name>/): (c)-(f) judged again with its
+                                                     runs in place of the same cells and seeds
     }
 
 `build` trains what is missing (bin/train through tfwd.sweeps, skipping finished
@@ -48,7 +52,8 @@ from absl import logging
 from tfwd import analyses as registry, apps, blocks, findings, runs, sweeps
 from tfwd.progress import showing
 
-SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy")
+SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy", "arm")
+ARM_KEYS = ("name", "description", "flags", "grid")
 
 
 def load_spec(path: str) -> dict[str, Any]:
@@ -76,6 +81,18 @@ def validate(spec: Any, where: str = "report spec") -> dict[str, Any]:
         if settings is not False:
             check_analysis_values(kind, settings, where)
     sweeps.expand(sweep_spec(spec))  # raises for invalid runs
+    if "arm" in spec:
+        arm = spec["arm"]
+        if not isinstance(arm, dict) or not isinstance(arm.get("name"), str) or "grid" not in arm:
+            raise ValueError(f"{where}: `arm` is an object with at least 'name' (a string) and 'grid'.")
+        if not arm["name"].replace("_", "").replace("-", "").isalnum():
+            raise ValueError(
+                f"{where}: arm.name names a folder: letters, digits, '-' and '_'. Received: {arm['name']!r}"
+            )
+        unknown = sorted(set(arm) - set(ARM_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: arm has unknown keys {unknown}. Allowed: {list(ARM_KEYS)}.")
+        sweeps.expand(arm_sweep_spec(spec))
     return spec
 
 
@@ -164,6 +181,25 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def sweep_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": spec["name"], "description": spec.get("description", ""), **spec["runs"]}
+
+
+def arm_sweep_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The arm's runs: the spec's flags, with the arm's flags and grid in place of what they set."""
+    arm = spec["arm"]
+    grid = arm["grid"] if isinstance(arm["grid"], list) else []
+    cases = [c for entry in grid if isinstance(entry, dict) for c in entry.get("cases", [])]
+    own = {k for part in grid + cases if isinstance(part, dict) for k in part} | set(arm.get("flags", {}))
+    return {
+        "name": f"{spec['name']}_arm_{arm['name']}",
+        "description": arm.get("description", ""),
+        "flags": {**{k: v for k, v in spec["runs"].get("flags", {}).items() if k not in own}, **arm.get("flags", {})},
+        "grid": arm["grid"],
+    }
+
+
+def arm_dir(spec: dict[str, Any], out_dir: str) -> str:
+    """Where the arm's runs live: out_dir/arm_<name>/ (the run names do not carry the recipe)."""
+    return os.path.join(out_dir, f"arm_{spec['arm']['name']}")
 
 
 def _content(run_dir: str) -> dict[str, Any]:
@@ -255,7 +291,11 @@ def _runs_it(entry: registry.Analysis, settings: dict[str, Any], run: runs.Run, 
 @runs.sharing_models()  # the analyses of a run open it one after another: load its model once
 @runs.reading_runs()  # every run stays locked for reading until the report is written
 def analyze(
-    run_dirs: list[str], spec: dict[str, Any], data_dir: str | None = None, timings: dict | None = None
+    run_dirs: list[str],
+    spec: dict[str, Any],
+    data_dir: str | None = None,
+    timings: dict | None = None,
+    wide_deep: bool = True,
 ) -> Analyses:
     """Runs every analysis of the spec on every finished run (all seeds); returns what was measured.
 
@@ -263,8 +303,8 @@ def analyze(
     PC, probes and block deletion (the last two for residual networks), and dominant
     datapoints, when the spec gives their settings, for every run in which the spec's detector
     finds a block; then those of `tfwd.analyses.per_pair` (cross-seed CKA) for every cell with
-    seeds 0 and 1. An analysis the spec sets to false is skipped (the findings that need it
-    read "not measured").
+    seeds 0 and 1, and claim (g)'s cross-model CKA unless wide_deep is False. An analysis the
+    spec sets to false is skipped (the findings that need it read "not measured").
     """
     timings = {} if timings is None else timings
     settings = spec.get("analyses", {})
@@ -294,6 +334,8 @@ def analyze(
                 probes=results.get("probes"),
                 prune_blocks=results.get("prune_blocks"),
                 train_accuracy=run.results().get("accuracy"),
+                test_accuracy=run.results().get("test_accuracy"),
+                val_accuracy=run.results().get("val_accuracy"),
             )
         )
         if "dominant_datapoints" in results:
@@ -303,7 +345,8 @@ def analyze(
     for entry in registry.per_pair():
         if settings.get(entry.kind) is not False:
             _pairs(entry, run_dirs, settings.get(entry.kind, {}), data_dir, timings, out)
-    _wide_deep(spec, data_dir, timings, out)
+    if wide_deep:
+        _wide_deep(spec, data_dir, timings, out)
     return out
 
 
@@ -397,7 +440,36 @@ def build(
     runs.check_folder_path(out_dir)  # a file or a symlink loop is named as such, before any training
     report_dir = os.path.join(out_dir, f"report_{spec['name']}")
     runs.check_output_dir(report_dir, "report")  # before hours of training, not after
-    sweep = sweep_spec(spec)
+    sweeps_ = [(sweep_spec(spec), out_dir)] + (
+        [(arm_sweep_spec(spec), arm_dir(spec, out_dir))] if "arm" in spec else []
+    )
+    run_dirs = [_finished_runs(s, d, data_dir, train, parallel, program, progress) for s, d in sweeps_]
+    timings: dict[str, float] = {}
+    with showing(progress):  # analyses log as they go; this fills their quiet stretches
+        analyses = analyze(run_dirs[0], spec, data_dir=data_dir, timings=timings)
+        arm = analyze(run_dirs[1], spec, data_dir=data_dir, timings=timings, wide_deep=False) if "arm" in spec else None
+    detector, fit_min = spec.get("block_structure"), spec.get("min_train_accuracy", findings.FIT_MIN)
+    judged = findings.judge_with_sensitivity(analyses.runs, analyses.cross_seed, detector, fit_min, analyses.wide_deep)
+    compared = (
+        None
+        if arm is None
+        else findings.judge_arm(analyses.runs, analyses.cross_seed, arm.runs, arm.cross_seed, detector, fit_min)
+    )
+    trained = list(analyses.opened.values()) + (list(arm.opened.values()) if arm else [])
+    timings["training"] = sum(float(r.results().get("train_seconds", 0.0)) for r in trained)
+    with runs.atomic_dir(report_dir, "report") as tmp:
+        html.write_report(tmp, spec, analyses, judged, timings, time.time() - started, arm=(arm, compared))
+    path = os.path.join(report_dir, "report.html")
+    logging.info("Report written to %s.", path)
+    return path
+
+
+def _finished_runs(sweep, out_dir, data_dir, train, parallel, program, progress) -> list[str]:
+    """Trains the sweep's missing runs into out_dir (train=True); returns their folders.
+
+    Raises:
+        runs.RunError: if a training fails, or a run is not finished with train=False.
+    """
     if data_dir:
         sweep = {**sweep, "flags": {**sweep.get("flags", {}), "data_dir": data_dir}}
     planned = sweeps.expand(sweep)
@@ -405,23 +477,9 @@ def build(
         outcome = sweeps.run(sweep, out_dir, parallel=parallel, program=program, progress=progress)
         if outcome["failed"]:
             raise runs.RunError(f"Trainings failed: {outcome['failed']} (each run's log names the cause).")
-    run_dirs = [os.path.join(out_dir, r.name) for r in planned if sweeps.is_finished(out_dir, r)]
     missing = [r.name for r in planned if not sweeps.is_finished(out_dir, r)]
     if missing:
-        raise runs.RunError(f"Runs not finished: {missing}. Run bin/report without --notrain to train them.")
-    timings: dict[str, float] = {}
-    with showing(progress):  # analyses log as they go; this fills their quiet stretches
-        analyses = analyze(run_dirs, spec, data_dir=data_dir, timings=timings)
-    judged = findings.judge_with_sensitivity(
-        analyses.runs,
-        analyses.cross_seed,
-        spec.get("block_structure"),
-        spec.get("min_train_accuracy", findings.FIT_MIN),
-        analyses.wide_deep,
-    )
-    timings["training"] = sum(float(r.results().get("train_seconds", 0.0)) for r in analyses.opened.values())
-    with runs.atomic_dir(report_dir, "report") as tmp:
-        html.write_report(tmp, spec, analyses, judged, timings, time.time() - started)
-    path = os.path.join(report_dir, "report.html")
-    logging.info("Report written to %s.", path)
-    return path
+        raise runs.RunError(
+            f"Runs not finished in {out_dir}: {missing}. Run bin/report without --notrain to train them."
+        )
+    return [os.path.join(out_dir, r.name) for r in planned]
