@@ -93,6 +93,8 @@ def test_an_arm_is_judged_beside_the_spec(tiny_runs, tfds_dir, tmp_path):
         results = json.load(open(os.path.join(run_dir, runs.RESULTS)))
         assert row[side]["test_accuracy"] == pytest.approx(results["test_accuracy"])
         assert row[side]["train_accuracy"] == pytest.approx(results["accuracy"])
+    again = report.judge_outputs(spec, os.path.join(folder, report.OUTPUTS), str(tmp_path / "again"))
+    assert json.load(open(os.path.join(os.path.dirname(again), "findings.json")))["arm"] == arm
     page = open(path).read()
     assert "Learning-rate arm: slow" in page and "A tenth of the learning rate." in page
     assert "slow: lr 0.01, cosine per step" in page and "spec: lr 0.1, cosine per step" in page
@@ -123,6 +125,7 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
         "cross_seed.png",
         "findings.json",
         "heatmaps.png",
+        report.OUTPUTS,
         "report.html",
     ]
     page = open(path).read()
@@ -170,6 +173,52 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     again = json.load(open(os.path.join(folder, "findings.json")))
     assert all(again["timings_seconds"][k] == 0 for k in ("cka", "pc", "probes", "prune_blocks", "cross_seed"))
     assert sorted(d for d in os.listdir(tiny_runs[0]) if d.startswith("report_")) == made
+    check_outputs_rejudged(spec, folder, tmp_path, root, bin_env)
+
+
+def check_outputs_rejudged(spec, folder, tmp_path, root, bin_env):
+    """The report's outputs/ (small, no model) give the same findings when judged again, through bin/report; what
+    they lack is named and left out."""
+    outputs = os.path.join(folder, report.OUTPUTS)
+    names = sorted(os.listdir(outputs))
+    assert not [f for _, _, files in os.walk(outputs) for f in files if f.endswith((".png", ".keras"))]
+    assert sorted(os.listdir(os.path.join(outputs, names[0], "analyses"))) == [
+        "cka",
+        "cross_seed",
+        "pc",
+        "probes",
+        "prune_blocks",
+    ]
+    saved = json.load(open(os.path.join(folder, "findings.json")))
+    spec_file = tmp_path / "again.json"
+    spec_file.write_text(json.dumps(spec))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(root / "bin" / "report"),
+            f"--spec={spec_file}",
+            f"--from_outputs={outputs}",
+            f"--out_dir={tmp_path / 'again'}",
+        ],
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = json.load(open(tmp_path / "again" / f"report_{spec['name']}" / "findings.json"))
+    assert again["claims"] == saved["claims"] and again["runs"] == saved["runs"]
+    assert "missing_outputs" not in again
+    # Without seed 1's first-PC output, its runs and (c) go on without it, and the report says so.
+    shutil.copytree(outputs, tmp_path / "partial")
+    shutil.rmtree(tmp_path / "partial" / names[1] / "analyses" / "pc")
+    path = report.judge_outputs(spec, str(tmp_path / "partial"), str(tmp_path / "partial_report"))
+    partial = json.load(open(os.path.join(os.path.dirname(path), "findings.json")))
+    assert partial["missing_outputs"] == [f"{names[1]}/analyses/pc"]
+    assert partial["runs"] == saved["runs"]
+    assert "Not in the outputs judged" in open(path).read()
+    with pytest.raises(runs.RunError, match="holds none of the runs"):
+        report.judge_outputs(spec, str(tmp_path), str(tmp_path / "none"))
 
 
 def test_analyses_set_to_false_are_skipped(tiny_runs, tfds_dir, tmp_path):
@@ -414,6 +463,10 @@ def test_wide_against_deep_in_the_report(tiny_runs, tfds_dir, tmp_path):
         assert row["shows"] == want["shows"]
     assert g["verdict"] == findings._verdict([w["shows"] for w in expected if w["shows"] is not None])
     assert g["verdict"] != "not measured"
+    exported = os.path.join(folder, report.OUTPUTS, wide, "analyses", "wide_deep")
+    assert [os.path.basename(m) for m in cka.load(exported).models] == [wide, deep]
+    rejudged = report.judge_outputs(spec, os.path.join(folder, report.OUTPUTS), str(tmp_path / "again"))
+    assert json.load(open(os.path.join(os.path.dirname(rejudged), "findings.json")))["claims"] == saved["claims"]
     # Again: the cross-model CKA is reused, not computed.
     path = report.build(spec, str(out_dir), data_dir=tfds_dir, train=False)
     again = json.load(open(os.path.join(os.path.dirname(path), "findings.json")))

@@ -210,6 +210,7 @@ def findings_json(spec: dict[str, Any], analyses, judged: list, timings: dict, s
             name: {**dataclasses.asdict(d), "settings": {**d.settings, "run": name}}
             for name, d in analyses.dominant.items()
         },
+        **({"missing_outputs": analyses.missing} if analyses.missing else {}),
     }
 
 
@@ -289,7 +290,7 @@ def write_report(
 <p class="small">Written {time.strftime("%Y-%m-%d %H:%M")} on {html.escape(machine())}. Time spent: {html.escape(timing)}
 (training from results.json; analyses reused from earlier reports count 0). This report took {seconds / 60:.1f} min to build.</p>
 <h2>Findings</h2>
-{_finding_rows(judged)}
+{_missing(analyses.missing)}{_finding_rows(judged)}
 <p class="small">How each verdict is reached (tfwd.findings, docs/science/rules.md): {html.escape(rules)}
 Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(spec["block_structure"]) if spec.get("block_structure") else "its defaults")}.</p>
 {arm_section}
@@ -303,6 +304,13 @@ Block structure: tfwd.blocks.find_block_structure with {html.escape(json.dumps(s
 </body></html>"""
     with open(os.path.join(folder, "report.html"), "w") as f:
         f.write(body)
+
+
+def _missing(missing: list[str]) -> str:
+    """The note of a report judged on exported outputs that lack some runs or analyses."""
+    if not missing:
+        return ""
+    return f"<p class='partly-reproduced'>Not in the outputs judged, left out of every claim: {html.escape(', '.join(missing))}.</p>"
 
 
 def cka_history_sections(folder: str, opened: dict[str, runs.Run]) -> list[str]:

@@ -30,6 +30,10 @@ changed settings or a retrained run never reuse a stale one),
 judges the paper's claims (tfwd.findings, with the detector's sensitivity) and writes
 report.html and findings.json: self-contained, figures embedded, with a table of runs,
 the findings with their per-seed numbers and controls, and every setting used.
+
+Beside them, report_<name>/outputs/ keeps what judging needs without the models (`export_outputs`,
+about a megabyte per run): commit it, and `judge_outputs` applies a later detector or rule to it
+without training or analysing anything again (bin/report --from_outputs).
 """
 
 from __future__ import annotations
@@ -41,17 +45,21 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import time
 import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+import numpy as np
 from absl import logging
 
 from tfwd import analyses as registry, apps, blocks, findings, runs, sweeps
 from tfwd.progress import showing
 
+OUTPUTS = "outputs"  # report_<name>/outputs/: the runs' small outputs (export_outputs)
+WITHIN = "cka_within.npz"  # an exported run's within-model CKA: "cka" (L, L) and "names" (L,)
 SPEC_KEYS = ("name", "description", "runs", "analyses", "block_structure", "min_train_accuracy", "arm")
 ARM_KEYS = ("name", "description", "flags", "grid")
 
@@ -267,6 +275,8 @@ class Analyses:
         wide_deep: findings.CrossModel of seed 0 of the widest and the deepest fitted cell on each data subset
             that has both (claim (g)), rows the wide model's layers.
         results: what each analysis' `load` read, by run name (or cell label) and kind, as `dirs`.
+        missing: runs and analyses the spec asks for that exported outputs lack (`load_outputs`; the arm's
+            prefixed with its folder).
     """
 
     runs: list[findings.JudgedRun]
@@ -277,6 +287,7 @@ class Analyses:
     dirs: dict[str, dict[str, str]]
     wide_deep: list[findings.CrossModel] = dataclasses.field(default_factory=list)
     results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    missing: list[str] = dataclasses.field(default_factory=list)
 
 
 def _runs_it(entry: registry.Analysis, settings: dict[str, Any], run: runs.Run, block: Any) -> bool:
@@ -324,24 +335,7 @@ def analyze(
             if entry.kind == "cka":
                 within = results["cka"]
                 block = blocks.find_block_structure(within.blocks[0, 0], within.names[0], **detector)
-        out.runs.append(
-            findings.JudgedRun(
-                run.name,
-                run.config,
-                list(results["cka"].names[0]),
-                results["cka"].blocks[0, 0],
-                pc=results.get("pc"),
-                probes=results.get("probes"),
-                prune_blocks=results.get("prune_blocks"),
-                train_accuracy=run.results().get("accuracy"),
-                test_accuracy=run.results().get("test_accuracy"),
-                val_accuracy=run.results().get("val_accuracy"),
-            )
-        )
-        if "dominant_datapoints" in results:
-            out.dominant[run.name] = results["dominant_datapoints"]
-        out.opened[run.name] = run
-        out.blocks[run.name] = block
+        _add_run(out, run, list(results["cka"].names[0]), results["cka"].blocks[0, 0], block)
     for entry in registry.per_pair():
         if settings.get(entry.kind) is not False:
             _pairs(entry, run_dirs, settings.get(entry.kind, {}), data_dir, timings, out)
@@ -389,6 +383,29 @@ def _pair_analysis(
     return folder, entry.load(folder)
 
 
+def _add_run(out: Analyses, run: runs.Run, names: list[str], cka, block: blocks.BlockStructure) -> None:
+    """Adds `run`, its within-model CKA and its block to `out`, with the analyses already in out.results[run.name]."""
+    results, done = out.results[run.name], run.results()
+    out.runs.append(
+        findings.JudgedRun(
+            run.name,
+            run.config,
+            names,
+            cka,
+            pc=results.get("pc"),
+            probes=results.get("probes"),
+            prune_blocks=results.get("prune_blocks"),
+            train_accuracy=done.get("accuracy"),
+            test_accuracy=done.get("test_accuracy"),
+            val_accuracy=done.get("val_accuracy"),
+        )
+    )
+    if "dominant_datapoints" in results:
+        out.dominant[run.name] = results["dominant_datapoints"]
+    out.opened[run.name] = run
+    out.blocks[run.name] = block
+
+
 def _wide_deep(spec: dict[str, Any], data_dir: str | None, timings: dict, out: Analyses) -> None:
     """Cross-model CKA of claim (g)'s pairs (findings.wide_deep_pairs), into out.wide_deep.
 
@@ -433,8 +450,6 @@ def build(
         ValueError: for an invalid spec (runs or analysis settings), before anything runs.
         runs.RunError: if a training fails, or a run is missing with train=False.
     """
-    from tfwd import html  # matplotlib only when a report is drawn
-
     started = time.time()
     validate(spec)  # every setting, before hours of training
     runs.check_folder_path(out_dir)  # a file or a symlink loop is named as such, before any training
@@ -448,6 +463,15 @@ def build(
     with showing(progress):  # analyses log as they go; this fills their quiet stretches
         analyses = analyze(run_dirs[0], spec, data_dir=data_dir, timings=timings)
         arm = analyze(run_dirs[1], spec, data_dir=data_dir, timings=timings, wide_deep=False) if "arm" in spec else None
+    return _write(spec, report_dir, analyses, arm, timings, started)
+
+
+def _write(
+    spec: dict[str, Any], report_dir: str, analyses: Analyses, arm: Analyses | None, timings: dict, started: float
+) -> str:
+    """Judges the claims (and the arm) and writes report_dir: report.html, findings.json, figures and outputs/."""
+    from tfwd import html  # matplotlib only when a report is drawn
+
     detector, fit_min = spec.get("block_structure"), spec.get("min_train_accuracy", findings.FIT_MIN)
     judged = findings.judge_with_sensitivity(analyses.runs, analyses.cross_seed, detector, fit_min, analyses.wide_deep)
     compared = (
@@ -459,6 +483,7 @@ def build(
     timings["training"] = sum(float(r.results().get("train_seconds", 0.0)) for r in trained)
     with runs.atomic_dir(report_dir, "report") as tmp:
         html.write_report(tmp, spec, analyses, judged, timings, time.time() - started, arm=(arm, compared))
+        export_outputs(os.path.join(tmp, OUTPUTS), spec, analyses, arm)
     path = os.path.join(report_dir, "report.html")
     logging.info("Report written to %s.", path)
     return path
@@ -483,3 +508,110 @@ def _finished_runs(sweep, out_dir, data_dir, train, parallel, program, progress)
             f"Runs not finished in {out_dir}: {missing}. Run bin/report without --notrain to train them."
         )
     return [os.path.join(out_dir, r.name) for r in planned]
+
+
+def export_outputs(folder: str, spec: dict[str, Any], analyses: Analyses, arm: Analyses | None = None) -> None:
+    """Writes what judging needs, without the models, into folder/<run>/ (the arm's runs into folder/arm_<name>/).
+
+    Each run gets its config.json, results.json and history.csv, its within-model CKA (`WITHIN`) and
+    the output folder of every analysis as analyses/<kind>/, figures left out; an analysis of a pair
+    of seeds goes under seed 0's run, claim (g)'s cross-model CKA under the wide run. `load_outputs`
+    reads it back.
+    """
+    parts = [(analyses, folder)] + ([(arm, os.path.join(folder, f"arm_{spec['arm']['name']}"))] if arm else [])
+    for part, base in parts:
+        for r in part.runs:
+            target = os.path.join(base, r.name)
+            os.makedirs(target)
+            for file in (runs.CONFIG, runs.RESULTS, runs.HISTORY):
+                source = os.path.join(part.opened[r.name].path, file)
+                if os.path.exists(source):
+                    shutil.copyfile(source, os.path.join(target, file))
+            np.savez_compressed(os.path.join(target, WITHIN), cka=r.cka, names=np.asarray(r.names))
+        for key, dirs in part.dirs.items():
+            owner = key if key in part.opened else f"{key}-s0"  # a cell's pair analyses: under seed 0
+            for kind, source in dirs.items():
+                shutil.copytree(
+                    source,
+                    os.path.join(base, owner, "analyses", kind),
+                    ignore=shutil.ignore_patterns("*.png", runs.OUTPUT_MARKER),
+                )
+
+
+def load_outputs(spec: dict[str, Any], folder: str) -> tuple[Analyses, Analyses | None]:
+    """The spec's runs and analyses read back from exported outputs (`export_outputs`), blocks found by the spec's
+    detector; what the spec asks for and `folder` lacks is listed in each Analyses' `missing` (and left out)."""
+    validate(spec)
+    main = _load_part(sweep_spec(spec), folder, spec)
+    arm = _load_part(arm_sweep_spec(spec), arm_dir(spec, folder), spec) if "arm" in spec else None
+    if arm is not None:
+        main.missing += [f"{os.path.basename(arm_dir(spec, folder))}/{m}" for m in arm.missing]
+    if spec.get("analyses", {}).get("cross_seed") is False:
+        return main, arm
+    for wide, deep in findings.wide_deep_pairs(main.runs, spec.get("min_train_accuracy", findings.FIT_MIN)):
+        path = os.path.join(folder, wide.name, "analyses", "wide_deep")
+        loaded = registry.REGISTRY["cross_seed"].load(path) if os.path.isdir(path) else None
+        if loaded is None or [os.path.basename(m) for m in loaded.models] != [wide.name, deep.name]:
+            main.missing.append(f"{wide.name}/analyses/wide_deep (against {deep.name})")
+            continue
+        main.wide_deep.append(findings.CrossModel((wide.name, deep.name), tuple(loaded.names), loaded.blocks[0, 1]))
+        main.dirs[wide.name]["wide_deep"] = path
+    return main, arm
+
+
+def _load_part(sweep: dict[str, Any], folder: str, spec: dict[str, Any]) -> Analyses:
+    """`load_outputs` of one sweep (the spec's, or its arm's) from folder/<run>/."""
+    settings, detector = spec.get("analyses", {}), spec.get("block_structure", {})
+    out = Analyses([], {}, {}, {}, {}, {})
+    seeds: dict[str, dict[int, str]] = {}
+    for planned in sweeps.expand(sweep):
+        run_dir = os.path.join(folder, planned.name)
+        if not all(os.path.exists(os.path.join(run_dir, f)) for f in (runs.CONFIG, runs.RESULTS, WITHIN)):
+            out.missing.append(planned.name)
+            continue
+        run = runs.Run(run_dir)
+        with np.load(os.path.join(run_dir, WITHIN)) as f:
+            cka, names = f["cka"], [str(n) for n in f["names"]]
+        block = blocks.find_block_structure(cka, names, **detector)
+        dirs, results = out.dirs.setdefault(run.name, {}), out.results.setdefault(run.name, {})
+        for entry in registry.per_run():
+            if entry.kind != "cka" and _runs_it(entry, settings, run, block):
+                _load_analysis(entry, os.path.join(run_dir, "analyses", entry.kind), run.name, dirs, results, out)
+        _add_run(out, run, names, cka, block)
+        seeds.setdefault(cell_label(run.config), {})[run.config.train.seed] = run.name
+    for key, by_seed in seeds.items():
+        if 0 not in by_seed or 1 not in by_seed:
+            continue
+        for entry in registry.per_pair():
+            if settings.get(entry.kind) is False:
+                continue
+            dirs, results = out.dirs.setdefault(key, {}), out.results.setdefault(key, {})
+            path = os.path.join(folder, by_seed[0], "analyses", entry.kind)
+            if _load_analysis(entry, path, key, dirs, results, out) and entry.kind == "cross_seed":
+                loaded = results[entry.kind]
+                out.cross_seed[key] = findings.CrossSeed(
+                    (by_seed[0], by_seed[1]), list(loaded.names[0]), loaded.blocks[0, 1]
+                )
+    return out
+
+
+def _load_analysis(entry: registry.Analysis, path: str, owner: str, dirs: dict, results: dict, out: Analyses) -> bool:
+    """Loads the exported analysis at `path` into dirs and results; lists it in out.missing when absent."""
+    if not os.path.isdir(path):
+        out.missing.append(f"{owner}/analyses/{entry.kind}")
+        return False
+    dirs[entry.kind], results[entry.kind] = path, entry.load(path)
+    return True
+
+
+def judge_outputs(spec: dict[str, Any], folder: str, out_dir: str) -> str:
+    """Judges the spec again on exported outputs (`load_outputs`), with nothing trained or analysed; writes
+    out_dir/report_<name>/ as `build` does and returns report.html's path."""
+    started = time.time()
+    analyses, arm = load_outputs(spec, folder)
+    if analyses.missing:
+        logging.warning("Report: not in %s, left out of the findings: %s.", folder, ", ".join(analyses.missing))
+    if not analyses.runs:
+        raise runs.RunError(f"{folder} holds none of the runs of spec {spec['name']!r} (as bin/report exports them).")
+    report_dir = os.path.join(out_dir, f"report_{spec['name']}")
+    return _write(spec, report_dir, analyses, arm, {}, started)
