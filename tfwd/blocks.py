@@ -35,7 +35,7 @@ heatmaps labelled by eye (`data/labels/block_labels.json`, docs/science/detector
 5. **More blocks.** Steps 3-4 repeat on the stream layers not yet in a block (other blocks
    count as outside). Blocks are reported largest first.
 
-Defaults (`MIN_CONTRAST`, `MIN_SQUARENESS`, `MIN_FRACTION`, `MIN_LAYERS`, `MIN_OUTSIDE`; version 3
+Defaults (`MIN_CONTRAST`, `MIN_SQUARENESS`, `MIN_FRACTION`, `MIN_LAYERS`, `MIN_OUTSIDE`; version 4
 of the rule) were chosen on the development part of the labelled heatmaps and the synthetic
 shapes only; the held-out part judges them (tests/blocks_test.py, docs/science/detector.md).
 Pass your own to probe how robust a conclusion is.
@@ -53,7 +53,7 @@ MIN_CONTRAST = 0.2
 MIN_SQUARENESS = 0.7
 MIN_FRACTION = 0.25
 MIN_LAYERS = 4
-MIN_OUTSIDE = 2
+MIN_OUTSIDE = 1
 MAX_BLOCKS = 4
 
 
