@@ -165,6 +165,20 @@ def test_first_pc_reproduced_when_the_block_beats_its_model_and_the_control():
     assert row["outside_mean"] == pytest.approx(0.2) and row["control_mean"] == pytest.approx(0.2)
 
 
+def test_a_block_whose_analysis_is_missing_is_listed_as_not_measured():
+    """A run re-judged on outputs that lack an analysis (a block found by a later detector) is named, not dropped."""
+    measured = _run(block=BLOCK38)
+    measured.pc = _pc(measured, 0.9, 0.2)
+    unmeasured = _run(block=BLOCK38, seed=1)
+    found = findings.judge(_with_control(measured, lambda n: 0.2) + [unmeasured])
+    c, d = found[2], found[3]
+    assert [r["run"] for r in c["seeds"]] == [measured.name, unmeasured.name]
+    assert c["seeds"][1]["note"] == "not measured (no first-PC output)" and "shows" not in c["seeds"][1]
+    assert c["verdict"] == "reproduced"  # the verdict rests on the measured run alone
+    assert f"{unmeasured.name}: not measured (no first-PC output)" in c["measured"]
+    assert d["verdict"] == "not measured" and all(r["note"] == "not measured (no probe output)" for r in d["seeds"])
+
+
 def test_first_pc_stage_effect_is_caught_by_the_control():
     # Stage 3 has a large first PC in every network, block or not: within the model the
     # block (mostly stage 3) looks dominant, but the control's stage 3 is just as high.

@@ -596,9 +596,7 @@ def _per_run(judge: _Judge, key: str, measure) -> dict[str, Any]:
         b = judge.block(run)
         if not b.found:
             continue
-        row = measure(run)
-        if row is None:
-            continue
+        row = measure(run) or {"note": f"not measured (no {_ANALYSIS[key]} output)"}
         row = {"run": run.name, "seed": run.seed, "block_fraction": b.fraction, "contrast": b.contrast, **row}
         seeds.append(row)
         if row.get("shows") is not None:
@@ -607,6 +605,7 @@ def _per_run(judge: _Judge, key: str, measure) -> dict[str, Any]:
 
 
 _MEASURES = {"c": "first_pc", "d": "probes", "e": "deletion", "f": "cross_seed"}
+_ANALYSIS = {"c": "first-PC", "d": "probe", "e": "block-deletion", "f": "cross-seed CKA"}  # what each one reads
 
 
 def _describe(key: str, rows: list[dict]) -> str:
