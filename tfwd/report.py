@@ -587,7 +587,7 @@ def _load_part(sweep: dict[str, Any], folder: str, spec: dict[str, Any]) -> Anal
                 continue
             dirs, results = out.dirs.setdefault(key, {}), out.results.setdefault(key, {})
             path = os.path.join(folder, by_seed[0], "analyses", entry.kind)
-            if _load_analysis(entry, path, key, dirs, results, out) and entry.kind == "cross_seed":
+            if _load_analysis(entry, path, by_seed[0], dirs, results, out) and entry.kind == "cross_seed":
                 loaded = results[entry.kind]
                 out.cross_seed[key] = findings.CrossSeed(
                     (by_seed[0], by_seed[1]), list(loaded.names[0]), loaded.blocks[0, 1]
