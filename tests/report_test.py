@@ -173,15 +173,25 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     again = json.load(open(os.path.join(folder, "findings.json")))
     assert all(again["timings_seconds"][k] == 0 for k in ("cka", "pc", "probes", "prune_blocks", "cross_seed"))
     assert sorted(d for d in os.listdir(tiny_runs[0]) if d.startswith("report_")) == made
-    check_outputs_rejudged(spec, folder, tmp_path, root, bin_env)
+    check_outputs_rejudged(spec, folder, out_dir, tmp_path, root, bin_env)
 
 
-def check_outputs_rejudged(spec, folder, tmp_path, root, bin_env):
-    """The report's outputs/ (small, no model) give the same findings when judged again, through bin/report; what
-    they lack is named and left out."""
+def check_outputs_rejudged(spec, folder, runs_dir, tmp_path, root, bin_env):
+    """The report's outputs/ (small, no model, naming no folder of this machine) give the same findings when judged
+    again, through bin/report; what they lack is named and left out."""
     outputs = os.path.join(folder, report.OUTPUTS)
     names = sorted(os.listdir(outputs))
-    assert not [f for _, _, files in os.walk(outputs) for f in files if f.endswith((".png", ".keras"))]
+    files = [os.path.join(d, f) for d, _, found in os.walk(outputs) for f in found]
+    assert not [f for f in files if f.endswith((".png", ".keras"))]
+    for file in files:
+        if file.endswith(".npz"):
+            with np.load(file) as f:
+                text = " ".join(str(f[k]) for k in f.files if f[k].dtype.kind == "U")
+        else:
+            text = open(file).read()
+        assert os.path.abspath(runs_dir) not in text, file
+    measured = json.load(open(os.path.join(outputs, names[0], "analyses", "probes", "probes.json")))["measured"]
+    assert [m["run"] for m in measured] == [names[0]]
     assert sorted(os.listdir(os.path.join(outputs, names[0], "analyses"))) == [
         "cka",
         "cross_seed",

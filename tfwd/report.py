@@ -519,6 +519,11 @@ def export_outputs(folder: str, spec: dict[str, Any], analyses: Analyses, arm: A
     reads it back.
     """
     parts = [(analyses, folder)] + ([(arm, os.path.join(folder, f"arm_{spec['arm']['name']}"))] if arm else [])
+    where = {}  # each run's folder, as analyses record it, to its place in the export
+    for part, base in parts:
+        for r in part.runs:
+            path = part.opened[r.name].path
+            where[path] = where[os.path.relpath(path)] = os.path.relpath(os.path.join(base, r.name), folder)
     for part, base in parts:
         for r in part.runs:
             target = os.path.join(base, r.name)
@@ -531,11 +536,35 @@ def export_outputs(folder: str, spec: dict[str, Any], analyses: Analyses, arm: A
         for key, dirs in part.dirs.items():
             owner = key if key in part.opened else f"{key}-s0"  # a cell's pair analyses: under seed 0
             for kind, source in dirs.items():
-                shutil.copytree(
-                    source,
-                    os.path.join(base, owner, "analyses", kind),
-                    ignore=shutil.ignore_patterns("*.png", runs.OUTPUT_MARKER),
-                )
+                target = os.path.join(base, owner, "analyses", kind)
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.png", runs.OUTPUT_MARKER))
+                _unlocate(target, where)
+
+
+def _unlocate(folder: str, where: dict[str, str]) -> None:
+    """Rewrites the run folders an exported analysis records (its settings, `measured`) as their places in the
+    export: a committed copy names the runs it measured, not the folders of the machine that ran it."""
+
+    def rewrite(text: str) -> str:
+        for path in sorted(where, key=len, reverse=True):
+            text = text.replace(path, where[path])
+        return text
+
+    for root, _, files in os.walk(folder):
+        for file in files:
+            path = os.path.join(root, file)
+            if file.endswith((".json", ".csv")):
+                with open(path) as f:
+                    text = f.read()
+                with open(path, "w") as f:
+                    f.write(rewrite(text))
+            elif file.endswith(".npz"):
+                with np.load(path) as f:
+                    arrays = {k: f[k] for k in f.files}
+                for k, a in arrays.items():
+                    if a.dtype.kind == "U":
+                        arrays[k] = np.asarray([rewrite(str(v)) for v in a.ravel()]).reshape(a.shape)
+                np.savez_compressed(path, **arrays)
 
 
 def load_outputs(spec: dict[str, Any], folder: str) -> tuple[Analyses, Analyses | None]:
