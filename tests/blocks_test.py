@@ -223,8 +223,9 @@ def test_iou_and_agreement():
 # Heatmaps labelled by eye (data/labels/block_labels.json) that have a committed matrix.
 LABELS = json.load(open(os.path.join(ROOT, "data", "labels", "block_labels.json")))["heatmaps"]
 # Block-or-none and IoU >= 0.7: the bar on held-out labels is 90%. Development labels carry a floor at the
-# agreement the defaults were chosen at (11 of 13: the two unfitted heatmaps with adjacent stage squares miss).
-AGREEMENT = {"heldout": 0.9, "dev": 0.84}
+# agreement the defaults were chosen at (version 4: 22 of 24; the two unfitted heatmaps with adjacent stage squares
+# miss).
+AGREEMENT = {"heldout": 0.9, "dev": 0.91}
 
 
 def label_agrees(label):
