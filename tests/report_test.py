@@ -15,6 +15,19 @@ import pytest
 from tfwd import dominant_datapoints, findings, html, report, runs
 
 
+def bin_report(root, bin_env, *flags, timeout=600):
+    """Runs bin/report with `flags`, checks that it succeeded, and returns the finished process."""
+    result = subprocess.run(
+        [sys.executable, str(root / "bin" / "report"), *flags],
+        env=bin_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_spec_validation(tmp_path):
     with pytest.raises(ValueError, match="unknown keys"):
         report.validate({"name": "x", "runs": {"grid": [{"depth": [8]}]}, "analysis": {}})
@@ -153,21 +166,9 @@ def test_report_on_finished_runs_and_reuse(tiny_runs, tfds_dir, tmp_path, root, 
     # bin/report on the same spec reuses every analysis (nothing recomputed) and says where the report is.
     spec_file = tmp_path / "tiny.json"
     spec_file.write_text(json.dumps(spec))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(root / "bin" / "report"),
-            f"--spec={spec_file}",
-            f"--out_dir={out_dir}",
-            f"--data_dir={tfds_dir}",
-            "--notrain",
-        ],
-        env=bin_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = bin_report(
+        root, bin_env, f"--spec={spec_file}", f"--out_dir={out_dir}", f"--data_dir={tfds_dir}", "--notrain"
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith(f"report: {path}")
     assert f"CKA heatmaps: {os.path.join(folder, 'heatmaps.png')}" in result.stdout
     again = json.load(open(os.path.join(folder, "findings.json")))
@@ -202,20 +203,7 @@ def check_outputs_rejudged(spec, folder, runs_dir, tmp_path, root, bin_env):
     saved = json.load(open(os.path.join(folder, "findings.json")))
     spec_file = tmp_path / "again.json"
     spec_file.write_text(json.dumps(spec))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(root / "bin" / "report"),
-            f"--spec={spec_file}",
-            f"--from_outputs={outputs}",
-            f"--out_dir={tmp_path / 'again'}",
-        ],
-        env=bin_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    bin_report(root, bin_env, f"--spec={spec_file}", f"--from_outputs={outputs}", f"--out_dir={tmp_path / 'again'}")
     again = json.load(open(tmp_path / "again" / f"report_{spec['name']}" / "findings.json"))
     assert again["claims"] == saved["claims"] and again["runs"] == saved["runs"]
     assert "missing_outputs" not in again
@@ -341,19 +329,9 @@ def test_unfinished_runs_without_training_is_an_error(tmp_path, tfds_dir):
 def test_demo_report_end_to_end(tmp_path, root, bin_env):
     """./run.sh demo's job from scratch: one 300-epoch training, a block, its first PC and dominant datapoints
     (5-10 minutes on 2 cores)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(root / "bin" / "report"),
-            f"--spec={root / 'data' / 'reports' / 'demo.json'}",
-            f"--out_dir={tmp_path}",
-        ],
-        env=bin_env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
+    result = bin_report(
+        root, bin_env, f"--spec={root / 'data' / 'reports' / 'demo.json'}", f"--out_dir={tmp_path}", timeout=3600
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     path = tmp_path / "report_demo" / "report.html"
     assert result.stdout.strip().endswith(f"report: {path}")
     saved = json.load(open(tmp_path / "report_demo" / "findings.json"))
@@ -392,14 +370,7 @@ def test_science_spec_in_miniature(tmp_path, root, bin_env):
     spec["min_train_accuracy"] = 0.0  # 3 epochs fit nothing: count every run
     spec_file = tmp_path / "mini.json"
     spec_file.write_text(json.dumps(spec))
-    result = subprocess.run(
-        [sys.executable, str(root / "bin" / "report"), f"--spec={spec_file}", f"--out_dir={tmp_path}"],
-        env=bin_env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    bin_report(root, bin_env, f"--spec={spec_file}", f"--out_dir={tmp_path}", timeout=3600)
     saved = json.load(open(tmp_path / "report_science_mini" / "findings.json"))
     assert len(saved["runs"]) == 6 and all("peak_contrast" in r["block"] for r in saved["runs"].values())
     claims = {c["id"]: c for c in saved["claims"]}

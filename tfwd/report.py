@@ -349,21 +349,27 @@ def cell_label(config: runs.RunConfig) -> str:
     return config.name.rsplit("-s", 1)[0]
 
 
+def _seed_pairs(items) -> dict[str, tuple[Any, Any]]:
+    """(seed 0's, seed 1's) item of every cell trained with both, by cell label; `items` are (RunConfig, item)."""
+    by_cell: dict[str, dict[int, Any]] = {}
+    for config, item in items:
+        by_cell.setdefault(cell_label(config), {})[config.train.seed] = item
+    return {key: (seeds[0], seeds[1]) for key, seeds in by_cell.items() if 0 in seeds and 1 in seeds}
+
+
 def _pairs(entry: registry.Analysis, run_dirs, settings, data_dir, timings, out: Analyses) -> None:
     """A pair analysis (cross-seed CKA) between seeds 0 and 1 of every configuration trained with both."""
-    by_config: dict[str, dict[int, str]] = {}
-    for run_dir in run_dirs:
-        config = runs.read_config(run_dir)
-        by_config.setdefault(cell_label(config), {})[config.train.seed] = run_dir
-    for key, seeds in by_config.items():
-        if 0 in seeds and 1 in seeds:
-            pair = [seeds[0], seeds[1]]
-            folder, loaded = _pair_analysis(entry, entry.kind, pair, settings, data_dir, timings)
-            out.dirs.setdefault(key, {})[entry.kind] = folder
-            out.results.setdefault(key, {})[entry.kind] = loaded
-            if entry.kind == "cross_seed":  # what the cross-seed rule reads
-                names = tuple(os.path.basename(p) for p in pair)
-                out.cross_seed[key] = findings.CrossSeed(names, list(loaded.names[0]), loaded.blocks[0, 1])
+    for key, pair in _seed_pairs((runs.read_config(d), d) for d in run_dirs).items():
+        folder, loaded = _pair_analysis(entry, entry.kind, list(pair), settings, data_dir, timings)
+        _add_pair(out, entry.kind, key, tuple(os.path.basename(p) for p in pair), folder, loaded)
+
+
+def _add_pair(out: Analyses, kind: str, key: str, names: tuple[str, str], folder: str, loaded: Any) -> None:
+    """Records a pair analysis of cell `key` (its runs `names`, seed 0 first); the cross-seed CKA is what (f) reads."""
+    out.dirs.setdefault(key, {})[kind] = folder
+    out.results.setdefault(key, {})[kind] = loaded
+    if kind == "cross_seed":
+        out.cross_seed[key] = findings.CrossSeed(names, list(loaded.names[0]), loaded.blocks[0, 1])
 
 
 def _pair_analysis(
@@ -419,8 +425,13 @@ def _wide_deep(spec: dict[str, Any], data_dir: str | None, timings: dict, out: A
     for wide, deep in findings.wide_deep_pairs(out.runs, spec.get("min_train_accuracy", findings.FIT_MIN)):
         pair = [out.opened[wide.name].path, out.opened[deep.name].path]
         folder, loaded = _pair_analysis(entry, "wide_deep", pair, settings, data_dir, timings)
-        out.wide_deep.append(findings.CrossModel((wide.name, deep.name), tuple(loaded.names), loaded.blocks[0, 1]))
-        out.dirs.setdefault(wide.name, {})["wide_deep"] = folder
+        _add_wide_deep(out, wide.name, deep.name, folder, loaded)
+
+
+def _add_wide_deep(out: Analyses, wide: str, deep: str, folder: str, loaded: Any) -> None:
+    """Records claim (g)'s cross-model CKA of runs `wide` and `deep` (rows the wide model's layers)."""
+    out.wide_deep.append(findings.CrossModel((wide, deep), tuple(loaded.names), loaded.blocks[0, 1]))
+    out.dirs.setdefault(wide, {})["wide_deep"] = folder
 
 
 @runs.reading_runs()  # the runs analysed stay locked for reading until the report is written
@@ -583,8 +594,7 @@ def load_outputs(spec: dict[str, Any], folder: str) -> tuple[Analyses, Analyses 
         if loaded is None or [os.path.basename(m) for m in loaded.models] != [wide.name, deep.name]:
             main.missing.append(f"{wide.name}/analyses/wide_deep (against {deep.name})")
             continue
-        main.wide_deep.append(findings.CrossModel((wide.name, deep.name), tuple(loaded.names), loaded.blocks[0, 1]))
-        main.dirs[wide.name]["wide_deep"] = path
+        _add_wide_deep(main, wide.name, deep.name, path, loaded)
     return main, arm
 
 
@@ -592,7 +602,6 @@ def _load_part(sweep: dict[str, Any], folder: str, spec: dict[str, Any]) -> Anal
     """`load_outputs` of one sweep (the spec's, or its arm's) from folder/<run>/."""
     settings, detector = spec.get("analyses", {}), spec.get("block_structure", {})
     out = Analyses([], {}, {}, {}, {}, {})
-    seeds: dict[str, dict[int, str]] = {}
     for planned in sweeps.expand(sweep):
         run_dir = os.path.join(folder, planned.name)
         if not all(os.path.exists(os.path.join(run_dir, f)) for f in (runs.CONFIG, runs.RESULTS, WITHIN)):
@@ -605,32 +614,28 @@ def _load_part(sweep: dict[str, Any], folder: str, spec: dict[str, Any]) -> Anal
         dirs, results = out.dirs.setdefault(run.name, {}), out.results.setdefault(run.name, {})
         for entry in registry.per_run():
             if entry.kind != "cka" and _runs_it(entry, settings, run, block):
-                _load_analysis(entry, os.path.join(run_dir, "analyses", entry.kind), run.name, dirs, results, out)
+                path = os.path.join(run_dir, "analyses", entry.kind)
+                loaded = _exported(entry, path, run.name, out)
+                if loaded is not None:
+                    dirs[entry.kind], results[entry.kind] = path, loaded
         _add_run(out, run, names, cka, block)
-        seeds.setdefault(cell_label(run.config), {})[run.config.train.seed] = run.name
-    for key, by_seed in seeds.items():
-        if 0 not in by_seed or 1 not in by_seed:
-            continue
+    for key, pair in _seed_pairs((run.config, run.name) for run in out.opened.values()).items():
         for entry in registry.per_pair():
-            if settings.get(entry.kind) is False:
-                continue
-            dirs, results = out.dirs.setdefault(key, {}), out.results.setdefault(key, {})
-            path = os.path.join(folder, by_seed[0], "analyses", entry.kind)
-            if _load_analysis(entry, path, by_seed[0], dirs, results, out) and entry.kind == "cross_seed":
-                loaded = results[entry.kind]
-                out.cross_seed[key] = findings.CrossSeed(
-                    (by_seed[0], by_seed[1]), list(loaded.names[0]), loaded.blocks[0, 1]
-                )
+            if settings.get(entry.kind) is not False:
+                path = os.path.join(folder, pair[0], "analyses", entry.kind)
+                loaded = _exported(entry, path, pair[0], out)
+                if loaded is not None:
+                    _add_pair(out, entry.kind, key, pair, path, loaded)
     return out
 
 
-def _load_analysis(entry: registry.Analysis, path: str, owner: str, dirs: dict, results: dict, out: Analyses) -> bool:
-    """Loads the exported analysis at `path` into dirs and results; lists it in out.missing when absent."""
+def _exported(entry: registry.Analysis, path: str, owner: str, out: Analyses) -> Any:
+    """What `entry.load` reads from the exported analysis at `path`; None, listed in out.missing (under the run
+    `owner`), when it is absent."""
     if not os.path.isdir(path):
         out.missing.append(f"{owner}/analyses/{entry.kind}")
-        return False
-    dirs[entry.kind], results[entry.kind] = path, entry.load(path)
-    return True
+        return None
+    return entry.load(path)
 
 
 def judge_outputs(spec: dict[str, Any], folder: str, out_dir: str) -> str:
