@@ -34,9 +34,14 @@ heatmaps labelled by eye (`data/labels/block_labels.json`, docs/science/detector
    layers between the block's stream layers belong to it, stripes or not.
 5. **More blocks.** Steps 3-4 repeat on the stream layers not yet in a block (other blocks
    count as outside). Blocks are reported largest first.
+6. **Short streams.** A stream of fewer than `min_stream` layers (ResNet-14 has 7) is too
+   short to read a square from: one faded corner cell decides it. Every layer is then read
+   as the stream, and squareness is measured against the `max(2, k // 3)` layers beside the
+   range instead of all the rest: in a short net the rest is mostly the last stage, dark
+   against everything, so a smooth fade would look square against it.
 
-Defaults (`MIN_CONTRAST`, `MIN_SQUARENESS`, `MIN_FRACTION`, `MIN_LAYERS`, `MIN_OUTSIDE`; version 4
-of the rule) were chosen on the development part of the labelled heatmaps and the synthetic
+Defaults (`MIN_CONTRAST`, `MIN_SQUARENESS`, `MIN_FRACTION`, `MIN_LAYERS`, `MIN_OUTSIDE`,
+`MIN_STREAM`; version 5 of the rule) were chosen on the development part of the labelled heatmaps and the synthetic
 shapes only; the held-out part judges them (tests/blocks_test.py, docs/science/detector.md).
 Pass your own to probe how robust a conclusion is.
 """
@@ -54,6 +59,7 @@ MIN_SQUARENESS = 0.7
 MIN_FRACTION = 0.25
 MIN_LAYERS = 4
 MIN_OUTSIDE = 1
+MIN_STREAM = 10
 MAX_BLOCKS = 4
 
 
@@ -148,6 +154,7 @@ def find_block_structure(
     max_blocks: int = MAX_BLOCKS,
     min_layers: int = MIN_LAYERS,
     min_outside: int = MIN_OUTSIDE,
+    min_stream: int = MIN_STREAM,
 ) -> BlockStructure:
     """Finds the blocks of a within-model CKA heatmap (see the module docstring).
 
@@ -161,14 +168,16 @@ def find_block_structure(
         max_blocks: most blocks reported.
         min_layers: smallest seed, in stream layers.
         min_outside: fewest stream layers a block leaves outside it.
+        min_stream: a residual stream with fewer layers is read as every layer, with
+            squareness measured against the layers beside a range (step 6); 0 never does.
 
     Returns:
         A BlockStructure.
 
     Raises:
         ValueError: for a non-square matrix, names of the wrong length,
-            `min_fraction` or `min_squareness` outside [0, 1], or `min_layers` below 2 or
-            `min_outside` below 1.
+            `min_fraction` or `min_squareness` outside [0, 1], `min_layers` below 2,
+            `min_outside` below 1 or `min_stream` below 0.
 
     Example:
         >>> c = np.full((12, 12), 0.2) + 0.8 * np.eye(12)
@@ -186,28 +195,35 @@ def find_block_structure(
     for arg, value in (("min_fraction", min_fraction), ("min_squareness", min_squareness)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"`{arg}` must be in [0, 1]. Received: {arg}={value!r}")
-    for arg, value, lowest in (("min_layers", min_layers, 2), ("min_outside", min_outside, 1)):
+    for arg, value, lowest in (
+        ("min_layers", min_layers, 2),
+        ("min_outside", min_outside, 1),
+        ("min_stream", min_stream, 0),
+    ):
         if int(value) != value or value < lowest:
             raise ValueError(f"`{arg}` must be an integer >= {lowest}. Received: {arg}={value!r}")
     c = np.nan_to_num(c, nan=0.0)
     stream = residual_stream(names, n)
+    short = len(stream) < min_stream
+    if short:  # too few stream layers to hold a square: read every layer (step 6)
+        stream = np.arange(n)
     s = c[np.ix_(stream, stream)]
     smallest = max(min_layers, int(np.ceil(min_fraction * len(stream))))
     free = np.ones(len(stream), dtype=bool)
     found: list[Block] = []
     peak = None
     while len(found) < max_blocks:
-        seed = _seed(s, free, smallest, min_squareness, min_outside)
+        seed = _seed(s, free, smallest, min_squareness, min_outside, short)
         if peak is None:
             peak = seed
         if seed is None or seed[0] < min_contrast:
             break
         a, b = _grow(s, free, seed[1], seed[2], smallest, min_outside)
-        if _squareness(s, a, b) < min_squareness:  # grown past the square: keep the seed
+        if _squareness(s, a, b, short) < min_squareness:  # grown past the square: keep the seed
             a, b = seed[1], seed[2]
         start, end = _extend(c, stream, a, b, found)
         free[a : b + 1] = False
-        found.append(_block(c, names, start, end, _edge_contrast(s, a, b), _squareness(s, a, b)))
+        found.append(_block(c, names, start, end, _edge_contrast(s, a, b), _squareness(s, a, b, short)))
     peak_fields = {}
     if peak is not None:
         peak_fields = dict(peak_contrast=peak[0], peak_start=int(stream[peak[1]]), peak_end=int(stream[peak[2]]))
@@ -219,8 +235,12 @@ def find_block_structure(
     return BlockStructure(True, **fields, **peak_fields, blocks=tuple(found))
 
 
-def _seed(s, free, smallest, min_squareness, min_outside):
-    """(contrast, a, b) of the most contrasted square-enough range of free stream layers, or None."""
+def _seed(s, free, smallest, min_squareness, min_outside, against_near=False):
+    """(contrast, a, b) of the most contrasted square-enough range of free stream layers, or None.
+
+    Squareness is measured against every other stream layer, or against the `_band` layers
+    beside the range when `against_near` (step 6).
+    """
     m = len(s)
     sums = _square_sums(s - np.diag(np.diag(s)))
     taken = np.concatenate([[0], (~free).cumsum()])
@@ -236,8 +256,8 @@ def _seed(s, free, smallest, min_squareness, min_outside):
         third = max(1, size // 3)
         corner = _rect(sums, a, a + third, b - third, b) / third**2
         outside = (_rect(sums, a, b, 0, m) - inside * size * (size - 1)) / (size * (m - size))
-        span = inside - outside
-        square = np.divide(corner - outside, span, out=np.zeros_like(span), where=span > 0)
+        span = inside - (near if against_near else outside)
+        square = np.divide(corner - (inside - span), span, out=np.zeros_like(span), where=span > 0)
         contrast = np.where(ok & (square >= min_squareness), inside - near, -np.inf)
         i = int(np.argmax(contrast))
         if np.isfinite(contrast[i]) and (best is None or contrast[i] > best[0]):
@@ -329,8 +349,10 @@ def _extend(c, stream, a, b, found):
     return start, end
 
 
-def _squareness(s, a, b):
+def _squareness(s, a, b, against_near=False):
     inside, outside = _inside_outside(s, a, b)
+    if against_near:
+        outside = inside - _edge_contrast(s, a, b)
     third = max(1, (b - a + 1) // 3)
     corner = s[a : a + third, b - third + 1 : b + 1].mean()
     return float((corner - outside) / (inside - outside)) if inside > outside else 0.0
