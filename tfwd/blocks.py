@@ -41,9 +41,9 @@ heatmaps labelled by eye (`data/labels/block_labels.json`, docs/science/detector
    against everything, so a smooth fade would look square against it.
 
 Defaults (`MIN_CONTRAST`, `MIN_SQUARENESS`, `MIN_FRACTION`, `MIN_LAYERS`, `MIN_OUTSIDE`,
-`MIN_STREAM`; version 5 of the rule) were chosen on the development part of the labelled heatmaps and the synthetic
-shapes only; the held-out part judges them (tests/blocks_test.py, docs/science/detector.md).
-Pass your own to probe how robust a conclusion is.
+`MIN_STREAM`; version 5 of the rule) were chosen on the development part of the labelled
+heatmaps and the synthetic shapes only; the held-out part judges them (tests/blocks_test.py,
+docs/science/detector.md). Pass your own to probe how robust a conclusion is.
 """
 
 from __future__ import annotations
@@ -256,8 +256,9 @@ def _seed(s, free, smallest, min_squareness, min_outside, against_near=False):
         third = max(1, size // 3)
         corner = _rect(sums, a, a + third, b - third, b) / third**2
         outside = (_rect(sums, a, b, 0, m) - inside * size * (size - 1)) / (size * (m - size))
-        span = inside - (near if against_near else outside)
-        square = np.divide(corner - (inside - span), span, out=np.zeros_like(span), where=span > 0)
+        base = near if against_near else outside
+        span = inside - base
+        square = np.divide(corner - base, span, out=np.zeros_like(span), where=span > 0)
         contrast = np.where(ok & (square >= min_squareness), inside - near, -np.inf)
         i = int(np.argmax(contrast))
         if np.isfinite(contrast[i]) and (best is None or contrast[i] > best[0]):
