@@ -285,3 +285,18 @@ def test_short_stream_reads_every_layer():
         assert (found.start, found.end) == expected if expected else not found.found
         v4 = blocks.find_block_structure(c, names, min_stream=0)  # the stream alone: one faded cell decides
         assert not v4.found
+
+
+@pytest.mark.parametrize(
+    "label", [lab for lab in LABELS if lab["id"].startswith("heldout_v5")], ids=lambda lab: lab["id"]
+)
+def test_detection_stable_across_cka_estimates(label):
+    """Version 5's held-out models measured on 1,024 test images (the labelled heatmap) and on 4,096 (two passes)."""
+    c, names, labelled, optional = blocks.labelled_heatmap(label, ROOT)
+    wider = dict(label, matrix=label["matrix"].replace("cka_within.npz", "cka_within_4096.npz"))
+    c4096 = blocks.labelled_heatmap(wider, ROOT)[0]
+    found, found4096 = (blocks.find_block_structure(m, names) for m in (c, c4096))
+    assert found.found == found4096.found
+    assert blocks.agrees(found4096, labelled, optional)
+    if found.found:
+        assert blocks.iou((found.start, found.end), (found4096.start, found4096.end)) >= 0.7
