@@ -75,7 +75,7 @@ def draw(panels, path):
         for j, b in enumerate(found.blocks):
             outline_block(ax, b.start, b.end, color="cyan" if j == 0 else "white")
     fig.tight_layout()
-    plots.save_figure(fig, path)
+    plots.save_figure(fig, path, dpi=90)  # 33+ panels: keep the committed figure small
     print(f"figure: {path}")
 
 
