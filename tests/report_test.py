@@ -200,6 +200,12 @@ def check_outputs_rejudged(spec, folder, runs_dir, tmp_path, root, bin_env):
         "probes",
         "prune_blocks",
     ]
+    with np.load(os.path.join(outputs, names[0], "analyses", "pc", "pc.npz")) as f:  # figures' arrays at half size
+        assert {k: str(f[k].dtype) for k in ("scores", "cka", "fraction")} == {
+            "scores": "float32",
+            "cka": "float32",
+            "fraction": "float64",
+        }
     saved = json.load(open(os.path.join(folder, "findings.json")))
     spec_file = tmp_path / "again.json"
     spec_file.write_text(json.dumps(spec))

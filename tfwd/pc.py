@@ -494,6 +494,9 @@ def analyze_model(
 # --- files --------------------------------------------------------------------------------------
 
 _ARRAYS = ("fraction", "scores", "eigenvalue", "total", "pc_cosine", "cka", "cka_without_pc")
+# The arrays that only draw figures (the claims read `fraction` and `fraction_svd`): a report's exported copy
+# keeps them at float32, half the size.
+FIGURE_ARRAYS = ("scores", "pc_cosine", "cka", "cka_without_pc")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

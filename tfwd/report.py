@@ -55,7 +55,7 @@ from typing import Any, TextIO
 import numpy as np
 from absl import logging
 
-from tfwd import analyses as registry, apps, blocks, findings, runs, sweeps
+from tfwd import analyses as registry, apps, blocks, findings, pc, runs, sweeps
 from tfwd.progress import showing
 
 OUTPUTS = "outputs"  # report_<name>/outputs/: the runs' small outputs (export_outputs)
@@ -550,6 +550,15 @@ def export_outputs(folder: str, spec: dict[str, Any], analyses: Analyses, arm: A
                 target = os.path.join(base, owner, "analyses", kind)
                 shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.png", runs.OUTPUT_MARKER))
                 _unlocate(target, where)
+                if kind == pc.KIND:
+                    downcast_figure_arrays(os.path.join(target, pc.FILE))
+
+
+def downcast_figure_arrays(path: str) -> None:
+    """Rewrites an exported pc.npz with its figure-only arrays (`tfwd.pc.FIGURE_ARRAYS`) at float32."""
+    with np.load(path) as f:
+        arrays = {k: f[k].astype(np.float32) if k in pc.FIGURE_ARRAYS else f[k] for k in f.files}
+    np.savez_compressed(path, **arrays)
 
 
 def _unlocate(folder: str, where: dict[str, str]) -> None:
