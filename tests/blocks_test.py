@@ -288,7 +288,7 @@ def test_short_stream_reads_every_layer():
 
 
 @pytest.mark.parametrize(
-    "label", [lab for lab in LABELS if lab["id"].startswith("heldout_v5")], ids=lambda lab: lab["id"]
+    "label", [lab for lab in LABELS if lab["id"].startswith("heldout_v5-")], ids=lambda lab: lab["id"]
 )
 def test_detection_stable_across_cka_estimates(label):
     """Version 5's held-out models measured on 1,024 test images (the labelled heatmap) and on 4,096 (two passes)."""
