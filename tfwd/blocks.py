@@ -276,14 +276,16 @@ def _rect(sums, r0, r1, c0, c1):
     return sums[r1, c1] - sums[r0, c1] - sums[r1, c0] + sums[r0, c0]
 
 
+def _near(s, a, b):
+    """Mean CKA of stream range [a, b] with the `_band` layers beside it (nan when there are none)."""
+    w = _band(b - a + 1)
+    near = np.r_[max(a - w, 0) : a, b + 1 : min(b + 1 + w, len(s))]
+    return float(s[a : b + 1][:, near].mean()) if near.size else float("nan")
+
+
 def _edge_contrast(s, a, b):
     """Mean CKA inside stream range [a, b] minus its mean CKA with the `_band` layers beside it."""
-    k = b - a + 1
-    w = _band(k)
-    block = s[a : b + 1, a : b + 1]
-    inside = (block.sum() - np.trace(block)) / (k * (k - 1))
-    near = np.r_[max(a - w, 0) : a, b + 1 : min(b + 1 + w, len(s))]
-    return float(inside - s[a : b + 1][:, near].mean()) if near.size else float("nan")
+    return _inside_outside(s, a, b)[0] - _near(s, a, b)
 
 
 def _inside_outside(s, a, b):
@@ -353,7 +355,7 @@ def _extend(c, stream, a, b, found):
 def _squareness(s, a, b, against_near=False):
     inside, outside = _inside_outside(s, a, b)
     if against_near:
-        outside = inside - _edge_contrast(s, a, b)
+        outside = _near(s, a, b)
     third = max(1, (b - a + 1) // 3)
     corner = s[a : a + third, b - third + 1 : b + 1].mean()
     return float((corner - outside) / (inside - outside)) if inside > outside else 0.0
